@@ -1,0 +1,72 @@
+"""Run modes and the one folder where every run artifact lives.
+
+``POSEKD_MODE`` picks the mode (``quick`` for CI, ``workshop`` by default, ``full`` for real COCO
+on a GPU). ``POSEKD_HOME`` is the artifact folder (default ``<repo>/runs``, ignored by git):
+generated datasets, checkpoints, executed notebooks and the results table live below it, one
+sub-folder per mode, so a quick CI run never overwrites workshop results.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODES = ("quick", "workshop", "full")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_mode(mode: str | None = None) -> str:
+    """The run mode: the argument, else ``$POSEKD_MODE``, else ``workshop``."""
+    mode = (mode or os.environ.get("POSEKD_MODE") or "workshop").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"POSEKD_MODE={mode!r} is not one of {MODES}")
+    return mode
+
+
+def home_dir() -> Path:
+    """Root of all run artifacts (``$POSEKD_HOME`` or ``<repo>/runs``)."""
+    return Path(os.environ.get("POSEKD_HOME") or REPO_ROOT / "runs").expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one mode's artifacts go."""
+
+    mode: str
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    def ensure(self) -> "RunPaths":
+        for p in (self.data, self.checkpoints, self.notebooks):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def run_paths(mode: str | None = None) -> RunPaths:
+    """Artifact folders for ``mode`` (created on demand)."""
+    m = get_mode(mode)
+    return RunPaths(m, home_dir() / m).ensure()
+
+
+def set_torch_threads(n: int | None = None) -> int:
+    """Use all cores for intra-op work (``$POSEKD_THREADS`` overrides); returns the count."""
+    import torch
+
+    n = n or int(os.environ.get("POSEKD_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
