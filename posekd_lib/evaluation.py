@@ -1,0 +1,307 @@
+"""Keypoint metrics: COCO AP through pycocotools, OKS and PCK in numpy, and the results table.
+
+AP is always pycocotools' ``COCOeval(iouType="keypoints")``, the number papers report. ``oks`` /
+``oks_matrix`` reproduce ``COCOeval.computeOks`` exactly, so per-person scores (e.g. in FiftyOne)
+agree with what COCOeval matched. ``ResultsTable`` is the CSV every notebook appends its row to.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .keypoints import COCO_OKS_SIGMAS
+
+#: The ten numbers ``COCOeval.summarize`` prints for keypoints, in its order.
+COCO_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+# --------------------------------------------------------------------------- COCO AP
+def _load_gt(gt):
+    from pycocotools.coco import COCO
+
+    if isinstance(gt, COCO):
+        return gt
+    path = Path(gt)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO ground-truth file not found: {path}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def _load_results(results) -> list[dict]:
+    if isinstance(results, (str, os.PathLike)):
+        path = Path(results)
+        if not path.is_file():
+            raise FileNotFoundError(f"COCO results file not found: {path}")
+        with open(path) as f:
+            results = json.load(f)
+        if not isinstance(results, list):
+            raise ValueError(f"{path}: a COCO results file holds a JSON list, got {type(results).__name__}")
+    return list(results)
+
+
+def coco_evaluate(gt, results, img_ids=None, sigmas=None, verbose: bool = False) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` against ``gt`` with pycocotools.
+
+    ``gt``: a person-keypoints annotation file or a loaded ``COCO``; ``results``: a results file
+    or a list of ``{"image_id", "category_id", "keypoints", "score"}`` dicts. ``img_ids``
+    restricts the evaluation to those images; ``sigmas`` overrides the 17 COCO OKS sigmas.
+    Returns the ten ``COCO_METRICS``; an empty result list scores 0 everywhere. A metric whose
+    area range holds no ground truth (pycocotools prints -1) is returned as NaN.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = _load_gt(gt)
+    dets = [dict(r) for r in _load_results(results)]  # loadRes adds keys to its input dicts
+    if img_ids is not None:
+        img_ids = [int(i) for i in img_ids]
+        dets = [d for d in dets if int(d["image_id"]) in set(img_ids)]
+    if not dets:
+        return {k: 0.0 for k in COCO_METRICS}
+    unknown = {d["image_id"] for d in dets} - set(coco_gt.getImgIds())
+    if unknown:
+        raise ValueError(f"results refer to image ids absent from the ground truth: {sorted(unknown)[:10]}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out) if not verbose else contextlib.nullcontext():
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        if img_ids is not None:
+            ev.params.imgIds = img_ids
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: (float(v) if v >= 0 else float("nan")) for k, v in zip(COCO_METRICS, ev.stats)}
+
+
+def _round(obj, ndigits: int):
+    if isinstance(obj, dict):
+        return {k: _round(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_round(v, ndigits) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return round(float(obj), ndigits)
+    return obj
+
+
+def _round_keypoints(kpts) -> list:
+    flat = np.asarray(kpts, dtype=np.float64).reshape(-1)
+    if flat.size % 3:
+        raise ValueError(f"keypoints must be x, y, score triplets; got {flat.size} numbers")
+    return [round(float(v), 2 if i % 3 < 2 else 4) for i, v in enumerate(flat)]
+
+
+def write_coco_results(results, path) -> Path:
+    """Write a COCO results list to ``path`` atomically (temp file + rename).
+
+    Numpy values become plain JSON; keypoint x/y are rounded to 0.01 px, per-point scores to
+    4 decimals, other floats to 6 decimals (small files, no effect on AP at COCO's precision).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        row = _round(dict(r), 6)
+        if "keypoints" in r:
+            row["keypoints"] = _round_keypoints(r["keypoints"])
+        rows.append(row)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(rows, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def gt_as_results(ann_file) -> list[dict]:
+    """Ground truth as COCO predictions (score 1.0): a sanity input that must score AP 1.0.
+
+    Crowd annotations and persons with no labelled keypoints are left out, as COCOeval ignores them.
+    """
+    coco = _load_gt(ann_file)
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"],
+         "keypoints": list(a["keypoints"]), "score": 1.0}
+        for a in coco.loadAnns(coco.getAnnIds())
+        if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0
+    ]
+
+
+# --------------------------------------------------------------------------- OKS / PCK
+def oks_matrix(preds, gts, areas, bboxes=None, sigmas=COCO_OKS_SIGMAS) -> np.ndarray:
+    """Object keypoint similarity of every prediction with every ground-truth person, ``(N, M)``.
+
+    ``preds`` ``(N, K, 2|3)``, ``gts`` ``(M, K, 3)`` with COCO visibility, ``areas`` ``(M,)``
+    (the GT segment area, COCO's scale), ``bboxes`` ``(M, 4)`` ``x, y, w, h``. Same formula as
+    ``COCOeval.computeOks``: ``e = d^2 / (2 sigma)^2 / (area + eps) / 2``, mean of ``exp(-e)``
+    over the labelled (v > 0) GT points. A GT with no labelled point (needs its bbox) scores
+    the distance of each predicted point outside its box grown by one width/height per side.
+    """
+    p = np.asarray(preds, dtype=np.float64)
+    g = np.asarray(gts, dtype=np.float64)
+    if p.ndim != 3 or g.ndim != 3 or g.shape[-1] != 3 or p.shape[1] != g.shape[1]:
+        raise ValueError(f"oks_matrix expects preds (N, K, 2|3) and gts (M, K, 3); got {p.shape} and {g.shape}")
+    sig = np.asarray(sigmas, dtype=np.float64)
+    if sig.shape != (g.shape[1],):
+        raise ValueError(f"{sig.size} OKS sigmas for {g.shape[1]} keypoints")
+    area = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if area.shape != (g.shape[0],):
+        raise ValueError(f"{area.size} areas for {g.shape[0]} ground-truth persons")
+    labelled = g[..., 2] > 0  # (M, K)
+    has_pts = labelled.any(-1)  # (M,)
+    dx = p[:, None, :, 0] - g[None, :, :, 0]  # (N, M, K)
+    dy = p[:, None, :, 1] - g[None, :, :, 1]
+    if not has_pts.all():
+        if bboxes is None:
+            raise ValueError("a ground-truth person has no labelled keypoint: pass its bbox to score OKS")
+        b = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)[:, None, :]  # (M, 1, 4)
+        x0, x1 = b[..., 0] - b[..., 2], b[..., 0] + 2 * b[..., 2]
+        y0, y1 = b[..., 1] - b[..., 3], b[..., 1] + 2 * b[..., 3]
+        px, py = p[:, None, :, 0], p[:, None, :, 1]
+        bx = np.maximum(0, x0 - px) + np.maximum(0, px - x1)
+        by = np.maximum(0, y0 - py) + np.maximum(0, py - y1)
+        dx = np.where(has_pts[None, :, None], dx, bx)
+        dy = np.where(has_pts[None, :, None], dy, by)
+    e = (dx**2 + dy**2) / (2 * sig) ** 2 / (area[None, :, None] + np.spacing(1)) / 2
+    weight = np.where(has_pts[:, None], labelled, True).astype(np.float64)  # (M, K)
+    return (np.exp(-e) * weight).sum(-1) / weight.sum(-1)
+
+
+def oks(pred, gt, area: float, sigmas=COCO_OKS_SIGMAS, bbox=None):
+    """OKS of one prediction ``(K, 2|3)`` (float) or several ``(N, K, 2|3)`` (``(N,)``) with one GT ``(K, 3)``."""
+    p = np.asarray(pred, dtype=np.float64)
+    single = p.ndim == 2
+    m = oks_matrix(p[None] if single else p, np.asarray(gt, dtype=np.float64)[None], [area],
+                   None if bbox is None else [bbox], sigmas)[:, 0]
+    return float(m[0]) if single else m
+
+
+def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
+    """Fraction of labelled GT points (v > 0) predicted within ``thr`` x the person's size.
+
+    The size is the longest side of the GT box (``bbox_or_norm`` = ``x, y, w, h``, ``(4,)`` or
+    ``(N, 4)``), the usual normaliser of top-down COCO PCK; a scalar or ``(N,)`` array is used
+    as the size directly. Points of all persons are pooled; NaN if none is labelled.
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    g = np.asarray(gt, dtype=np.float64)
+    if p.ndim == 2:
+        p, g = p[None], g[None]
+    if g.ndim == 2:
+        g = np.broadcast_to(g, p.shape[:1] + g.shape)
+    if p.shape[:2] != g.shape[:2] or g.shape[-1] != 3:
+        raise ValueError(f"pck expects pred (N, K, 2|3) and gt (N, K, 3); got {p.shape} and {g.shape}")
+    b = np.asarray(bbox_or_norm, dtype=np.float64)
+    if b.ndim >= 1 and b.shape[-1] == 4 and (b.ndim == 2 or p.shape[0] == 1):
+        norm = b.reshape(-1, 4)[:, 2:].max(-1)
+    else:
+        norm = b.reshape(-1)
+    norm = np.broadcast_to(norm, p.shape[:1])
+    labelled = g[..., 2] > 0
+    if not labelled.any():
+        return float("nan")
+    dist = np.linalg.norm(p[..., :2] - g[..., :2], axis=-1)
+    hit = dist <= thr * norm[:, None]
+    return float(hit[labelled].mean())
+
+
+# --------------------------------------------------------------------------- results table
+def _parse(value: str):
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+class ResultsTable:
+    """One CSV row per (``model``, ``setting``): re-running a notebook replaces its own rows.
+
+    Columns are free-form and grow as rows bring new keys (AP, PCK, params, MACs, int8_kB,
+    train_time_s, seed, ...). Defaults to the mode's ``run_paths().results_csv``.
+    """
+
+    KEY = ("model", "setting")
+
+    def __init__(self, path=None):
+        if path is None:
+            from .config import run_paths
+
+            path = run_paths().results_csv
+        self.path = Path(path)
+
+    def _read(self) -> tuple[list[str], list[dict]]:
+        if not self.path.is_file():
+            return list(self.KEY), []
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or self.KEY), list(reader)
+
+    def rows(self) -> list[dict]:
+        """All rows, numbers parsed back to int/float, empty cells as None."""
+        return [{k: _parse(v or "") for k, v in r.items()} for r in self._read()[1]]
+
+    def columns(self) -> list[str]:
+        return self._read()[0]
+
+    def add(self, row: dict) -> None:
+        """Insert ``row``, or replace the row with the same ``model`` and ``setting``."""
+        missing = [k for k in self.KEY if row.get(k) in (None, "")]
+        if missing:
+            raise KeyError(f"results row needs {missing} (got keys {sorted(row)})")
+        cols, rows = self._read()
+        cols += [k for k in row if k not in cols]
+        new = {k: _fmt(v) for k, v in row.items()}
+        key = tuple(new[k] for k in self.KEY)
+        rows = [r for r in rows if tuple(r.get(k) for k in self.KEY) != key] + [new]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=cols, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def to_markdown(self, columns=None, floatfmt: str = ".3f") -> str:
+        """The table as GitHub markdown (``columns`` picks and orders; floats with ``floatfmt``)."""
+        cols = list(columns or self.columns())
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in self.rows():
+            cells = [format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v))
+                     for v in (r.get(c) for c in cols)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(round(float(value), 6))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)

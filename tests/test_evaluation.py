@@ -1,0 +1,158 @@
+"""COCO AP on the real sample, OKS against COCOeval.computeOks, PCK, results table."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from posekd_lib.evaluation import (
+    COCO_METRICS, ResultsTable, coco_evaluate, gt_as_results, oks, oks_matrix, pck, write_coco_results,
+)
+from posekd_lib.keypoints import COCO_OKS_SIGMAS
+
+
+def _cocoeval(gt_file, results):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), iouType="keypoints")
+        ev.evaluate()
+    return ev
+
+
+def _assert_oks_equal_computeoks(ev):
+    """Every (image) OKS matrix COCOeval computed equals oks_matrix on the same dets/gts."""
+    n = 0
+    for (img_id, cat_id), ious in ev.ious.items():
+        if len(ious) == 0:
+            continue
+        dts = ev._dts[img_id, cat_id]
+        dts = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort")][: ev.params.maxDets[-1]]
+        gts = ev._gts[img_id, cat_id]
+        mine = oks_matrix(
+            [np.reshape(d["keypoints"], (-1, 3)) for d in dts],
+            [np.reshape(g["keypoints"], (-1, 3)) for g in gts],
+            [g["area"] for g in gts], [g["bbox"] for g in gts])
+        np.testing.assert_allclose(mine, ious, rtol=1e-12, atol=1e-14)
+        n += ious.size
+    return n
+
+
+def test_coco_evaluate_hrnet_matches_known_figures(coco_sample):
+    m = coco_evaluate(coco_sample / "person_keypoints.json", coco_sample / "person_keypoints_results_hrnet.json")
+    assert list(m) == list(COCO_METRICS)
+    expected = dict(AP=0.861, AP50=0.993, AP75=0.911, APm=0.776, APl=0.937, AR=0.875)
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v, abs=5e-4), k
+
+
+def test_coco_evaluate_sanity_inputs(coco_sample, tmp_path, capsys):
+    gt_file = coco_sample / "person_keypoints.json"
+    fed_back = gt_as_results(gt_file)
+    assert len(fed_back) == 12  # 14 persons, 2 without labelled keypoints
+    assert coco_evaluate(gt_file, fed_back)["AP"] == pytest.approx(1.0)
+    fake = coco_sample / "person_keypoints_results_cocoapi_fake_img785.json"
+    assert coco_evaluate(gt_file, fake, img_ids=[785])["AP"] == pytest.approx(1.0)
+    assert coco_evaluate(gt_file, fake)["AP"] < 0.2  # the other images have no predictions
+    assert set(coco_evaluate(gt_file, []).values()) == {0.0}
+    assert capsys.readouterr().out == ""  # pycocotools' prints are silenced
+
+    written = write_coco_results([{**r, "score": np.float32(0.5)} for r in fed_back], tmp_path / "r.json")
+    loaded = json.loads(written.read_text())
+    assert loaded[0]["score"] == 0.5 and len(loaded) == 12
+    assert coco_evaluate(gt_file, written)["AP"] == pytest.approx(1.0)
+
+    with pytest.raises(ValueError, match="absent from the ground truth"):
+        coco_evaluate(gt_file, [{**fed_back[0], "image_id": 123456789}])
+
+
+def test_oks_equals_computeoks_on_hrnet_results(coco_sample):
+    results = json.loads((coco_sample / "person_keypoints_results_hrnet.json").read_text())
+    ev = _cocoeval(coco_sample / "person_keypoints.json", results)
+    # includes the two persons with no labelled keypoint (bbox rule)
+    assert _assert_oks_equal_computeoks(ev) > 50
+
+
+def test_oks_equals_computeoks_on_random_perturbations(coco_sample):
+    rng = np.random.default_rng(0)
+    gt = json.loads((coco_sample / "person_keypoints.json").read_text())
+    results = []
+    for a in gt["annotations"]:
+        k = np.reshape(a["keypoints"], (-1, 3)).astype(float)
+        x, y, w, h = a["bbox"]
+        for _ in range(3):
+            noisy = k.copy()
+            noisy[:, 0] = np.where(k[:, 2] > 0, k[:, 0], x + rng.uniform(-1.5, 2.5, 17) * w)
+            noisy[:, 1] = np.where(k[:, 2] > 0, k[:, 1], y + rng.uniform(-1.5, 2.5, 17) * h)
+            noisy[:, :2] += rng.normal(0, rng.uniform(1, 30), (17, 2))
+            noisy[:, 2] = rng.uniform(0, 1, 17)
+            results.append({"image_id": a["image_id"], "category_id": 1,
+                            "keypoints": noisy.ravel().tolist(), "score": float(rng.uniform())})
+    ev = _cocoeval(coco_sample / "person_keypoints.json", results)
+    assert _assert_oks_equal_computeoks(ev) > 50
+
+
+def test_oks_formula_by_hand():
+    gt = np.zeros((17, 3))
+    gt[:, 0], gt[:, 1], gt[:, 2] = np.arange(17) * 10.0, 50.0, 2
+    gt[3, 2] = 0  # not labelled: excluded from the mean
+    assert oks(gt, gt, area=1000.0) == pytest.approx(1.0)
+    pred = gt.copy()
+    pred[0, 0] += 5.0
+    pred[3, 0] += 500.0
+    e0 = 25.0 / (2 * COCO_OKS_SIGMAS[0]) ** 2 / 1000.0 / 2
+    assert oks(pred, gt, area=1000.0) == pytest.approx((15 + math.exp(-e0)) / 16)
+    batch = oks(np.stack([gt, pred]), gt, area=1000.0)
+    assert batch.shape == (2,) and batch[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="bbox"):
+        oks(pred, np.zeros((17, 3)), area=100.0)
+    # unlabelled GT: a prediction inside the box grown by w/h on each side scores 1
+    assert oks(pred[:, :2] * 0 + 20, np.zeros((17, 3)), area=100.0, bbox=[0, 0, 10, 10]) == pytest.approx(1.0)
+
+
+def test_pck():
+    gt = np.zeros((2, 17, 3))
+    gt[..., 2] = 2
+    gt[1, :5, 2] = 0
+    boxes = np.array([[0, 0, 50, 100], [0, 0, 200, 10]])  # longest sides 100 and 200
+    pred = gt[..., :2].copy()
+    pred[0, :, 0] += 19.0  # inside 0.2 * 100
+    pred[0, 0, 0] += 2.0  # 21 px: outside
+    pred[1, :, 1] += 41.0  # outside 0.2 * 200 = 40 ...
+    pred[1, :5, 1] = 1e6  # ... and unlabelled points do not count
+    assert pck(pred, gt, boxes) == pytest.approx(16 / 29)
+    assert pck(pred[0], gt[0], boxes[0]) == pytest.approx(16 / 17)
+    assert pck(pred, gt, [100.0, 210.0]) == pytest.approx(28 / 29)
+    assert pck(pred[1], gt[1], 50.0, thr=1.0) == pytest.approx(1.0)
+    assert math.isnan(pck(pred[0], np.zeros((17, 3)), boxes[0]))
+
+
+def test_results_table_upserts(tmp_path):
+    t = ResultsTable(tmp_path / "results.csv")
+    t.add({"model": "teacher", "setting": "coco", "AP": 0.861, "params": 28_500_000})
+    t.add({"model": "student", "setting": "kd", "AP": 0.5, "seed": 0})
+    t.add({"model": "teacher", "setting": "coco", "AP": 0.9, "MACs": 7.1e9})  # replaces, new column
+    rows = ResultsTable(tmp_path / "results.csv").rows()
+    assert [(r["model"], r["setting"]) for r in rows] == [("student", "kd"), ("teacher", "coco")]
+    assert rows[1]["AP"] == 0.9 and rows[1]["params"] is None and rows[1]["MACs"] == 7.1e9
+    assert rows[0]["seed"] == 0 and isinstance(rows[0]["seed"], int)
+    assert t.columns() == ["model", "setting", "AP", "params", "seed", "MACs"]
+    md = t.to_markdown(["model", "AP"])
+    assert md.splitlines()[0] == "| model | AP |" and "| teacher | 0.900 |" in md
+    with pytest.raises(KeyError, match="setting"):
+        t.add({"model": "x", "AP": 1.0})
+
+
+def test_results_table_default_path_is_run_folder():
+    from posekd_lib.config import run_paths
+
+    t = ResultsTable()
+    assert t.path == run_paths().results_csv
+    t.add({"model": "m", "setting": "s", "AP": 1.0})
+    assert run_paths().results_csv.is_file()
