@@ -1,0 +1,73 @@
+"""Execute the notebook series headless in one mode and write a results summary.
+
+    python scripts/run_series.py --mode workshop            # executed copies in runs/<mode>/notebooks/
+    python scripts/run_series.py --mode workshop --inplace  # re-execute the committed notebooks
+
+Each notebook runs in a fresh kernel (they stand alone), in order; the results table that the
+notebooks extend (runs/<mode>/results.csv) is rendered to runs/<mode>/results.md at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    import nbformat
+    from nbclient import NotebookClient
+
+    from posekd_lib.config import run_paths
+    from posekd_lib.synth import ensure_embedded_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default=os.environ.get("POSEKD_MODE", "workshop"))
+    ap.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/")
+    ap.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
+    ap.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
+    args = ap.parse_args(argv)
+
+    os.environ["POSEKD_MODE"] = args.mode
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    paths = run_paths(args.mode)
+    if args.mode != "full":
+        ensure_embedded_dataset(args.mode)
+
+    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
+    timings = []
+    for nb_path in notebooks:
+        nb = nbformat.read(nb_path, as_version=4)
+        t0 = time.perf_counter()
+        print(f">> {nb_path.name} ({args.mode})", flush=True)
+        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        try:
+            client.execute()
+        finally:
+            out = nb_path if args.inplace else paths.notebooks / nb_path.name
+            nbformat.write(nb, out)
+        dt = time.perf_counter() - t0
+        timings.append((nb_path.name, dt))
+        print(f"   done in {dt / 60:.1f} min -> {out}", flush=True)
+
+    lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
+    lines += [f"| {n} | {dt / 60:.1f} min |" for n, dt in timings]
+    if paths.results_csv.exists():
+        from posekd_lib.evaluation import ResultsTable
+
+        lines += ["", ResultsTable(paths.results_csv).to_markdown()]
+    summary = paths.root / "results.md"
+    summary.write_text("\n".join(lines) + "\n")
+    print(f">> summary: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
