@@ -1,0 +1,279 @@
+"""FiftyOne helpers: browse COCO person keypoints and model predictions, find failure cases.
+
+FiftyOne is for looking (the App, per-sample fields, sorting, filtering); AP stays with
+pycocotools (``evaluation.coco_evaluate``): FiftyOne's own keypoint evaluation scales OKS by the
+extent of the GT points, not COCO's area, and its mAP differs. Per-person OKS here is COCO's
+(``evaluation.oks_matrix``). ``fiftyone`` is imported on first use, so ``import posekd_lib``
+stays fast, and ``fo_env`` must run before that import to pick the database folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .evaluation import _load_results, oks_matrix
+from .keypoints import COCO_KEYPOINTS, COCO_SKELETON
+
+GT_FIELD = "ground_truth"
+BOX_FIELD = "gt_boxes"
+
+
+def fo_env(db_dir=None) -> dict[str, str]:
+    """Set FiftyOne's environment for these machines (call before ``import fiftyone``).
+
+    Silences the old-MongoDB validation notice and usage tracking; ``db_dir`` gives a private
+    database folder (tests use one under tmp, ~300 MB). Returns the variables now in effect.
+    """
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    if db_dir is not None:
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(Path(db_dir).expanduser().resolve())
+        if "fiftyone" in sys.modules:  # honoured until the first database call
+            sys.modules["fiftyone"].config.database_dir = os.environ["FIFTYONE_DATABASE_DIR"]
+    keys = ("FIFTYONE_DATABASE_VALIDATION", "FIFTYONE_DO_NOT_TRACK", "FIFTYONE_DATABASE_DIR")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def _fo():
+    fo_env()
+    import fiftyone as fo
+
+    return fo
+
+
+def _load_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _person_category_ids(coco: dict, source) -> set[int]:
+    cats = [c for c in coco.get("categories", []) if c.get("keypoints")]
+    if not cats:
+        raise ValueError(f"{source}: no category with keypoints (not a COCO person-keypoints file)")
+    for c in cats:
+        if tuple(c["keypoints"]) != COCO_KEYPOINTS:
+            raise ValueError(f"{source}: category {c.get('name')!r} keypoints differ from COCO-17: {c['keypoints']}")
+    return {c["id"] for c in cats}
+
+
+def _source_sha1(ann_file: Path, img_dir: Path) -> str:
+    h = hashlib.sha1(ann_file.read_bytes())
+    h.update(str(img_dir).encode())
+    return h.hexdigest()
+
+
+def _gt_keypoint(fo, ann: dict, w: float, h: float):
+    k = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+    vis = k[:, 2].astype(int)
+    pts = np.where(vis[:, None] > 0, k[:, :2] / (w, h), np.nan)
+    return fo.Keypoint(label="person", points=[tuple(p) for p in pts.tolist()], visibility=vis.tolist(),
+                       coco_id=ann["id"], area=float(ann["area"]), iscrowd=int(ann.get("iscrowd", 0)),
+                       num_keypoints=int(ann.get("num_keypoints", int((vis > 0).sum()))))
+
+
+def build_fo_dataset(ann_file, img_dir, name: str, overwrite: bool = False):
+    """A persistent FiftyOne dataset of a COCO person-keypoints JSON + its image folder.
+
+    Each sample holds ``coco_id`` (the COCO image id), ``ground_truth`` (``fo.Keypoints``, one
+    per person: points normalised to [0, 1], NaN where not labelled, with ``visibility``,
+    ``coco_id``, ``area``, ``iscrowd``, ``num_keypoints``) and ``gt_boxes`` (``fo.Detections``).
+    Same name and same source (file hash + image folder) reuses the stored dataset;
+    ``overwrite=True`` rebuilds it. Only the dataset called ``name`` is ever deleted. Images
+    missing from ``img_dir`` are skipped with a warning.
+    """
+    fo = _fo()
+    ann_file, img_dir = Path(ann_file).resolve(), Path(img_dir).resolve()
+    coco = _load_json(ann_file)
+    sha1 = _source_sha1(ann_file, img_dir)
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        if not overwrite:
+            if ds.info.get("source_sha1") == sha1:
+                return ds
+            raise ValueError(f"FiftyOne dataset {name!r} exists and was built from "
+                             f"{ds.info.get('source_ann_file')!r}, not {str(ann_file)!r}: "
+                             "pass overwrite=True to rebuild it, or choose another name")
+        ds.delete()
+
+    person_ids = _person_category_ids(coco, ann_file)
+    by_image: dict[int, list] = {}
+    for a in coco.get("annotations", []):
+        if a.get("category_id") in person_ids:
+            by_image.setdefault(a["image_id"], []).append(a)
+    samples, missing = [], []
+    for img in coco.get("images", []):
+        path = img_dir / img["file_name"]
+        if not path.is_file():
+            missing.append(img["file_name"])
+            continue
+        w, h = float(img["width"]), float(img["height"])
+        anns = by_image.get(img["id"], [])
+        boxes = [fo.Detection(label="person", bounding_box=[a["bbox"][0] / w, a["bbox"][1] / h,
+                                                           a["bbox"][2] / w, a["bbox"][3] / h],
+                              coco_id=a["id"], area=float(a["area"]), iscrowd=int(a.get("iscrowd", 0)))
+                 for a in anns]
+        samples.append(fo.Sample(
+            filepath=str(path), coco_id=int(img["id"]),
+            metadata=fo.ImageMetadata(width=int(w), height=int(h)),
+            **{GT_FIELD: fo.Keypoints(keypoints=[_gt_keypoint(fo, a, w, h) for a in anns]),
+               BOX_FIELD: fo.Detections(detections=boxes)}))
+    if not samples:
+        raise FileNotFoundError(f"none of the {len(missing)} images of {ann_file} is in {img_dir}")
+    if missing:
+        warnings.warn(f"{len(missing)} images of {ann_file.name} are missing from {img_dir} "
+                      f"and were skipped (first: {missing[0]})")
+
+    ds = fo.Dataset(name)
+    ds.add_samples(samples, progress=False)
+    ds.create_index("coco_id", unique=True)
+    ds.default_skeleton = fo.KeypointSkeleton(labels=list(COCO_KEYPOINTS), edges=[list(e) for e in COCO_SKELETON])
+    ds.info = {"source_ann_file": str(ann_file), "source_img_dir": str(img_dir), "source_sha1": sha1}
+    ds.persistent = True
+    ds.save()
+    return ds
+
+
+def _match_coco_style(ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray, min_oks: float) -> np.ndarray:
+    """GT index matched to each prediction (rows in score order), -1 if none; COCOeval's greedy rule."""
+    order = np.argsort(ignore, kind="mergesort")  # non-ignored GT first, as in COCOeval.evaluateImg
+    taken = np.zeros(len(ignore), bool)
+    match = np.full(ious.shape[0], -1)
+    for d in range(ious.shape[0]):
+        best, best_oks = -1, min_oks
+        for g in order:
+            if taken[g] and not crowd[g]:
+                continue
+            if best > -1 and not ignore[best] and ignore[g]:
+                break
+            if ious[d, g] < best_oks:
+                continue
+            best, best_oks = g, ious[d, g]
+        if best > -1:
+            match[d] = best
+            taken[best] = True
+    return match
+
+
+def add_predictions(dataset, results, field: str, gt_ann_file, min_oks: float = 0.1) -> dict:
+    """Add COCO-format keypoint results as ``fo.Keypoints`` field ``field``, scored with COCO's OKS.
+
+    Each predicted person keeps its ``score``, per-point ``confidence``, ``result_index`` (its
+    position in ``results``) and, when matched, ``gt_id`` and ``oks``. Matching follows
+    COCOeval: predictions in score order take the unmatched GT person with the highest OKS,
+    persons COCO ignores (crowd, no labelled keypoint) last, pairs under ``min_oks`` left
+    unmatched. ``f"{field}_oks"`` per sample is the mean OKS over the GT persons COCO scores, a
+    missed person counting 0 (None when the image has none). Returns counts.
+    """
+    fo = _fo()
+    gt = _load_json(gt_ann_file)
+    person_ids = _person_category_ids(gt, gt_ann_file)
+    sizes = {img["id"]: (float(img["width"]), float(img["height"])) for img in gt.get("images", [])}
+    gts: dict[int, list] = {}
+    for a in gt.get("annotations", []):
+        if a.get("category_id") in person_ids:
+            gts.setdefault(a["image_id"], []).append(a)
+    preds: dict[int, list] = {}
+    for i, r in enumerate(_load_results(results)):
+        preds.setdefault(int(r["image_id"]), []).append((i, r))
+
+    ids = dataset.values("coco_id")
+    unknown = set(preds) - set(ids)
+    if len(unknown) == len(preds) and preds:
+        raise ValueError(f"no result refers to an image of dataset {dataset.name!r} (e.g. image id {next(iter(unknown))})")
+    kp_values, oks_values, n_matched = [], [], 0
+    for img_id in ids:
+        if img_id not in sizes:
+            raise KeyError(f"image id {img_id} of dataset {dataset.name!r} is not in {gt_ann_file}")
+        w, h = sizes[img_id]
+        p = sorted(preds.get(img_id, []), key=lambda t: -t[1]["score"])  # stable, like COCOeval
+        g = gts.get(img_id, [])
+        pk = np.asarray([r["keypoints"] for _, r in p], dtype=np.float64).reshape(len(p), -1, 3)
+        ignore = np.array([bool(a.get("iscrowd", 0)) or a.get("num_keypoints", 1) == 0 for a in g], bool)
+        if len(p) and len(g):
+            ious = oks_matrix(pk, [np.reshape(a["keypoints"], (-1, 3)) for a in g],
+                              [a["area"] for a in g], [a["bbox"] for a in g])
+            match = _match_coco_style(ious, ignore, np.array([bool(a.get("iscrowd", 0)) for a in g]), min_oks)
+        else:
+            ious, match = np.zeros((len(p), len(g))), np.full(len(p), -1)
+        per_gt = np.zeros(len(g))
+        kps = []
+        for d, (i, r) in enumerate(p):
+            m = int(match[d])
+            attrs = {"score": float(r["score"]), "result_index": i,
+                     "gt_id": g[m]["id"] if m >= 0 else None, "oks": float(ious[d, m]) if m >= 0 else None}
+            if m >= 0 and not ignore[m]:
+                per_gt[m] = ious[d, m]
+                n_matched += 1
+            kps.append(fo.Keypoint(label="person", points=[tuple(q) for q in (pk[d, :, :2] / (w, h)).tolist()],
+                                   confidence=pk[d, :, 2].tolist(), **attrs))
+        kp_values.append(fo.Keypoints(keypoints=kps))
+        scored = per_gt[~ignore]
+        oks_values.append(float(scored.mean()) if scored.size else None)
+    dataset.set_values(field, kp_values)
+    dataset.set_values(f"{field}_oks", oks_values)
+    return {"samples": len(ids), "predictions": sum(len(k.keypoints) for k in kp_values),
+            "matched": n_matched, "skipped_images": len(unknown)}
+
+
+# --------------------------------------------------------------------------- views
+def worst_samples(dataset, field: str, n: int = 10):
+    """The ``n`` samples with the lowest mean OKS of ``field`` (see ``add_predictions``)."""
+    return dataset.exists(f"{field}_oks").sort_by(f"{field}_oks").limit(n)
+
+
+def a_beats_b(dataset, field_a: str, field_b: str, margin: float = 0.1):
+    """Samples where model A's mean OKS exceeds model B's by more than ``margin``, largest gap first."""
+    from fiftyone import ViewField as F
+
+    gap = F(f"{field_a}_oks") - F(f"{field_b}_oks")
+    view = dataset.exists(f"{field_a}_oks").exists(f"{field_b}_oks")
+    return view.match(gap > margin).sort_by(gap, reverse=True)
+
+
+def occluded_persons(dataset, min_occluded: int = 4, field: str = GT_FIELD):
+    """GT persons with at least ``min_occluded`` labelled-but-occluded (v=1) points, and their samples."""
+    from fiftyone import ViewField as F
+
+    return dataset.filter_labels(field, F("visibility").filter(F() == 1).length() >= min_occluded)
+
+
+# --------------------------------------------------------------------------- App
+def _why_not_interactive() -> str | None:
+    if os.environ.get("POSEKD_MODE", "").strip().lower() == "quick":
+        return "POSEKD_MODE=quick"
+    if os.environ.get("CI"):
+        return "CI is set"
+    try:
+        from IPython import get_ipython
+
+        if getattr(get_ipython(), "kernel", None) is not None:
+            return None
+    except ImportError:
+        pass
+    return None if sys.stdin is not None and sys.stdin.isatty() else "no IPython kernel and no terminal"
+
+
+def launch_app(dataset, port: int = 5151, remote: bool = False, force: bool = False):
+    """Open the FiftyOne App on ``dataset`` (served on 127.0.0.1 only) and return the session.
+
+    Launches only in an interactive session (a Jupyter kernel or a terminal), never in quick
+    mode or CI; otherwise prints how to open it and returns None. ``force`` skips the check.
+    Close it with ``session.close()``, or the server lingers for a minute or two.
+    """
+    reason = None if force else _why_not_interactive()
+    if reason:
+        print(f"FiftyOne App not launched ({reason}). To browse dataset {dataset.name!r}, run:\n"
+              f"    fiftyone app launch {dataset.name} --address 127.0.0.1 --port {port}\n"
+              f"or in Python: fo.launch_app(fo.load_dataset({dataset.name!r}), address='127.0.0.1', port={port})")
+        return None
+    fo = _fo()
+    return fo.launch_app(dataset, port=port, address="127.0.0.1", remote=remote)

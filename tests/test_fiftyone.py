@@ -1,0 +1,164 @@
+"""FiftyOne helpers on the real COCO sample (a private database per test module: starting it costs seconds)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posekd_lib import inspect_fo
+from posekd_lib.evaluation import gt_as_results
+
+SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata" / "coco_sample"
+
+
+@pytest.fixture(scope="module")
+def fo(tmp_path_factory):
+    inspect_fo.fo_env(tmp_path_factory.mktemp("fiftyone_db"))
+    return pytest.importorskip("fiftyone")
+
+
+@pytest.fixture(scope="module")
+def sample_files():
+    if not SAMPLE.exists():
+        pytest.skip(f"reference data not available: {SAMPLE}")
+    gt = json.loads((SAMPLE / "person_keypoints.json").read_text())
+    return SAMPLE, gt
+
+
+@pytest.fixture(scope="module")
+def ds(fo, sample_files):
+    root, _ = sample_files
+    return inspect_fo.build_fo_dataset(root / "person_keypoints.json", root / "images", "coco-sample")
+
+
+def _computeoks(gt_file, results):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), iouType="keypoints")
+        ev.evaluate()
+    return ev
+
+
+def test_build_dataset_matches_json_and_rebuilds_idempotently(fo, ds, sample_files, tmp_path):
+    root, gt = sample_files
+    anns = gt["annotations"]
+    vis = np.array([a["keypoints"][2::3] for a in anns])
+    assert len(ds) == len(gt["images"]) == 4
+    assert ds.count("ground_truth.keypoints") == ds.count("gt_boxes.detections") == len(anns)
+    got_vis = np.array(ds.values("ground_truth.keypoints.visibility", unwind=True))
+    assert (got_vis == 2).sum() == (vis == 2).sum() and (got_vis == 1).sum() == (vis == 1).sum()
+    pts = np.array(ds.values("ground_truth.keypoints.points", unwind=True), dtype=float)
+    assert np.isnan(pts[..., 0]).sum() == (vis == 0).sum()
+    assert np.nanmin(pts) >= 0 and np.nanmax(pts) <= 1
+    assert sorted(ds.values("coco_id")) == sorted(i["id"] for i in gt["images"])
+    assert sorted(ds.values("ground_truth.keypoints.coco_id", unwind=True)) == sorted(a["id"] for a in anns)
+    assert len(ds.default_skeleton.edges) == 19 and ds.default_skeleton.labels[0] == "nose"
+    assert ds.persistent and ds.info["source_ann_file"].endswith("person_keypoints.json")
+    # first person: normalised points map back to the JSON's pixels
+    s = ds.match({"coco_id": anns[0]["image_id"]}).first()
+    k0 = np.reshape(anns[0]["keypoints"], (-1, 3))
+    p0 = np.array(s.ground_truth.keypoints[0].points) * (s.metadata.width, s.metadata.height)
+    np.testing.assert_allclose(p0[k0[:, 2] > 0], k0[k0[:, 2] > 0, :2], atol=1e-6)
+
+    other = inspect_fo.build_fo_dataset(root / "person_keypoints.json", root / "images", "coco-sample-2")
+    again = inspect_fo.build_fo_dataset(root / "person_keypoints.json", root / "images", "coco-sample")
+    assert again._doc.id == ds._doc.id and len(again) == 4  # reused, no duplicate samples
+
+    changed = tmp_path / "person_keypoints.json"
+    changed.write_text(json.dumps({**gt, "annotations": anns[1:]}))
+    with pytest.raises(ValueError, match="overwrite=True"):
+        inspect_fo.build_fo_dataset(changed, root / "images", "coco-sample-2")
+    rebuilt = inspect_fo.build_fo_dataset(changed, root / "images", "coco-sample-2", overwrite=True)
+    assert len(rebuilt) == 4 and rebuilt.count("ground_truth.keypoints") == len(anns) - 1
+    assert fo.dataset_exists("coco-sample") and len(fo.load_dataset("coco-sample")) == 4
+    assert other.deleted and not ds.deleted
+
+
+def test_add_predictions_oks_agrees_with_cocoeval_and_views(ds, sample_files):
+    root, gt = sample_files
+    gt_file = root / "person_keypoints.json"
+    results = json.loads((root / "person_keypoints_results_hrnet.json").read_text())
+    counts = inspect_fo.add_predictions(ds, results, "hrnet", gt_file)
+    assert counts["predictions"] == len(results) and counts["matched"] == 12
+
+    ev = _computeoks(gt_file, results)
+    pairs = 0
+    for s in ds:
+        gt_ids = [g["id"] for g in ev._gts[s.coco_id, 1]]
+        dts = ev._dts[s.coco_id, 1]
+        det_ids = [dts[i]["id"] for i in np.argsort([-d["score"] for d in dts], kind="mergesort")]
+        for kp in s.hrnet.keypoints:
+            assert len(kp.confidence) == 17
+            if kp.gt_id is not None and det_ids.index(kp.result_index + 1) < 20:
+                want = ev.ious[s.coco_id, 1][det_ids.index(kp.result_index + 1), gt_ids.index(kp.gt_id)]
+                assert kp.oks == pytest.approx(want, rel=1e-12)
+                pairs += 1
+        scored = {a["id"] for a in gt["annotations"] if a["image_id"] == s.coco_id and a["num_keypoints"] > 0}
+        matched = [kp.oks for kp in s.hrnet.keypoints if kp.gt_id in scored]
+        assert len(matched) == len(scored)  # HRNet finds every scored person of the sample
+        assert s.hrnet_oks == pytest.approx(sum(matched) / len(scored))
+    assert pairs >= 12
+
+    shifted = [{**r, "keypoints": (np.asarray(r["keypoints"]) + [0.5, 0, 0] * 17).tolist()} for r in gt_as_results(gt_file)]
+    inspect_fo.add_predictions(ds, shifted, "gt_shifted", gt_file)
+    oks_h = dict(zip(ds.values("coco_id"), ds.values("hrnet_oks")))
+    worst = inspect_fo.worst_samples(ds, "hrnet", 2).values("coco_id")
+    assert worst == sorted(oks_h, key=oks_h.get)[:2]
+    view = inspect_fo.a_beats_b(ds, "gt_shifted", "hrnet", margin=0.0)
+    gaps = np.subtract(view.values("gt_shifted_oks"), view.values("hrnet_oks"))
+    assert len(view) == 4 and np.all(np.diff(gaps) <= 0) and gaps.min() > 0
+    assert len(inspect_fo.a_beats_b(ds, "gt_shifted", "hrnet", margin=gaps[1])) == 1
+    assert len(inspect_fo.a_beats_b(ds, "hrnet", "gt_shifted")) == 0
+
+    for k in (1, 4):
+        want = sum(np.sum(np.array(a["keypoints"][2::3]) == 1) >= k for a in gt["annotations"])
+        view = inspect_fo.occluded_persons(ds, min_occluded=k)
+        assert view.count("ground_truth.keypoints") == want > 0
+        assert all(np.sum(np.array(v) == 1) >= k for v in view.values("ground_truth.keypoints.visibility", unwind=True))
+
+
+def test_launch_app_stays_off_when_not_interactive(monkeypatch, capsys):
+    class Named:
+        name = "coco-sample"
+
+    assert inspect_fo.launch_app(Named()) is None  # POSEKD_MODE=quick under pytest
+    assert "fiftyone app launch coco-sample --address 127.0.0.1" in capsys.readouterr().out
+    monkeypatch.setenv("POSEKD_MODE", "workshop")
+    monkeypatch.setenv("CI", "1")
+    assert inspect_fo.launch_app(Named()) is None
+    assert "CI is set" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_app_serves_dataset_on_localhost(ds):
+    port = _free_port()
+    session = inspect_fo.launch_app(ds, port=port, remote=True, force=True)
+    try:
+        assert session.server_address == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        query = {"query": '{ dataset(name: "coco-sample") { name estimatedSampleCount } }'}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps(query).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            data = json.loads(r.read())["data"]["dataset"]
+        assert data == {"name": "coco-sample", "estimatedSampleCount": 4}
+    finally:
+        session.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
