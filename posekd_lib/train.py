@@ -1,0 +1,461 @@
+"""The training loop: one readable ``fit`` with logging, checkpoints, exact resume, AMP and DDP.
+
+Loss contract (the distillation hook):
+
+* ``loss_fn(outputs, batch) -> Tensor | dict``: the task loss. A dict must hold the total under
+  ``"loss"``; its other entries are only logged (e.g. unweighted parts).
+* ``extra_loss_fn(outputs, batch, model) -> dict[str, Tensor]``: optional extra terms (a teacher's
+  KD terms, feature losses read from hooks on ``model``), every entry already weighted and added
+  to the total. With extra terms the task loss is logged as ``"task"`` and the sum as ``"loss"``.
+
+``batch`` is the collated dict from the dataset (``image``, ``target``, ``target_weight``, ...) on
+the training device; ``model`` is the bare module (never the DDP wrapper).
+
+Run folder ``out_dir/run_name/``: ``latest.pt`` (everything needed to continue: model, optimizer,
+scheduler, AMP scaler, step, epoch, position in the epoch, history, RNG states), ``best.pt``
+(model + metrics of the best evaluation) and ``history.json``. Files are written to a temporary
+name and renamed, so a kill never leaves a half-written checkpoint. To make the data position
+resumable, ``fit`` draws each epoch's batch order from ``(seed, epoch)`` and rebuilds a DataLoader
+per epoch with ``train_loader``'s settings, skipping the batches already done.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+
+from . import config
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or infinite (the step's weights are not updated or saved)."""
+
+
+# --------------------------------------------------------------------------- seeds and RNG state
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _init_worker(user_fn, worker_id: int) -> None:
+    seed_worker(worker_id)
+    if user_fn is not None:
+        user_fn(worker_id)
+
+
+def rng_state() -> dict:
+    """All global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """Training log: one row per ``log_every`` steps (interval means) and one eval dict per epoch."""
+
+    step: list[int] = field(default_factory=list)
+    epoch: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+
+    def log(self, step: int, epoch: float, lr: float, values: dict[str, float]) -> None:
+        for k in values.keys() - self.losses.keys():
+            self.losses[k] = [math.nan] * len(self.step)
+        for k, v in self.losses.items():
+            v.append(float(values.get(k, math.nan)))
+        self.step.append(step)
+        self.epoch.append(epoch)
+        self.lr.append(lr)
+
+    def best(self, metric: str, mode: str = "max") -> dict | None:
+        """The eval dict with the best ``metric`` (``None`` when nothing was evaluated)."""
+        rows = [e for e in self.evals if metric in e]
+        if not rows:
+            return None
+        pick = max if mode == "max" else min
+        return pick(rows, key=lambda e: e[metric])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{k: d[k] for k in ("step", "epoch", "lr", "losses", "evals")})
+
+    def save(self, path: Path) -> None:
+        _atomic_write(Path(path), lambda f: f.write(json.dumps(self.to_dict()).encode()))
+
+    @classmethod
+    def load(cls, path: Path) -> "History":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def plot(self, keys: list[str] | None = None):
+        """Loss components against the step and, when present, eval metrics against the step."""
+        import matplotlib.pyplot as plt
+
+        metrics = sorted({k for e in self.evals for k, v in e.items()
+                          if k not in ("step", "epoch") and isinstance(v, (int, float))})
+        fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 3.5), squeeze=False)
+        ax = axes[0, 0]
+        for k in keys or list(self.losses):
+            ax.plot(self.step, self.losses[k], label=k)
+        ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+        ax.legend()
+        if metrics:
+            ax = axes[0, 1]
+            for m in metrics:
+                rows = [e for e in self.evals if m in e]
+                ax.plot([e["step"] for e in rows], [e[m] for e in rows], marker="o", label=m)
+            ax.set(xlabel="step", title="evaluation")
+            ax.legend()
+        fig.tight_layout()
+        return fig
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _atomic_write(path: Path, write: Callable) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: Path, model: nn.Module | None = None, strict: bool = True) -> dict:
+    """Load a checkpoint written by ``fit`` (or a bare state dict) into ``model``; return the other entries."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if "model" not in ckpt:
+        ckpt = {"model": ckpt}
+    if model is not None:
+        try:
+            model.load_state_dict(ckpt["model"], strict=strict)
+        except RuntimeError as e:
+            raise RuntimeError(f"checkpoint {path} does not fit {type(model).__name__}: {e}") from None
+    return {k: v for k, v in ckpt.items() if k != "model"}
+
+
+# --------------------------------------------------------------------------- data order
+def epoch_batches(loader: DataLoader, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The index batches of one epoch: a function of ``(seed, epoch)`` only; this rank's shard under DDP."""
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+        raise TypeError("fit needs a map-style dataset and a DataLoader with batch_size set")
+    batch_sampler = loader.batch_sampler
+    if world > 1:
+        sampler = loader.sampler
+        if not isinstance(sampler, DistributedSampler):
+            sampler = DistributedSampler(loader.dataset, world, rank, shuffle=isinstance(sampler, RandomSampler),
+                                         seed=seed)
+        batch_sampler = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+    if hasattr(batch_sampler.sampler, "set_epoch"):
+        batch_sampler.sampler.set_epoch(epoch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_epoch_seed(seed, epoch))
+        if loader.generator is not None:
+            loader.generator.manual_seed(_epoch_seed(seed, epoch))
+        return [list(b) for b in batch_sampler]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def _epoch_loader(loader: DataLoader, batches: list[list[int]], seed: int, epoch: int) -> DataLoader:
+    """A DataLoader over ``batches`` with ``loader``'s settings and a per-epoch worker seed."""
+    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
+                      worker_init_fn=partial(_init_worker, loader.worker_init_fn),
+                      multiprocessing_context=loader.multiprocessing_context,
+                      generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch) + 1),
+                      prefetch_factor=loader.prefetch_factor)
+
+
+def _to_device(x, device: torch.device):
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+# --------------------------------------------------------------------------- set-up helpers
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_amp(amp, device: torch.device) -> torch.dtype | None:
+    if amp in (None, False, "off", "none"):
+        return None
+    if device.type != "cuda":
+        if amp != "auto":
+            print(f"fit: amp={amp!r} ignored on {device.type}; mixed precision runs on CUDA only")
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"amp={amp!r}: use 'auto', 'bf16', 'fp16' or None")
+    return dtypes[amp]
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
+    """Per-step LR factor: linear warm-up, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min(step - warmup_steps, total_steps - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _build_scheduler(scheduler, optimizer, total_steps: int):
+    if scheduler is None or scheduler == "constant":
+        return None
+    if scheduler == "cosine":
+        return cosine_schedule(optimizer, total_steps)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        return scheduler
+    if callable(scheduler):
+        return scheduler(optimizer, total_steps)
+    raise ValueError(f"scheduler={scheduler!r}: use 'cosine', 'constant'/None, an LRScheduler, "
+                     "or a callable (optimizer, total_steps) -> LRScheduler")
+
+
+def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and the named values to log, following the loss contract in the module docstring."""
+    if isinstance(task, dict):
+        if "loss" not in task:
+            raise KeyError(f"loss_fn returned a dict without 'loss' (keys: {sorted(task)})")
+        comps = dict(task)
+    else:
+        comps = {"loss": task}
+    total = comps["loss"]
+    if extra:
+        comps["task"] = comps.pop("loss")
+        for k, v in extra.items():
+            if k in comps or k == "loss":
+                raise KeyError(f"extra_loss_fn term {k!r} clashes with a task loss component")
+            comps[k] = v
+            total = total + v
+        comps["loss"] = total
+    return total, comps
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None = None,
+        epochs: int | None = None, max_steps: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, scheduler="cosine",
+        device: str | torch.device = "auto", amp="auto", out_dir: Path | None = None, run_name: str = "run",
+        save_every_steps: int | None = None, evaluate_fn: Callable[[nn.Module], dict] | None = None,
+        best_metric: str = "AP", best_mode: str = "max", resume: bool = True, seed: int = 0,
+        log_every: int = 10, extra_loss_fn: Callable | None = None, grad_clip: float | None = None,
+        progress: bool = True) -> History:
+    """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
+
+    ``loss_fn`` defaults to JointsMSE on ``batch["target"]``; see the module docstring for the loss
+    and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
+    (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``evaluate_fn(model) -> dict`` runs
+    after every epoch and at the end; ``best.pt`` keeps the model with the best ``best_metric``.
+    With ``resume`` a run continues from ``latest.pt`` at the exact step and batch it saved; a run
+    that already finished returns its history at once. Under ``torchrun`` the same call trains with
+    DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and saves.
+    """
+    from tqdm.auto import tqdm
+
+    from .losses import batch_loss
+
+    if epochs is None and max_steps is None:
+        raise ValueError("fit: give epochs, max_steps or both")
+    loss_fn = loss_fn or batch_loss()
+    rank, world, local_rank = _dist_env()
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    config.set_torch_threads(None if world == 1 else max(1, (os.cpu_count() or 1) // world))
+    seed_everything(seed + rank)
+    say = print if progress and rank == 0 else (lambda *a, **k: None)
+
+    model.to(device)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = len(epoch_batches(train_loader, 0, seed, rank, world))
+    total_steps = min(x for x in (max_steps, epochs and epochs * steps_per_epoch) if x is not None)
+    sched = _build_scheduler(scheduler, optimizer, total_steps)
+    amp_dtype = _resolve_amp(amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    run_dir = Path(out_dir or config.run_paths().checkpoints) / run_name
+    latest, best_path = run_dir / "latest.pt", run_dir / "best.pt"
+    if rank == 0 and run_dir.is_dir():
+        for stale in run_dir.glob(".*.tmp*"):  # left by a run killed while saving
+            stale.unlink()
+    step = epoch = batch_in_epoch = 0
+    history, best, running = History(), None, {"sums": {}, "count": 0}
+    if resume and latest.is_file():
+        ck = load_checkpoint(latest, model)
+        optimizer.load_state_dict(ck["optimizer"])
+        if sched is not None and ck["scheduler"] is not None:
+            sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        step, epoch, batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+        history, best, running = History.from_dict(ck["history"]), ck["best"], ck["running"]
+        set_rng_state(ck["rng"])
+        say(f"{run_name}: resuming from step {step} (epoch {epoch}, batch {batch_in_epoch})")
+    if step >= total_steps:
+        say(f"{run_name}: already trained for {step} steps")
+        return history
+    sums = defaultdict(float, running["sums"])
+    count = running["count"]
+
+    def save_latest():
+        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history.to_dict(),
+                "best": best, "running": {"sums": dict(sums), "count": count}, "rng": rng_state(),
+                "seed": seed, "run_name": run_name}
+        atomic_save(ckpt, latest)
+        history.save(run_dir / "history.json")
+
+    def evaluate() -> dict:
+        metrics = None
+        if rank == 0:
+            model.eval()
+            with torch.no_grad():
+                metrics = {"epoch": epoch, "step": step, **evaluate_fn(model)}
+            model.train()
+        if world > 1:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    net = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    net.train()
+    bar = tqdm(total=total_steps, initial=step, desc=run_name, disable=not (progress and rank == 0),
+               dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            batches = epoch_batches(train_loader, epoch, seed, rank, world)
+            for batch in _epoch_loader(train_loader, batches[batch_in_epoch:], seed, epoch):
+                batch = _to_device(batch, device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    outputs = net(batch["image"])
+                    extra = extra_loss_fn(outputs, batch, model) if extra_loss_fn else None
+                    total, comps = _components(loss_fn(outputs, batch), extra)
+                values = torch.stack([v.detach().float() for v in comps.values()])
+                if world > 1:
+                    dist.all_reduce(values)
+                    values /= world
+                values = dict(zip(comps, values.tolist()))
+                if not all(math.isfinite(v) for v in values.values()):
+                    saved = f"the last good checkpoint is {latest}" if latest.is_file() else "nothing was saved"
+                    raise NonFiniteLossError(
+                        f"{run_name}: non-finite loss at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): "
+                        f"{values}; weights were not updated and {saved}")
+
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                batch_in_epoch += 1
+                bar.update(1)
+                for k, v in values.items():
+                    sums[k] += v
+                count += 1
+
+                epoch_end = batch_in_epoch == len(batches)
+                if step % log_every == 0 or epoch_end or step == total_steps:
+                    means = {k: v / count for k, v in sums.items()}
+                    history.log(step, epoch + batch_in_epoch / len(batches), optimizer.param_groups[0]["lr"], means)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+                    sums, count = defaultdict(float), 0
+                if epoch_end:
+                    epoch, batch_in_epoch = epoch + 1, 0
+                if evaluate_fn is not None and (epoch_end or step == total_steps):
+                    metrics = evaluate()
+                    history.evals.append(metrics)
+                    if best_metric not in metrics:
+                        raise KeyError(f"evaluate_fn returned no {best_metric!r} (keys: {sorted(metrics)})")
+                    value = metrics[best_metric]
+                    if best is None or (value > best["value"] if best_mode == "max" else value < best["value"]):
+                        best = {"metric": best_metric, "value": value, "step": step, "epoch": epoch}
+                        if rank == 0:
+                            atomic_save({"model": model.state_dict(), "metrics": metrics, "step": step}, best_path)
+                    say(f"{run_name} step {step}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                if rank == 0 and (epoch_end or step == total_steps
+                                  or (save_every_steps and step % save_every_steps == 0)):
+                    save_latest()
+                if step >= total_steps:
+                    break
+        if world > 1:
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
+    finally:
+        bar.close()
+        if own_group:
+            dist.destroy_process_group()
+    return history

@@ -1,0 +1,223 @@
+import importlib.util
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from posekd_lib.losses import joints_mse
+from posekd_lib.models import PoseNet
+from posekd_lib.train import (History, NonFiniteLossError, atomic_save, epoch_batches, fit, load_checkpoint,
+                              rng_state, seed_everything, set_rng_state)
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "scripts" / "train_ddp_smoke.py"
+_spec = importlib.util.spec_from_file_location("train_ddp_smoke", SMOKE)
+smoke = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(smoke)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def mse(outputs, batch):
+    return joints_mse(outputs, batch["target"], batch["target_weight"])
+
+
+def interrupt_at(call: int):
+    calls = itertools.count(1)
+
+    def loss_fn(outputs, batch):
+        if next(calls) == call:
+            raise Interrupted
+        return mse(outputs, batch)
+
+    return loss_fn
+
+
+def run(out_dir, epochs=2, **kw):
+    torch.manual_seed(0)
+    model = smoke.tiny_posenet()
+    loader = DataLoader(smoke.BlobPoseDataset(n=16, noise=0.1), batch_size=4, shuffle=True)
+    kw = {"loss_fn": mse, "lr": 1e-2, "log_every": 1, "progress": False, **kw}
+    history = fit(model, loader, epochs=epochs, out_dir=out_dir, run_name="r", **kw)
+    return model, history
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_fit_lowers_the_loss_and_writes_the_run_folder(tmp_path):
+    model, hist = run(tmp_path, epochs=3)
+    losses = hist.losses["loss"]
+    assert hist.step == list(range(1, 13)) and len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.5 * losses[0]
+    assert hist.lr[-1] == pytest.approx(0.0, abs=1e-12)  # cosine decay to 0 at the last step
+
+    run_dir = tmp_path / "r"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["history.json", "latest.pt"]
+    assert History.load(run_dir / "history.json") == hist
+    fresh = smoke.tiny_posenet()
+    extras = load_checkpoint(run_dir / "latest.pt", fresh)
+    assert (extras["step"], extras["epoch"], extras["batch_in_epoch"]) == (12, 3, 0)
+    assert_same_state(fresh, model)
+    with pytest.raises(RuntimeError, match="latest.pt does not fit"):
+        load_checkpoint(run_dir / "latest.pt", smoke.tiny_posenet(num_joints=5))
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    reference, ref_hist = run(tmp_path / "a", save_every_steps=3)
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b", save_every_steps=3, loss_fn=interrupt_at(7))
+    saved = load_checkpoint(tmp_path / "b" / "r" / "latest.pt")
+    assert (saved["step"], saved["epoch"], saved["batch_in_epoch"]) == (6, 1, 2)
+
+    resumed, hist = run(tmp_path / "b", save_every_steps=3)
+    assert_same_state(resumed, reference)
+    assert hist == ref_hist
+
+    again, hist_again = run(tmp_path / "a", save_every_steps=3, loss_fn=interrupt_at(1))
+    assert hist_again == ref_hist
+    assert_same_state(again, reference)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    calls = itertools.count(1)
+
+    def loss_fn(outputs, batch):
+        base = mse(outputs, batch)
+        bad = base * float("nan") if next(calls) == 3 else base
+        return {"loss": bad, "mse": base}
+
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 0, batch 2\).*'loss': nan.*'mse': 0\.\d+"):
+        run(tmp_path, save_every_steps=2, loss_fn=loss_fn)
+    run_dir = tmp_path / "r"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["history.json", "latest.pt"]
+    model = smoke.tiny_posenet()
+    assert load_checkpoint(run_dir / "latest.pt", model)["step"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    atomic_save({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, path)
+    assert os.listdir(tmp_path) == ["latest.pt"]
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_evaluation_per_epoch_and_best_checkpoint(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    scores = iter([0.2, 0.6, 0.4])
+    modes = []
+
+    def evaluate_fn(model):
+        modes.append(model.training)
+        return {"AP": next(scores), "AR": 0.5}
+
+    _, hist = run(tmp_path, epochs=3, evaluate_fn=evaluate_fn)
+    assert modes == [False] * 3
+    assert [(e["epoch"], e["step"], e["AP"]) for e in hist.evals] == [(1, 4, 0.2), (2, 8, 0.6), (3, 12, 0.4)]
+    best = load_checkpoint(tmp_path / "r" / "best.pt", smoke.tiny_posenet())
+    assert best["step"] == 8 and best["metrics"]["AP"] == 0.6 == hist.best("AP")["AP"]
+    assert len(hist.plot().axes) == 2
+
+    with pytest.raises(KeyError, match="no 'AP'.*'AR'"):
+        run(tmp_path / "x", evaluate_fn=lambda m: {"AR": 0.1})
+
+
+def test_extra_loss_terms_are_added_and_logged(tmp_path):
+    seen = []
+
+    def kd(outputs, batch, model):
+        seen.append(type(model))
+        return {"kd": 0.1 * outputs.abs().mean()}
+
+    _, hist = run(tmp_path, extra_loss_fn=kd, max_steps=3)
+    assert set(hist.losses) == {"task", "kd", "loss"} and hist.step == [1, 2, 3]
+    np.testing.assert_allclose(hist.losses["loss"], np.add(hist.losses["task"], hist.losses["kd"]), rtol=1e-6)
+    assert seen == [PoseNet] * 3
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    seed_everything(3)
+    atomic_save({"rng": rng_state()}, tmp_path / "s.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_epoch_batches_depend_on_seed_and_epoch_only():
+    loader = DataLoader(range(10), batch_size=3, shuffle=True)
+    e0 = epoch_batches(loader, 0, seed=1)
+    torch.rand(5)
+    assert epoch_batches(loader, 0, seed=1) == e0 != epoch_batches(loader, 1, seed=1)
+    assert sorted(sum(e0, [])) == list(range(10)) and [len(b) for b in e0] == [3, 3, 3, 1]
+    shards = [sum(epoch_batches(loader, 0, seed=1, rank=r, world=2), []) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(SMOKE), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+    hist = History.load(tmp_path / "smoke" / "history.json")
+    assert hist.step == [2, 4]  # 16 samples / (2 ranks x batch 4) = 2 steps per epoch
+    assert hist.losses["loss"][1] < hist.losses["loss"][0]
+    assert load_checkpoint(tmp_path / "smoke" / "latest.pt")["step"] == 4
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tmp_path):
+    cmd = [sys.executable, str(SMOKE), "--epochs", "3", "--save-every", "1"]
+    latest = tmp_path / "killed" / "smoke" / "latest.pt"
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed"), "--sleep", "0.5"])
+    try:
+        deadline = time.time() + 120
+        while not (latest.exists() and load_checkpoint(latest)["step"] >= 3):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = load_checkpoint(latest)["step"]
+    assert 3 <= killed_at < 12
+
+    subprocess.run(cmd + ["--out", str(tmp_path / "killed")], check=True, timeout=120)
+    assert sorted(p.name for p in latest.parent.iterdir()) == ["history.json", "latest.pt"]
+    subprocess.run(cmd + ["--out", str(tmp_path / "clean")], check=True, timeout=120)
+    a = torch.load(tmp_path / "killed" / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "clean" / "rank0.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist = History.load(tmp_path / "killed" / "smoke" / "history.json")
+    assert hist == History.load(tmp_path / "clean" / "smoke" / "history.json")
