@@ -1,0 +1,303 @@
+"""Export a QAT-trained ai8x model for the MAX78000 code generator (ai8x-synthesis, "izer").
+
+Pipeline: `lean_checkpoint` (weights-only loadable, no BN keys) -> `quantize_checkpoint`
+(the integer weights, biases and output shifts izer consumes, as upstream ``quantize.py``
+computes them) -> `network_yaml` (izer's network description, generated from the model) ->
+`sample_input` / `expected_output` (a known-answer test) -> `izer_command` / `run_izer`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from posekd_lib import ai8x
+from posekd_lib.max78000 import MAX78000, limits, plan_hardware_layers
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a string")
+            _check_plain(v, f"{where}.{k}")
+        return
+    raise TypeError(f"{where}: {type(value).__name__} is not a plain value "
+                    f"(int, float, str, bool, None, list, dict) and would need pickle to load")
+
+
+def lean_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], epoch: int, arch: str,
+                    extras: Mapping[str, Any] | None = None) -> dict:
+    """``{'epoch', 'state_dict', 'arch', 'extras'}`` with CPU tensors and plain values only, so
+    ``torch.load(weights_only=True)`` opens it. Refuses a state dict that still holds batch-norm
+    keys (izer would read ``*.bn.weight`` as a layer): fuse first."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    bn = [k for k in sd if ".bn." in f".{k}"]
+    if bn:
+        raise ValueError(f"state dict still has batch-norm entries ({bn[:3]}{'...' if len(bn) > 3 else ''}); "
+                         f"call ai8x.fuse_bn_layers(model) (or initiate_qat) first")
+    extras = dict(extras or {})
+    _check_plain(extras, "extras")
+    return {"epoch": int(epoch),
+            "state_dict": OrderedDict((k, v.detach().cpu().clone()) for k, v in sd.items()),
+            "arch": str(arch), "extras": extras}
+
+
+def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
+    """Save a lean or quantized checkpoint (``.pth.tar``) and check it loads weights-only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(ckpt), path)
+    torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def _layer_prefix(key: str) -> str:
+    if not key.endswith(".op.weight"):
+        raise ValueError(f"state dict key {key!r}: every '*.weight' must belong to an ai8x layer "
+                         f"('<layer>.op.weight'); izer maps each one onto a hardware layer")
+    return key[: -len(".op.weight")]
+
+
+def _scalar(t) -> float:
+    return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+
+
+def quantize_checkpoint(ckpt: Mapping[str, Any], device: int = MAX78000,
+                        clip: str = "MAX_BIT_SHIFT", weight_bits: int | None = None) -> dict:
+    """The quantized checkpoint izer consumes, computed from a QAT checkpoint with upstream
+    ``quantize.py``'s MAX_BIT_SHIFT rules, per layer with ``b`` = its ``weight_bits`` (else
+    `weight_bits`, else 8) and ``s = clamp(floor(log2(1 / quantile|[w; bias]|)), -7-b, 23-b)``:
+
+    - weight ``clamp(floor(w * 2**s * 2**(b-1) + 0.5), -2**(b-1), 2**(b-1)-1)`` (float32);
+    - bias quantized the same way, then times ``2**(b-8) * 128``;
+    - ``output_shift = -s`` (a float; 0 comes out as -0.0, as upstream writes it),
+      ``bias_bits = b`` (float32), ``adjust_output_shift = 0.``, ``quantize_activation = 1.``.
+
+    The quantile uses the layer's ``shift_quantile`` with the same midpoint interpolation as
+    the QAT forward (upstream quantize.py interpolates linearly; both give the max at 1.0).
+    The input is not modified; ``extras['clipping_method']`` is recorded."""
+    if clip != "MAX_BIT_SHIFT":
+        raise ValueError(f"clip={clip!r}: only 'MAX_BIT_SHIFT' (the QAT method) is implemented")
+    if "state_dict" not in ckpt:
+        raise ValueError("checkpoint has no 'state_dict'")
+    lim = limits(device)
+    out = copy.deepcopy(dict(ckpt))
+    src = ckpt["state_dict"]
+    sd = OrderedDict((k, v.clone()) for k, v in src.items())
+    for key in list(src):
+        if not key.endswith(".weight"):
+            continue
+        layer = _layer_prefix(key)
+        bits = None
+        if f"{layer}.weight_bits" in src and int(_scalar(src[f"{layer}.weight_bits"])) != 0:
+            bits = int(_scalar(src[f"{layer}.weight_bits"]))
+        bits = bits or weight_bits or 8
+        if bits not in lim.weight_bits:
+            raise ValueError(f"{layer}: weight_bits {bits} is not one of {lim.weight_bits}")
+        w = src[key].float()
+        bias_key = f"{layer}.op.bias"
+        params = torch.cat((w.flatten(), src[bias_key].float().flatten())) if bias_key in src else w.flatten()
+        q = _scalar(src[f"{layer}.shift_quantile"]) if f"{layer}.shift_quantile" in src else 1.0
+        limit = ai8x.abs_quantile(params, q)
+        if not limit > 0:
+            raise ValueError(f"{layer}: all weights and biases are zero; cannot pick an output shift")
+        shift = torch.floor(torch.log2(1.0 / limit)).clamp(min=-7.0 - bits, max=23.0 - bits)
+        scale = torch.pow(2.0, shift)
+        hi, lo = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+        sd[key] = (2 ** (bits - 1) * scale * w).add(0.5).floor().clamp(min=lo, max=hi)
+        wb_key = f"{layer}.weight_bits"
+        if wb_key not in sd or int(_scalar(sd[wb_key])) == 0:
+            sd[wb_key] = torch.tensor([float(bits)])
+        if bias_key in src:
+            b = (2 ** (bits - 1) * (src[bias_key].float() * scale)).add(0.5).floor().clamp(min=lo, max=hi)
+            sd[bias_key] = b * 2 ** (bits - 8) * 2 ** (lim.activation_bits - 1)
+            sd[f"{layer}.bias_bits"] = torch.tensor([float(bits)])
+        hw_shift = -float(shift) + (8 - bits)
+        if not -15 <= hw_shift <= 15:
+            raise ValueError(f"{layer}: hardware output shift {hw_shift:g} (output_shift + 8 - bits) "
+                             f"is outside [-15, 15]; the layer's weights are too small or too large")
+        sd[f"{layer}.output_shift"] = (-shift).reshape(1).float()
+    for key in list(sd):
+        if key.endswith(".adjust_output_shift"):
+            sd[key] = torch.tensor([0.0])
+        elif key.endswith(".quantize_activation"):
+            sd[key] = torch.tensor([1.0])
+    out["state_dict"] = sd
+    out.setdefault("extras", {})
+    out["extras"] = dict(out["extras"] or {}, clipping_method=clip)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# network YAML
+
+def network_yaml(model: nn.Module, input_shape: tuple[int, int, int], arch: str, dataset: str,
+                 device: int = MAX78000, data_format: str = "HWC", comments: bool = True) -> str:
+    """izer's network description generated from `model`: one hardware layer per ai8x layer,
+    element-wise adds fused into the next layer (with an interleaving pass-through copy of an
+    operand that feeds other layers too), ping-pong memory offsets, explicit ``pool_stride``,
+    ``output_width: 32`` for wide layers, ``streaming`` on leading layers whose input does
+    not fit one data-memory instance."""
+    if data_format.upper() not in ("HWC", "CHW"):
+        raise ValueError(f"data_format must be HWC or CHW, got {data_format!r}")
+    layers = plan_hardware_layers(model, input_shape, device, data_format)
+    lines = [f"# izer network description generated by posekd_lib.export.network_yaml",
+             f"# device {limits(device).name}, input {'x'.join(map(str, input_shape))} "
+             f"{data_format.upper()}, {len(layers)} hardware layers",
+             f"arch: {arch}", f"dataset: {dataset}", "", "layers:"]
+    prev = None
+    for k, l in enumerate(layers):
+        entry: list[tuple[str, Any]] = []
+        default_input = prev is not None and l.inputs == [prev.name]
+        if not default_input and k > 0:
+            entry.append(("in_sequences", l.inputs[0] if len(l.inputs) == 1 else f"[{', '.join(l.inputs)}]"))
+        entry.append(("processors", f"0x{l.processors:016x}"))
+        if l.op == "passthrough" and l.module is None:
+            entry.append(("output_processors", f"0x{l.output_processors:016x}"))
+        if k == 0 or not default_input:
+            entry.append(("in_offset", f"0x{l.in_offset:04x}"))
+        entry.append(("out_offset", f"0x{l.out_offset:04x}"))
+        if k == 0:
+            entry.append(("data_format", data_format.upper()))
+        if l.streaming:
+            entry.append(("streaming", "true"))
+        if l.flatten:
+            entry.append(("flatten", "true"))
+        if l.eltwise:
+            entry.append(("eltwise", l.eltwise))
+            if l.pooling:
+                entry.append(("pool_first", "false"))
+        if l.pooling:
+            entry.append(("max_pool" if l.pooling == "Max" else "avg_pool", l.pool_size))
+            entry.append(("pool_stride", l.pool_stride))
+        entry.append(("op", l.op))
+        if l.op in ("conv2d", "convtranspose2d"):
+            entry.append(("kernel_size", f"{l.kernel}x{l.kernel}"))
+            entry.append(("pad", l.pad))
+        if l.activation:
+            entry.append(("activate", l.activation))
+        if l.wide:
+            entry.append(("output_width", 32))
+        if l.write_gap:
+            entry.append(("write_gap", l.write_gap))
+        entry.append(("name", l.name))
+        if comments:
+            what = l.op if l.module is None else type(_module(model, l.module)).__name__
+            lines.append(f"  # L{k} = {l.name} ({what}, {l.in_channels}x{l.in_hw[0]}x{l.in_hw[1]} -> "
+                         f"{l.out_channels}x{l.out_hw[0]}x{l.out_hw[1]})")
+        for i, (key, val) in enumerate(entry):
+            lines.append(f"  {'- ' if i == 0 else '  '}{key}: {val}")
+        lines.append("")
+        prev = l
+    return "\n".join(lines)
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[name]
+
+
+# --------------------------------------------------------------------------------------------
+# known-answer test data
+
+def sample_input(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """izer's sample input: int64 (C, H, W) in [-128, 127] from a float image in ai8x's
+    [-1, 127/128] range (x * 128, rounded, clamped). Takes (C,H,W) or a batch of one."""
+    t = torch.as_tensor(x).detach().float().cpu()
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"sample_input takes one image, got a batch of {t.shape[0]}")
+        t = t[0]
+    if t.dim() != 3:
+        raise ValueError(f"sample_input expects (C, H, W), got shape {tuple(t.shape)}")
+    return t.mul(128).round().clamp(-128, 127).numpy().astype(np.int64)
+
+
+def expected_output(model_sim: nn.Module, sample: np.ndarray) -> np.ndarray:
+    """What the chip should output for `sample` (int64 (C,H,W)): the simulate-mode model's
+    integer output (32-bit values for a wide last layer), int64."""
+    sim = [m for _, m in ai8x.ai8x_layers(model_sim) if not m.device.simulate]
+    if sim:
+        raise ValueError("expected_output needs a simulate-mode model "
+                         "(ai8x.apply_device(model, ai8x.Device(85, simulate=True)) after loading "
+                         "the quantized state dict)")
+    model_sim.eval()
+    p = next(model_sim.parameters())
+    with torch.no_grad():
+        y = model_sim(torch.as_tensor(np.asarray(sample), dtype=torch.float32, device=p.device)[None])
+    return y[0].cpu().numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# running izer
+
+def izer_command(checkpoint: str | Path, config: str | Path, sample: str | Path,
+                 test_dir: str | Path, prefix: str, device: int = MAX78000,
+                 synthesis_dir: str | Path | None = None, extra: list[str] | tuple = ()) -> list[str]:
+    """The ai8xize.py command line (offline: ``--no-version-check``); also printed."""
+    script = str(Path(synthesis_dir) / "ai8xize.py") if synthesis_dir else "ai8xize.py"
+    python = os.environ.get("AI8X_SYNTHESIS_PYTHON", sys.executable if synthesis_dir else "python")
+    cmd = [python, script, "--test-dir", str(test_dir), "--prefix", prefix,
+           "--checkpoint-file", str(checkpoint), "--config-file", str(config),
+           "--sample-input", str(sample), "--device", limits(device).name, "--timer", "0",
+           "--display-checkpoint", "--verbose", "--no-version-check", *extra]
+    print("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", shlex.join(cmd))
+    return cmd
+
+
+def parse_izer_log(text: str) -> dict:
+    """Weight/bias memory, per-layer and total estimated cycles from izer's output."""
+    out: dict[str, Any] = {}
+    m = re.search(r"Weight memory:\s*([\d,]+) bytes out of ([\d,]+)", text)
+    if m:
+        out["weight_bytes"], out["weight_capacity"] = (int(g.replace(",", "")) for g in m.groups())
+    m = re.search(r"Bias memory:\s*([\d,]+) bytes out of ([\d,]+)", text)
+    if m:
+        out["bias_bytes"], out["bias_capacity"] = (int(g.replace(",", "")) for g in m.groups())
+    m = re.search(r"Total\s+([\d,]+) cycles", text)
+    if m:
+        out["cycles"] = int(m.group(1).replace(",", ""))
+        out["latency_ms"] = out["cycles"] / limits(MAX78000).cnn_clock_hz * 1e3
+    layer_cycles = re.findall(r"^Layer (\d+)(?: \(([^)]*)\))?\s+([\d,]+)\s*$", text, flags=re.M)
+    if layer_cycles:
+        out["layer_cycles"] = {(name or f"L{i}"): int(c.replace(",", "")) for i, name, c in layer_cycles}
+    return out
+
+
+def run_izer(checkpoint: str | Path, config: str | Path, sample: str | Path, test_dir: str | Path,
+             prefix: str, device: int = MAX78000, synthesis_dir: str | Path | None = None,
+             extra: list[str] | tuple = (), timeout: float = 900) -> dict | None:
+    """Run izer when ``synthesis_dir`` or ``$AI8X_SYNTHESIS_DIR`` points to an ai8x-synthesis
+    checkout: returns ``{'log', 'returncode', 'weight_bytes', 'bias_bytes', 'cycles', ...}``.
+    Otherwise prints the command to run and returns None."""
+    synthesis_dir = synthesis_dir or os.environ.get("AI8X_SYNTHESIS_DIR")
+    paths = [Path(p).resolve() for p in (checkpoint, config, sample, test_dir)]
+    if not synthesis_dir or not (Path(synthesis_dir) / "ai8xize.py").exists():
+        izer_command(*paths, prefix, device, None, extra)
+        print("(set AI8X_SYNTHESIS_DIR to an ai8x-synthesis checkout to run it from here)")
+        return None
+    cmd = izer_command(*paths, prefix, device, synthesis_dir, extra)
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    proc = subprocess.run(cmd, cwd=synthesis_dir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    log = proc.stdout + proc.stderr
+    return {"log": log, "returncode": proc.returncode, **parse_izer_log(log)}

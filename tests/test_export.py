@@ -1,0 +1,140 @@
+"""Export for izer against the upstream golden files: lean checkpoint, quantizer, network
+YAML, sample input / expected output, resource report, izer command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from posekd_lib import ai8x, export, max78000
+
+
+@pytest.fixture
+def g(golden):
+    return golden / "ai8x"
+
+
+@pytest.fixture(autouse=True)
+def _float_device():
+    ai8x.set_device(85, False, False)
+    yield
+    ai8x.set_device(85, False, False)
+
+
+def load(g, name):
+    return torch.load(g / name, map_location="cpu", weights_only=True)
+
+
+def qat_model(g):
+    m = ai8x.ai85poselike()
+    ai8x.initiate_qat(m, load(g, "qat_io.pt")["qat_policy"])
+    m.load_state_dict(load(g, "qat_state_dict.pt"))
+    return m.eval()
+
+
+def izer_log(g) -> dict:
+    """izer's figures for the golden net, read from the README's log excerpt."""
+    return export.parse_izer_log((g / "README.md").read_text())
+
+
+def test_lean_checkpoint_roundtrip_and_refusals(g, tmp_path):
+    ref = load(g, "qat_checkpoint_lean.pth.tar")
+    ckpt = export.lean_checkpoint(qat_model(g), ref["epoch"], ref["arch"], ref["extras"])
+    assert list(ckpt) == ["epoch", "state_dict", "arch", "extras"]
+    path = export.save_checkpoint(ckpt, tmp_path / "qat.pth.tar")
+    back = torch.load(path, weights_only=True)
+    assert back["epoch"] == ref["epoch"] and back["arch"] == ref["arch"] and back["extras"] == ref["extras"]
+    assert list(back["state_dict"]) == list(ref["state_dict"])
+    assert all(torch.equal(back["state_dict"][k], v) for k, v in ref["state_dict"].items())
+    with pytest.raises(ValueError, match="bn"):
+        export.lean_checkpoint(ai8x.ai85poselike(), 0, "ai85poselike")
+    with pytest.raises(TypeError, match="extras.optimizer"):
+        export.lean_checkpoint(qat_model(g), 0, "x", {"optimizer": torch.optim.Adam})
+
+
+def test_quantizer_equals_quantize_py(g):
+    src = load(g, "qat_checkpoint_lean.pth.tar")
+    before = {k: v.clone() for k, v in src["state_dict"].items()}
+    q = export.quantize_checkpoint(src)
+    ref = load(g, "quantized_checkpoint.pth.tar")
+    assert list(q) == list(ref)
+    assert q["epoch"] == ref["epoch"] and q["arch"] == ref["arch"] and q["extras"] == ref["extras"]
+    assert list(q["state_dict"]) == list(ref["state_dict"])
+    for k, v in ref["state_dict"].items():
+        got = q["state_dict"][k]
+        assert got.dtype == v.dtype and torch.equal(got, v), k
+        assert torch.equal(torch.signbit(got), torch.signbit(v)), k   # conv4's -0.0 kept
+    assert all(torch.equal(src["state_dict"][k], v) for k, v in before.items())
+
+
+def test_quantizer_rejects_non_ai8x_weights():
+    ckpt = {"epoch": 0, "state_dict": {"fc.weight": torch.ones(2, 2)}}
+    with pytest.raises(ValueError, match="fc.weight"):
+        export.quantize_checkpoint(ckpt)
+
+
+def test_network_yaml_equals_golden(g, tmp_path):
+    text = export.network_yaml(qat_model(g), (3, 64, 64), "ai85poselike", "poselike")
+    ours, ref = yaml.safe_load(text), yaml.safe_load((g / "network.yaml").read_text())
+    assert (ours["arch"], ours["dataset"]) == (ref["arch"], ref["dataset"])
+    assert ours["layers"] == ref["layers"]
+
+
+def test_sample_input_and_expected_output(g):
+    x = load(g, "float_io.pt")["input"][:1]
+    sample = export.sample_input(x)
+    ref = np.load(g / "sample_input.npy")
+    assert sample.dtype == np.int64 and np.array_equal(sample, ref)
+    sim = ai8x.ai85poselike(weight_bits=8, quantize_activation=True, device=ai8x.Device(85, True))
+    ai8x.fuse_bn_layers(sim)
+    sim.load_state_dict(load(g, "quantized_state_dict.pt"))
+    out = export.expected_output(sim, sample)
+    assert out.dtype == np.int64 and np.array_equal(out, np.load(g / "izer_expected_output.npy"))
+    with pytest.raises(ValueError, match="simulate"):
+        export.expected_output(qat_model(g), sample)
+
+
+def test_resource_report_equals_izer(g):
+    ref = izer_log(g)
+    rep = max78000.resource_report(qat_model(g), (3, 64, 64), device=85)
+    assert rep.totals["weight_bytes"] == ref["weight_bytes"]
+    assert rep.totals["bias_bytes"] == ref["bias_bytes"]
+    assert rep.capacity["weight_bytes"] == ref["weight_capacity"]
+    assert rep.capacity["bias_bytes"] == ref["bias_capacity"]
+    assert rep.totals["cycles"] == ref["cycles"]
+    assert [r["cycles"] for r in rep.layers] == list(ref["layer_cycles"].values())
+    assert rep.totals["layers"] == len(ref["layer_cycles"])
+    assert rep.fits and "fits MAX78000: yes" in str(rep)
+    # 4-bit conv3: 32 kernels of 3x3 pack 2 per slot; the 1x1 conv4: 9 per slot
+    slots = {r["layer"].split()[1]: r["kernel_slots"] for r in rep.layers}
+    assert slots["conv3"] == 16 and slots["conv4"] == 4 and slots["conv2"] == 32
+
+
+def test_resource_report_explains_what_does_not_fit():
+    class WideHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = ai8x.FusedConv2dReLU(3, 32, 3, padding=1)
+            self.head = ai8x.Conv2d(32, 17, 1, wide=True)
+
+        def forward(self, x):
+            return self.head(self.conv(x))
+
+    rep = max78000.resource_report(WideHead(), (3, 64, 64))
+    assert not rep.fits and any("head" in r and "data memory" in r for r in rep.reasons)
+    big = nn.Sequential()
+    big.add_module("conv", ai8x.Conv2d(512, 512, 3, padding=1))
+    rep = max78000.resource_report(big, (512, 4, 4))
+    assert not rep.fits and any("weights need" in r for r in rep.reasons)
+    assert any("kernel memory" in r for r in rep.reasons)
+
+
+def test_izer_command_and_offline_run(g, tmp_path, monkeypatch, capsys):
+    cmd = export.izer_command("q.pth.tar", "net.yaml", "s.npy", tmp_path, "poselike")
+    assert cmd[1] == "ai8xize.py" and "--no-version-check" in cmd
+    assert cmd[cmd.index("--device") + 1] == "MAX78000"
+    monkeypatch.delenv("AI8X_SYNTHESIS_DIR", raising=False)
+    assert export.run_izer("q.pth.tar", "net.yaml", "s.npy", tmp_path, "poselike") is None
+    assert "ai8xize.py" in capsys.readouterr().out
