@@ -455,8 +455,10 @@ def sample_scene(rng: np.random.Generator, difficulty: float = 0.5, image_size=D
         if placed and rng.random() < 0.2 + 0.4 * d:  # overlap a previous person
             pu, ps = placed[int(rng.integers(len(placed)))]
             u = pu + rng.choice([-1, 1]) * rng.uniform(0.1, 0.45) * (ps + s) / 2
+        elif i == 0:  # the first person is always well inside the image
+            u = rng.uniform(0.1, 0.9) * w
         else:
-            wide = 0.2 if rng.random() < 0.15 + 0.35 * d else 0.0
+            wide = 0.12 if rng.random() < 0.15 + 0.35 * d else 0.0
             u = rng.uniform(-0.02 - wide, 1.02 + wide) * w
         a, b = 0.47 * s, h - 0.53 * s
         v = rng.uniform(min(a, b), max(a, b)) + (rng.normal(0, 0.25 * s) if rng.random() < 0.3 * d else 0.0)
