@@ -29,7 +29,8 @@ def test_heatmap_encode_is_the_official_gaussian():
 
 def test_target_weight_zero_for_unlabelled_and_outside():
     codec = HeatmapCodec((192, 256), (48, 64), sigma=2)
-    k = np.array([[50, 50, 0], [50, 50, 1], [-100, 50, 2], [50, 400, 2], [-20, 50, 2], [191, 255, 2]] + [[0, 0, 0]] * 11)
+    k = np.array([[50, 50, 0], [50, 50, 1], [-100, 50, 2], [50, 400, 2], [-20, 50, 2], [191, 255, 2]]
+                 + [[0, 0, 0]] * 11)
     hm, w = codec.encode(k)
     np.testing.assert_array_equal(w[:6], [0, 1, 0, 0, 1, 1])
     assert hm[0].max() == 0 and hm[2].max() == 0 and hm[3].max() == 0

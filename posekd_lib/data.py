@@ -1,0 +1,457 @@
+"""COCO person-keypoints data path: loading and checking the JSON, top-down and bottom-up datasets,
+and top-down inference to COCO results.
+
+The same code reads real COCO (``person_keypoints_val2017.json`` + ``val2017/``) and the generated
+dataset of ``synth.py`` (same format). Images are decoded with cv2 and converted to RGB, then
+normalised with the ImageNet mean/std as the official HRNet pipeline does.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from . import codecs as _codecs
+from .codecs import HeatmapCodec, PafCodec
+from .keypoints import (COCO_FLIP_INDEX, COCO_FLIP_PAIRS, COCO_JOINTS_WEIGHT, COCO_LOWER_BODY_IDS,
+                        COCO_UPPER_BODY_IDS,
+                        NUM_COCO_KEYPOINTS)
+from .transforms import (affine_points, box_to_center_scale, fliplr_keypoints, get_affine_transform,
+                         letterbox_matrix, transform_preds)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- annotation file
+def load_coco_person_keypoints(ann_file) -> dict:
+    """Read and check a COCO person-keypoints JSON; returns the parsed dict.
+
+    Checks what the datasets rely on, naming the file and the missing piece: ``images`` and
+    ``annotations`` lists, a category with ``keypoints`` names (17 for COCO), and in every
+    annotation of that category a ``keypoints`` list of 3 x 17 numbers and a 4-number ``bbox``.
+    """
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a COCO JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: not a COCO person-keypoints file, no '{key}' list")
+    cats = [c for c in data["categories"] if c.get("keypoints")]
+    if not cats:
+        raise ValueError(f"{path}: no category with 'keypoints' names (is this an instances/detection "
+                         f"file instead of person_keypoints?)")
+    cat = next((c for c in cats if c.get("name") == "person"), cats[0])
+    if len(cat["keypoints"]) != NUM_COCO_KEYPOINTS:
+        raise ValueError(f"{path}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoint names, "
+                         f"expected {NUM_COCO_KEYPOINTS} (COCO order)")
+    for i, img in enumerate(data["images"]):
+        missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
+        if missing:
+            raise ValueError(f"{path}: images[{i}] lacks {missing}")
+    for i, ann in enumerate(data["annotations"]):
+        if ann.get("category_id") != cat["id"]:
+            continue
+        if "keypoints" not in ann:
+            raise ValueError(f"{path}: annotations[{i}] (id {ann.get('id')}) has no 'keypoints' field")
+        if len(ann["keypoints"]) != 3 * NUM_COCO_KEYPOINTS:
+            raise ValueError(f"{path}: annotations[{i}] (id {ann.get('id')}) has {len(ann['keypoints'])} "
+                             f"keypoint numbers, expected {3 * NUM_COCO_KEYPOINTS}")
+        if len(ann.get("bbox", ())) != 4:
+            raise ValueError(f"{path}: annotations[{i}] (id {ann.get('id')}) has no 4-number 'bbox'")
+    data["_person_category_id"] = cat["id"]
+    return data
+
+
+def _clip_box(box, width: int, height: int) -> list[float] | None:
+    """Clip a COCO box to the image as the official loader does; None when nothing is left."""
+    x, y, w, h = (float(v) for v in box)
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def read_rgb(path, index: int | None = None) -> np.ndarray:
+    """Decode an image file with cv2 and return it as RGB uint8 ``(H, W, 3)``."""
+    where = f" (sample {index})" if index is not None else ""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}{where}")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"could not decode image {path}{where}: corrupt or not an image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_tensor_normalized(rgb: np.ndarray) -> torch.Tensor:
+    """RGB uint8 ``(H, W, 3)`` -> float32 ``(3, H, W)``, ``ToTensor`` + ImageNet ``Normalize``."""
+    x = np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32)
+    x *= _NORM_MUL
+    x -= _NORM_SUB
+    return torch.from_numpy(x)
+
+
+_NORM_MUL = (1.0 / (255.0 * IMAGENET_STD)).reshape(3, 1, 1)
+_NORM_SUB = (IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1)
+
+
+# --------------------------------------------------------------------------- augmentation
+@dataclass
+class AugConfig:
+    """Training augmentation (HRNet COCO defaults plus a light colour jitter)."""
+
+    scale_factor: float = 0.35
+    rotation: float = 45.0
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    @classmethod
+    def light(cls) -> "AugConfig":
+        """Milder settings for whole-image (bottom-up) training."""
+        return cls(scale_factor=0.2, rotation=10.0, rotation_prob=0.5, half_body_prob=0.0)
+
+
+def colour_jitter(rgb: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and saturation factors in ``1 ± cfg.<name>`` (uint8 in and out).
+
+    Applied in that order; all three are linear, so they fold into one ``a·x + b·gray + c`` pass.
+    """
+    b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) if cfg.brightness else 1.0
+    c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
+    s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    mean = float(gray.mean())
+    gray3 = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(rgb, s * c * b, gray3, (1 - s) * c * b, (1 - c) * b * mean)
+
+
+def half_body_box(joints: np.ndarray, aspect_ratio: float, rng: np.random.Generator):
+    """HRNet's half-body crop: center/scale around the upper or lower body joints, or None."""
+    vis = joints[:, 2] > 0
+    upper = [j for j in COCO_UPPER_BODY_IDS if vis[j]]
+    lower = [j for j in COCO_LOWER_BODY_IDS if vis[j]]
+    chosen = upper if (rng.random() < 0.5 and len(upper) > 2) else (lower if len(lower) > 2 else upper)
+    if len(chosen) < 2:
+        return None
+    pts = joints[chosen, :2]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    w, h = hi - lo
+    center = ((lo + hi) / 2).astype(np.float32)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center, np.array([w / 200.0, h / 200.0], dtype=np.float32) * 1.5
+
+
+def sample_rng() -> np.random.Generator:
+    """A numpy generator seeded from torch's RNG, so ``torch.manual_seed`` and the DataLoader's
+    per-worker seeds decide the augmentation (workers never repeat each other)."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+
+
+# --------------------------------------------------------------------------- top-down dataset
+class TopDownDataset(Dataset):
+    """One sample per person box: affine crop, (augmented) Gaussian targets, metadata for decoding.
+
+    With ``use_gt_boxes`` the boxes are the ground-truth persons (crowd, keypoint-less and empty
+    boxes skipped; ``skipped`` counts them by reason). With ``det_file`` (COCO results format) every
+    detected person box with score ≥ ``det_score_thr`` becomes a sample, for evaluation.
+    """
+
+    def __init__(self, ann_file, img_dir, input_size=(192, 256), heatmap_size=(48, 64), sigma: float = 2.0,
+                 train: bool = False, aug: AugConfig | None = None, use_gt_boxes: bool = True,
+                 det_file=None, det_score_thr: float = 0.0, use_joints_weight: bool = False,
+                 flip_pairs=COCO_FLIP_PAIRS):
+        self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        self.coco = load_coco_person_keypoints(ann_file)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.aspect_ratio = self.input_size[0] / self.input_size[1]
+        self.codec = HeatmapCodec(self.input_size, heatmap_size, sigma)
+        self.train = train
+        self.aug = (aug or AugConfig()) if train else None
+        self.use_joints_weight = use_joints_weight
+        self.flip_pairs = flip_pairs
+        self.images = {img["id"]: img for img in self.coco["images"]}
+        self.skipped: Counter = Counter()
+        if det_file is not None:
+            self.samples = self._detection_samples(Path(det_file), det_score_thr)
+        elif use_gt_boxes:
+            self.samples = self._gt_samples()
+        else:
+            raise ValueError("TopDownDataset needs use_gt_boxes=True or a det_file")
+
+    def _sample(self, image_id, ann_id, box, joints, area, score) -> dict:
+        center, scale = box_to_center_scale(box, self.aspect_ratio)
+        return {"image_id": int(image_id), "ann_id": int(ann_id), "box": np.asarray(box, np.float32),
+                "joints": joints, "center": center, "scale": scale, "area": float(area), "score": float(score)}
+
+    def _gt_samples(self) -> list[dict]:
+        cat = self.coco["_person_category_id"]
+        out = []
+        for ann in self.coco["annotations"]:
+            if ann.get("category_id") != cat:
+                continue
+            img = self.images.get(ann["image_id"])
+            if img is None:
+                raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} refers to unknown image_id "
+                                 f"{ann['image_id']}")
+            if ann.get("iscrowd", 0):
+                self.skipped["crowd"] += 1
+                continue
+            joints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(NUM_COCO_KEYPOINTS, 3)
+            if ann.get("num_keypoints", int((joints[:, 2] > 0).sum())) == 0:
+                self.skipped["no_keypoints"] += 1
+                continue
+            box = _clip_box(ann["bbox"], img["width"], img["height"])
+            if box is None or ann.get("area", 1) <= 0:
+                self.skipped["empty_box"] += 1
+                continue
+            out.append(self._sample(ann["image_id"], ann["id"], box, joints, ann.get("area", box[2] * box[3]), 1.0))
+        return out
+
+    def _detection_samples(self, det_file: Path, thr: float) -> list[dict]:
+        if not det_file.is_file():
+            raise FileNotFoundError(f"detection file not found: {det_file}")
+        dets = json.loads(det_file.read_text())
+        if not isinstance(dets, list) or (dets and not {"image_id", "bbox", "score"} <= set(dets[0])):
+            raise ValueError(f"{det_file}: expected a COCO results list of {{image_id, bbox, score, ...}}")
+        out = []
+        for i, d in enumerate(dets):
+            if d.get("category_id", 1) != 1:
+                continue
+            if d["score"] < thr:
+                self.skipped["low_score"] += 1
+                continue
+            if d["image_id"] not in self.images:
+                raise ValueError(f"{det_file}: detection {i} refers to image_id {d['image_id']} "
+                                 f"not in {self.ann_file}")
+            x, y, w, h = d["bbox"]
+            if w <= 0 or h <= 0:
+                self.skipped["empty_box"] += 1
+                continue
+            out.append(self._sample(d["image_id"], -1, d["bbox"], np.zeros((NUM_COCO_KEYPOINTS, 3)),
+                                    w * h, d["score"]))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        return self.img_dir / self.images[self.samples[index]["image_id"]]["file_name"]
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        img = read_rgb(self.image_path(index), index)
+        joints = s["joints"].copy()
+        center, scale, rot, flipped = s["center"].copy(), s["scale"].copy(), 0.0, False
+
+        rng = sample_rng() if self.train else None
+        if self.train:
+            cfg = self.aug
+            if (cfg.half_body_prob and (joints[:, 2] > 0).sum() > cfg.half_body_min_joints
+                    and rng.random() < cfg.half_body_prob):
+                hb = half_body_box(joints, self.aspect_ratio, rng)
+                if hb is not None:
+                    center, scale = hb
+            sf, rf = cfg.scale_factor, cfg.rotation
+            scale = scale * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
+            if rng.random() <= cfg.rotation_prob:
+                rot = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
+            if rng.random() < cfg.flip_prob:
+                joints = fliplr_keypoints(joints, img.shape[1], self.flip_pairs)
+                center[0] = img.shape[1] - center[0] - 1
+                flipped = True
+
+        M = get_affine_transform(center, scale, rot, self.input_size)
+        # a flipped sample crops the mirrored image: fold the mirror x -> W - 1 - x into the warp
+        warp = M @ np.array([[-1.0, 0, img.shape[1] - 1], [0, 1, 0], [0, 0, 1]]) if flipped else M
+        crop = cv2.warpAffine(img, warp, self.input_size, flags=cv2.INTER_LINEAR)
+        if self.train:
+            crop = colour_jitter(crop, self.aug, rng)
+        labelled = joints[:, 2:3] > 0
+        joints[:, :2] = np.where(labelled, affine_points(joints, M), 0.0)
+        target, weight = self.codec.encode(joints)
+        if self.use_joints_weight:
+            weight = weight * COCO_JOINTS_WEIGHT
+        return {
+            "image": to_tensor_normalized(crop),
+            "target": torch.from_numpy(target),
+            "target_weight": torch.from_numpy(weight.astype(np.float32)),
+            "joints": torch.from_numpy(joints.astype(np.float32)),
+            "meta": {
+                "index": index, "image_id": s["image_id"], "ann_id": s["ann_id"],
+                "center": torch.from_numpy(center.astype(np.float32)),
+                "scale": torch.from_numpy(np.asarray(scale, dtype=np.float32)),
+                "rotation": float(rot), "area": s["area"], "score": s["score"], "flipped": flipped,
+            },
+        }
+
+
+# --------------------------------------------------------------------------- bottom-up dataset
+class BottomUpDataset(Dataset):
+    """Whole images letterboxed to ``input_size`` with OpenPose-18 heatmaps, PAFs and a loss mask.
+
+    The mask (1, h, w) is 0 over crowd regions and people without labelled keypoints, so a model is
+    not punished for finding people nobody annotated. Augmentation (``train``): random zoom, small
+    rotation, horizontal flip, colour jitter (``AugConfig.light()`` by default).
+    """
+
+    def __init__(self, ann_file, img_dir, input_size=(128, 128), stride: int = 8, train: bool = False,
+                 aug: AugConfig | None = None, sigma: float = 7.0, paf_thickness: float = 1.0):
+        self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        self.coco = load_coco_person_keypoints(ann_file)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.codec = PafCodec(self.input_size, stride, sigma, paf_thickness)
+        self.train = train
+        self.aug = (aug or AugConfig.light()) if train else None
+        cat = self.coco["_person_category_id"]
+        self.anns: dict[int, list] = {img["id"]: [] for img in self.coco["images"]}
+        for ann in self.coco["annotations"]:
+            if ann.get("category_id") == cat and ann["image_id"] in self.anns:
+                self.anns[ann["image_id"]].append(ann)
+        self.image_ids = [i for i, anns in self.anns.items() if anns]
+        self.images = {img["id"]: img for img in self.coco["images"]}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _ignore_mask(self, anns, img_h: int, img_w: int) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        ignore = np.zeros((img_h, img_w), dtype=np.uint8)
+        for ann in anns:
+            if not (ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) == 0):
+                continue
+            seg = ann.get("segmentation")
+            if seg:
+                rle = mask_utils.frPyObjects(seg, img_h, img_w) if isinstance(seg, list) or \
+                    isinstance(seg.get("counts"), list) else seg
+                m = mask_utils.decode(mask_utils.merge(rle) if isinstance(rle, list) else rle)
+                ignore |= m.astype(np.uint8)
+            else:
+                x, y, w, h = (int(round(v)) for v in ann["bbox"])
+                ignore[max(y, 0):y + h, max(x, 0):x + w] = 1
+        return ignore
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.image_ids[index]
+        info, anns = self.images[image_id], self.anns[image_id]
+        img = read_rgb(self.img_dir / info["file_name"], index)
+        h0, w0 = img.shape[:2]
+        people = [a for a in anns if not a.get("iscrowd", 0) and a.get("num_keypoints", 1) > 0]
+        kpts = np.asarray([a["keypoints"] for a in people], dtype=np.float64).reshape(-1, NUM_COCO_KEYPOINTS, 3)
+        ignore = self._ignore_mask(anns, h0, w0)
+
+        M, _, _ = letterbox_matrix((w0, h0), self.input_size)
+        flipped = False
+        rng = sample_rng() if self.train else None
+        if self.train:
+            cfg = self.aug
+            zoom = float(np.clip(rng.standard_normal() * cfg.scale_factor + 1, 1 - cfg.scale_factor,
+                                 1 + cfg.scale_factor))
+            rot = float(rng.uniform(-cfg.rotation, cfg.rotation)) if rng.random() < cfg.rotation_prob else 0.0
+            c = np.array(self.input_size, dtype=np.float64) / 2
+            R = cv2.getRotationMatrix2D((float(c[0]), float(c[1])), rot, zoom)
+            M = R @ np.vstack([M, [0, 0, 1]])
+            if rng.random() < cfg.flip_prob:
+                F_ = np.array([[-1.0, 0, self.input_size[0] - 1], [0, 1, 0], [0, 0, 1]])
+                M = (F_ @ np.vstack([M, [0, 0, 1]]))[:2]
+                flipped = True
+        size = self.input_size
+        x = cv2.warpAffine(img, M, size, flags=cv2.INTER_LINEAR)
+        ign = cv2.warpAffine(ignore, M, size, flags=cv2.INTER_NEAREST)
+        if self.train:
+            x = colour_jitter(x, self.aug, rng)
+        labelled = kpts[..., 2:3] > 0
+        kpts[..., :2] = np.where(labelled, affine_points(kpts, M), 0.0)
+        if flipped:
+            kpts = kpts[:, list(COCO_FLIP_INDEX)]
+        outside = (kpts[..., 0] < 0) | (kpts[..., 1] < 0) | (kpts[..., 0] > size[0] - 1) | (kpts[..., 1] > size[1] - 1)
+        kpts[outside] = 0.0
+        heatmaps, pafs = self.codec.encode(kpts)
+        mw, mh = self.codec.map_size
+        mask = 1.0 - cv2.resize(ign.astype(np.float32), (mw, mh), interpolation=cv2.INTER_AREA)
+        mask = (mask > 0.5).astype(np.float32)
+        return {
+            "image": to_tensor_normalized(x),
+            "heatmaps": torch.from_numpy(heatmaps),
+            "pafs": torch.from_numpy(pafs),
+            "mask": torch.from_numpy(mask[None]),
+            "meta": {"index": index, "image_id": int(image_id), "flipped": flipped,
+                     "affine": torch.from_numpy(np.asarray(M, dtype=np.float32)),
+                     "num_persons": len(people)},
+        }
+
+
+# --------------------------------------------------------------------------- top-down inference
+def _heatmap_output(out, heatmap_size) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        out = out[-1]
+    out = out.float()
+    w, h = heatmap_size
+    if out.shape[-2:] != (h, w):
+        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+@torch.no_grad()
+def predict_topdown(model, loader, codec: HeatmapCodec, flip_pairs=COCO_FLIP_PAIRS, flip_test: bool = True,
+                    decode: str = "official", device="cpu", amp: bool = False, in_vis_thr: float = 0.2,
+                    progress: bool = True) -> list[dict]:
+    """Run a heatmap model over a ``TopDownDataset`` loader -> COCO keypoint results (image coords).
+
+    The model maps ``(N, 3, H, W)`` to ``(N, K, h, w)`` heatmaps (resized bilinearly when its size
+    differs from ``codec.heatmap_size``). With ``flip_test`` the flipped input is averaged in as the
+    official code does. Keypoints are decoded in heatmap cells and mapped back through the inverse
+    crop affine. ``score`` = box score × mean of the keypoint maxvals above ``in_vis_thr`` (0 when
+    none is), as HRNet rescores; OKS-NMS is not applied here.
+    """
+    model.eval()
+    device = torch.device(device)
+    results = []
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        x = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=amp):
+            out = _heatmap_output(model(x), codec.heatmap_size)
+            if flip_test:
+                out_f = _heatmap_output(model(x.flip(3)), codec.heatmap_size)
+                out = _codecs.flip_test_average(out, out_f, flip_pairs)
+        coords, maxvals = codec.decode(out.float().cpu(), method=decode)
+        meta = batch["meta"]
+        for i in range(len(x)):
+            c, s = meta["center"][i].numpy(), meta["scale"][i].numpy()
+            xy = transform_preds(coords[i].numpy(), c, s, codec.heatmap_size)
+            mv = maxvals[i].numpy().astype(np.float64)
+            kpts = np.concatenate([xy, mv[:, None]], axis=1)
+            confident = mv[mv > in_vis_thr]
+            kpt_score = float(confident.mean()) if len(confident) else 0.0
+            results.append({
+                "image_id": int(meta["image_id"][i]), "category_id": 1,
+                "keypoints": [round(float(v), 3) for v in kpts.reshape(-1)],
+                "score": kpt_score * float(meta["score"][i]),
+                "center": [float(v) for v in c], "scale": [float(v) for v in s],
+            })
+    return results
