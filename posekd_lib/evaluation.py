@@ -62,7 +62,8 @@ def coco_evaluate(gt, results, img_ids=None, sigmas=None, verbose: bool = False)
     dets = [dict(r) for r in _load_results(results)]  # loadRes adds keys to its input dicts
     if img_ids is not None:
         img_ids = [int(i) for i in img_ids]
-        dets = [d for d in dets if int(d["image_id"]) in set(img_ids)]
+        keep = set(img_ids)
+        dets = [d for d in dets if int(d["image_id"]) in keep]
     if not dets:
         return {k: 0.0 for k in COCO_METRICS}
     unknown = {d["image_id"] for d in dets} - set(coco_gt.getImgIds())
@@ -261,6 +262,12 @@ class ResultsTable:
 
     def columns(self) -> list[str]:
         return self._read()[0]
+
+    def df(self):
+        """The rows as a pandas DataFrame (pandas comes with FiftyOne; ``rows()`` needs nothing)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=self.columns())
 
     def add(self, row: dict) -> None:
         """Insert ``row``, or replace the row with the same ``model`` and ``setting``."""

@@ -147,6 +147,9 @@ def test_results_table_upserts(tmp_path):
     assert md.splitlines()[0] == "| model | AP |" and "| teacher | 0.900 |" in md
     with pytest.raises(KeyError, match="setting"):
         t.add({"model": "x", "AP": 1.0})
+    pd = pytest.importorskip("pandas")
+    df = t.df()
+    assert isinstance(df, pd.DataFrame) and df.shape == (2, 6) and df["AP"].tolist() == [0.5, 0.9]
 
 
 def test_results_table_default_path_is_run_folder():
