@@ -25,6 +25,7 @@ import math
 import os
 import random
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -294,31 +295,9 @@ def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 # --------------------------------------------------------------------------- the loop
-def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None = None,
-        epochs: int | None = None, max_steps: int | None = None,
-        optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, scheduler="cosine",
-        device: str | torch.device = "auto", amp="auto", out_dir: Path | None = None, run_name: str = "run",
-        save_every_steps: int | None = None, evaluate_fn: Callable[[nn.Module], dict] | None = None,
-        best_metric: str = "AP", best_mode: str = "max", resume: bool = True, seed: int = 0,
-        log_every: int = 10, extra_loss_fn: Callable | None = None, grad_clip: float | None = None,
-        progress: bool = True) -> History:
-    """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
-
-    ``loss_fn`` defaults to JointsMSE on ``batch["target"]``; see the module docstring for the loss
-    and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
-    (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``evaluate_fn(model) -> dict`` runs
-    after every epoch and at the end; ``best.pt`` keeps the model with the best ``best_metric``.
-    With ``resume`` a run continues from ``latest.pt`` at the exact step and batch it saved; a run
-    that already finished returns its history at once. Under ``torchrun`` the same call trains with
-    DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and saves.
-    """
-    from tqdm.auto import tqdm
-
-    from .losses import batch_loss
-
-    if epochs is None and max_steps is None:
-        raise ValueError("fit: give epochs, max_steps or both")
-    loss_fn = loss_fn or batch_loss()
+@contextmanager
+def _runtime(device, threads: int | None):
+    """Rank, world size and device of this process; sets up (and afterwards undoes) DDP and CPU threads."""
     rank, world, local_rank = _dist_env()
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -328,13 +307,59 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    config.set_torch_threads(None if world == 1 else max(1, (os.cpu_count() or 1) // world))
+    prev_threads = torch.get_num_threads()
+    config.set_torch_threads(threads or (None if world == 1 else max(1, (os.cpu_count() or 1) // world)))
+    try:
+        yield rank, world, device
+    finally:
+        torch.set_num_threads(prev_threads)
+        if own_group:
+            dist.destroy_process_group()
+
+
+def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None = None,
+        epochs: int | None = None, max_steps: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, scheduler="cosine",
+        device: str | torch.device = "auto", amp="auto", out_dir: Path | None = None, run_name: str = "run",
+        save_every_steps: int | None = None, evaluate_fn: Callable[[nn.Module], dict] | None = None,
+        best_metric: str = "AP", best_mode: str = "max", resume: bool = True, seed: int = 0,
+        log_every: int = 10, extra_loss_fn: Callable | None = None, grad_clip: float | None = None,
+        threads: int | None = None, progress: bool = True) -> History:
+    """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
+
+    ``loss_fn`` defaults to JointsMSE on ``batch["target"]``; see the module docstring for the loss
+    and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
+    (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``optimizer`` defaults to Adam(lr);
+    ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch and
+    at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
+    continues from ``latest.pt`` at the exact step and batch it saved; a run that already finished
+    loads its final weights and returns its history at once. Under ``torchrun`` the same call
+    trains with DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and saves, and
+    BatchNorm buffers end equal to rank 0's. ``threads`` sets torch's intra-op threads for the run
+    (default: all cores, split between local ranks; 1 is faster for tiny models on a busy machine).
+    """
+    if epochs is None and max_steps is None:
+        raise ValueError("fit: give epochs, max_steps or both")
+    with _runtime(device, threads) as (rank, world, device):
+        return _train(**locals())
+
+
+def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, scheduler, amp, out_dir, run_name,
+           save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every, extra_loss_fn,
+           grad_clip, progress, rank, world, device, **_) -> History:
+    """The body of :func:`fit`, once the process's rank, world size and device are known."""
+    from tqdm.auto import tqdm
+
+    from .losses import batch_loss
+
+    loss_fn = loss_fn or batch_loss()
     seed_everything(seed + rank)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
-
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = len(epoch_batches(train_loader, 0, seed, rank, world))
+    if steps_per_epoch == 0:
+        raise ValueError(f"fit: train_loader yields no batches ({len(train_loader.dataset)} samples)")
     total_steps = min(x for x in (max_steps, epochs and epochs * steps_per_epoch) if x is not None)
     sched = _build_scheduler(scheduler, optimizer, total_steps)
     amp_dtype = _resolve_amp(amp, device)
@@ -360,8 +385,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
     if step >= total_steps:
         say(f"{run_name}: already trained for {step} steps")
         return history
-    sums = defaultdict(float, running["sums"])
-    count = running["count"]
+    sums, count = defaultdict(float, running["sums"]), running["count"]
 
     def save_latest():
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -383,14 +407,18 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
             metrics = box[0]
+        if best_metric not in metrics:
+            raise KeyError(f"evaluate_fn returned no {best_metric!r} (keys: {sorted(metrics)})")
         return metrics
+
+    def is_better(value) -> bool:
+        return best is None or (value > best["value"] if best_mode == "max" else value < best["value"])
 
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     net.train()
-    bar = tqdm(total=total_steps, initial=step, desc=run_name, disable=not (progress and rank == 0),
-               dynamic_ncols=True)
-    try:
+    with tqdm(total=total_steps, initial=step, desc=run_name, disable=not (progress and rank == 0),
+              dynamic_ncols=True) as bar:
         while step < total_steps:
             batches = epoch_batches(train_loader, epoch, seed, rank, world)
             for batch in _epoch_loader(train_loader, batches[batch_in_epoch:], seed, epoch):
@@ -419,8 +447,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
                 scaler.update()
                 if sched is not None:
                     sched.step()
-                step += 1
-                batch_in_epoch += 1
+                step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 bar.update(1)
                 for k, v in values.items():
                     sums[k] += v
@@ -437,11 +464,8 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
                 if evaluate_fn is not None and (epoch_end or step == total_steps):
                     metrics = evaluate()
                     history.evals.append(metrics)
-                    if best_metric not in metrics:
-                        raise KeyError(f"evaluate_fn returned no {best_metric!r} (keys: {sorted(metrics)})")
-                    value = metrics[best_metric]
-                    if best is None or (value > best["value"] if best_mode == "max" else value < best["value"]):
-                        best = {"metric": best_metric, "value": value, "step": step, "epoch": epoch}
+                    if is_better(metrics[best_metric]):
+                        best = {"metric": best_metric, "value": metrics[best_metric], "step": step, "epoch": epoch}
                         if rank == 0:
                             atomic_save({"model": model.state_dict(), "metrics": metrics, "step": step}, best_path)
                     say(f"{run_name} step {step}: " + ", ".join(
@@ -451,11 +475,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
                     save_latest()
                 if step >= total_steps:
                     break
-        if world > 1:
-            for b in model.buffers():
-                dist.broadcast(b, src=0)
-    finally:
-        bar.close()
-        if own_group:
-            dist.destroy_process_group()
+    if world > 1:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
     return history

@@ -72,6 +72,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step (to interrupt a run)")
     args = ap.parse_args(argv)
 
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
         return joints_mse(outputs, batch["target"], batch["target_weight"])
 
     fit(model, loader, loss_fn=loss_fn, epochs=args.epochs, out_dir=args.out, run_name="smoke",
-        save_every_steps=args.save_every, progress=False, lr=1e-2)
+        save_every_steps=args.save_every, progress=False, lr=1e-2, threads=args.threads)
     rank = int(os.environ.get("RANK", "0"))
     torch.save(model.state_dict(), args.out / f"rank{rank}.pt")
 
