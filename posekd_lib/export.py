@@ -287,10 +287,13 @@ def run_izer(checkpoint: str | Path, config: str | Path, sample: str | Path, tes
              prefix: str, device: int = MAX78000, synthesis_dir: str | Path | None = None,
              extra: list[str] | tuple = (), timeout: float = 900) -> dict | None:
     """Run izer when ``synthesis_dir`` or ``$AI8X_SYNTHESIS_DIR`` points to an ai8x-synthesis
-    checkout: returns ``{'log', 'returncode', 'weight_bytes', 'bias_bytes', 'cycles', ...}``.
-    Otherwise prints the command to run and returns None."""
+    checkout (``$AI8X_SYNTHESIS_PYTHON`` picks its interpreter). Returns ``{'log', 'returncode',
+    'out_dir', 'output', 'weight_bytes', 'bias_bytes', 'cycles', 'layer_cycles', ...}`` where
+    ``output`` is izer's own computed output for the sample (int64) and ``log`` its console and
+    ``log.txt`` text. Otherwise prints the command to run and returns None."""
     synthesis_dir = synthesis_dir or os.environ.get("AI8X_SYNTHESIS_DIR")
     paths = [Path(p).resolve() for p in (checkpoint, config, sample, test_dir)]
+    extra = [*extra, "--sample-numpy-filename", "izer_output.npy", "--overwrite"]
     if not synthesis_dir or not (Path(synthesis_dir) / "ai8xize.py").exists():
         izer_command(*paths, prefix, device, None, extra)
         print("(set AI8X_SYNTHESIS_DIR to an ai8x-synthesis checkout to run it from here)")
@@ -299,5 +302,11 @@ def run_izer(checkpoint: str | Path, config: str | Path, sample: str | Path, tes
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     proc = subprocess.run(cmd, cwd=synthesis_dir, env=env, capture_output=True, text=True,
                           timeout=timeout)
+    out_dir = paths[3] / prefix
     log = proc.stdout + proc.stderr
-    return {"log": log, "returncode": proc.returncode, **parse_izer_log(log)}
+    if (out_dir / "log.txt").exists():
+        log += "\n" + (out_dir / "log.txt").read_text()
+    output = np.load(out_dir / "izer_output.npy").astype(np.int64) \
+        if (out_dir / "izer_output.npy").exists() else None
+    return {"log": log, "returncode": proc.returncode, "out_dir": out_dir, "output": output,
+            **parse_izer_log(log)}

@@ -31,6 +31,7 @@ class Limits:
     max_biased_outputs: int = 512           # per layer: all of a layer's biases sit in one group
     max_layers: int = 32
     max_streaming_layers: int = 8
+    max_passthrough_pool_passes: int = 1    # a pool-only layer pools at most 64 channels
     max_rows_cols: int = 1023
     max_channels: int = 1024                # 16 passes x 64 processors
     flatten_max_elements: int = 16384
@@ -66,7 +67,7 @@ LIMITS: dict[int, Limits] = {
     MAX78000: Limits(MAX78000, "MAX78000"),
     MAX78002: Limits(MAX78002, "MAX78002", data_memory_per_instance=81920, kernel_slots=4096,
                      kernel_slots_first_of_group=5120, bias_bytes_per_group=2048,
-                     max_layers=128, max_rows_cols=2047, depthwise=True, stream_bias=True),
+                     max_layers=128, max_rows_cols=2047, max_passthrough_pool_passes=2 ** 16, depthwise=True, stream_bias=True),
 }
 
 
@@ -389,6 +390,8 @@ def _latency(l: HwLayer, lim: Limits, kern_offs: int = 0) -> int:
     pool_area = l.pool_size * l.pool_size if l.pooling else 1
     k = l.kernel if l.op != "passthrough" else 1
     pad, out_cols, n = l.pad, l.out_hw[1], l.operands
+    if l.flatten:
+        out_cols = cols
     if l.pool_first:
         read_pad, read_dat, mult = passes * n * 2, passes * n * (pool_area + 1), 1
         pre_read = 0
@@ -410,6 +413,8 @@ def _latency(l: HwLayer, lim: Limits, kern_offs: int = 0) -> int:
     row_conv = left + mult * (k - 1 - pad) * (read_dat + 1) + mult * (out_cols - pad) * read_dat + right
     bottom = left + mult * (k - 1 - pad) * (read_pad + 1) + mult * (out_cols - pad) * read_pad + right
     out_ch = l.output_processors.bit_length() * _expand(l.out_channels, lim)[0]
+    if l.flatten:
+        out_ch = l.out_channels
     out_dat = passes * out_cols * out_ch + (out_ch if out_ch == 1 and passes == 1 else 0)
     total = (int(l.flatten) + pre_read + pad * first_pad_row + (k - 1 - pad) * row_no_conv
              + (row_conv + out_dat) * (rows - (k - 1 - pad)) + pad * (bottom + out_dat))
@@ -498,6 +503,11 @@ def resource_report(model, input_shape: tuple[int, int, int] = (3, 64, 64),
             reasons.append(f"{where}: more than {lim.max_channels} channels")
         if max(*l.in_hw, *l.out_hw) > lim.max_rows_cols:
             reasons.append(f"{where}: rows/columns exceed {lim.max_rows_cols}")
+        if l.op == "passthrough" and l.pooling and \
+                _expand(l.in_channels, lim)[0] > lim.max_passthrough_pool_passes:
+            reasons.append(f"{where}: a pool-only layer can pool at most "
+                           f"{lim.max_passthrough_pool_passes * lim.processors} channels on {lim.name} "
+                           f"(fuse the pool into the next convolution)")
         if l.memory_note:
             reasons.append(f"{where}: data memory: {l.memory_note}")
         elif data > lim.data_memory_per_instance:
