@@ -16,7 +16,9 @@ scheduler, AMP scaler, step, epoch, position in the epoch, history, RNG states),
 (model + metrics of the best evaluation) and ``history.json``. Files are written to a temporary
 name and renamed, so a kill never leaves a half-written checkpoint. To make the data position
 resumable, ``fit`` draws each epoch's batch order from ``(seed, epoch)`` and rebuilds a DataLoader
-per epoch with ``train_loader``'s settings, skipping the batches already done.
+per epoch with ``train_loader``'s settings, skipping the batches already done. A resumed run
+equals an uninterrupted one exactly when random augmentations are drawn in the main process
+(``num_workers=0``); with workers the order is exact but worker-side augmentations are re-drawn.
 """
 from __future__ import annotations
 
@@ -195,7 +197,7 @@ def epoch_batches(loader: DataLoader, epoch: int, seed: int, rank: int = 0, worl
             sampler = DistributedSampler(loader.dataset, world, rank, shuffle=isinstance(sampler, RandomSampler),
                                          seed=seed)
         batch_sampler = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
-    if hasattr(batch_sampler.sampler, "set_epoch"):
+    if hasattr(getattr(batch_sampler, "sampler", None), "set_epoch"):
         batch_sampler.sampler.set_epoch(epoch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_epoch_seed(seed, epoch))
