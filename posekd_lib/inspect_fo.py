@@ -252,6 +252,8 @@ def _why_not_interactive() -> str | None:
         return "POSEKD_MODE=quick"
     if os.environ.get("CI"):
         return "CI is set"
+    if os.environ.get("POSEKD_HEADLESS"):
+        return "POSEKD_HEADLESS is set (headless run of the series)"
     try:
         from IPython import get_ipython
 

@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     os.environ["POSEKD_MODE"] = args.mode
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["POSEKD_HEADLESS"] = "1"  # notebooks never open the FiftyOne App in a headless run
     paths = run_paths(args.mode)
     if args.mode != "full":
         ensure_embedded_dataset(args.mode)
