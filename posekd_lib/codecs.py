@@ -34,8 +34,13 @@ class HeatmapCodec:
         self.sigma = float(sigma)
         self.stride = np.array([self.input_size[0] / self.heatmap_size[0],
                                 self.input_size[1] / self.heatmap_size[1]])
-        self._xs = np.arange(self.heatmap_size[0], dtype=np.float32)
-        self._ys = np.arange(self.heatmap_size[1], dtype=np.float32)
+        self._size = np.array(self.heatmap_size, dtype=np.float64)
+        self._xs = np.arange(self.heatmap_size[0])
+        self._ys = np.arange(self.heatmap_size[1])
+        # 1-D Gaussian profile by integer distance, zero beyond the 3σ window (distances capped at m)
+        self._m = int(np.floor(3 * self.sigma)) + 1
+        d = np.arange(self._m + 1, dtype=np.float64)
+        self._profile = (np.exp(-d * d / (2 * self.sigma ** 2)) * (d <= 3 * self.sigma)).astype(np.float32)
 
     def __repr__(self) -> str:
         return f"HeatmapCodec(input_size={self.input_size}, heatmap_size={self.heatmap_size}, sigma={self.sigma})"
@@ -50,19 +55,14 @@ class HeatmapCodec:
         1-D profiles, broadcast over all keypoints at once.
         """
         k = np.asarray(keypoints, dtype=np.float64)
-        w, h = self.heatmap_size
-        radius = self.sigma * 3
-        mu_x = np.floor(k[..., 0] / self.stride[0] + 0.5)
-        mu_y = np.floor(k[..., 1] / self.stride[1] + 0.5)
-        inside = (mu_x - radius < w) & (mu_y - radius < h) & (mu_x + radius + 1 > 0) & (mu_y + radius + 1 > 0)
+        radius, m = self.sigma * 3, self._m
+        mu = np.floor(k[..., :2] / self.stride + 0.5)                     # (..., K, 2) rounded centres
+        inside = ((mu - radius < self._size) & (mu + radius + 1 > 0)).all(axis=-1)
         weight = ((k[..., 2] > 0) & inside).astype(np.float32)
-
-        dx = self._xs - mu_x[..., None].astype(np.float32)
-        dy = self._ys - mu_y[..., None].astype(np.float32)
-        inv = np.float32(1.0 / (2 * self.sigma ** 2))
-        gx = np.exp(-dx * dx * inv) * (np.abs(dx) <= radius)
-        gy = np.exp(-dy * dy * inv) * (np.abs(dy) <= radius) * weight[..., None]
-        heatmaps = gy[..., :, None] * gx[..., None, :]
+        mu = mu.astype(np.int64)
+        gx = self._profile[np.minimum(np.abs(self._xs - mu[..., 0, None]), m)]
+        gy = self._profile[np.minimum(np.abs(self._ys - mu[..., 1, None]), m)] * weight[..., None]
+        heatmaps = np.einsum("...i,...j->...ij", gy, gx)
         return heatmaps.astype(np.float32, copy=False), weight
 
     def decode(self, heatmaps: torch.Tensor, method: str = "official") -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,12 +159,15 @@ def flip_test_average(output, output_flipped_raw, flip_pairs, shift: bool = True
     """
     flipped = flip_back(output_flipped_raw, flip_pairs)
     if shift:
-        flipped = flipped.clone() if isinstance(flipped, torch.Tensor) else flipped.copy()
-        flipped[..., 1:] = flipped[..., :-1].clone() if isinstance(flipped, torch.Tensor) else flipped[..., :-1].copy()
+        cat = torch.cat if isinstance(flipped, torch.Tensor) else np.concatenate
+        flipped = cat([flipped[..., :1], flipped[..., :-1]], -1)
     return (output + flipped) * 0.5
 
 
 # --------------------------------------------------------------------------- bottom-up PAFs
+_GAUSS_CUT = float(np.exp(-4.6052))   # LW-OpenPose drops Gaussian values below 0.01
+
+
 @dataclass
 class Person:
     """One decoded person: COCO-17 ``keypoints`` (17, 3) = x, y (input pixels), score; pose ``score``."""
@@ -220,31 +223,31 @@ class PafCodec:
         w, h = self.map_size
         op = coco17_to_openpose18(k)                                      # (P, 18, 3)
         lab = op[..., 2] > 0
-        d2 = ((self._cx - op[..., 0, None]) ** 2)[..., None, :] + ((self._cy - op[..., 1, None]) ** 2)[..., :, None]
-        e = d2 / (2 * self.sigma ** 2)                                    # (P, 18, h, w)
-        g = np.where((e <= 4.6052) & lab[..., None, None], np.exp(-e), 0.0)
+        inv = 1.0 / (2 * self.sigma ** 2)
+        gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (P, 18, w)
+        gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
+        g = gy[..., :, None] * gx[..., None, :]
+        g[g < _GAUSS_CUT] = 0.0
         heat = g.max(axis=0) if len(k) else np.zeros((NUM_OPENPOSE_KEYPOINTS, h, w))
         heatmaps = np.concatenate([heat, 1.0 - heat.max(axis=0, keepdims=True)], axis=0)
 
         pafs = np.zeros((2 * len(OPENPOSE_LIMBS), h, w))
         if len(k):
             a = self.to_map(op[:, self._limb_a, :2])                      # (P, L, 2)
-            b = self.to_map(op[:, self._limb_b, :2])
-            v = b - a
+            v = self.to_map(op[:, self._limb_b, :2]) - a
             length = np.linalg.norm(v, axis=-1)
             valid = lab[:, self._limb_a] & lab[:, self._limb_b] & (length > 1e-7)
-            u = v / np.where(length > 1e-7, length, 1.0)[..., None]
-            gx = np.arange(w, dtype=np.float64)[None, None, None, :] - a[..., 0, None, None]
-            gy = np.arange(h, dtype=np.float64)[None, None, :, None] - a[..., 1, None, None]
-            along = np.clip(gx * u[..., 0, None, None] + gy * u[..., 1, None, None], 0, length[..., None, None])
-            dist2 = (gx - along * u[..., 0, None, None]) ** 2 + (gy - along * u[..., 1, None, None]) ** 2
-            on = dist2 <= self.paf_thickness ** 2
-            on &= valid[..., None, None]                                  # (P, L, h, w)
-            count = on.sum(axis=0)
-            sx = (on * u[..., 0, None, None]).sum(axis=0) / np.maximum(count, 1)
-            sy = (on * u[..., 1, None, None]).sum(axis=0) / np.maximum(count, 1)
-            pafs[self._paf_x] = sx
-            pafs[self._paf_y] = sy
+            u = v / np.where(valid, length, 1.0)[..., None]
+            ux, uy = u[..., 0, None, None], u[..., 1, None, None]
+            rx = np.arange(w, dtype=np.float64) - a[..., 0, None, None]    # (P, L, 1, w)
+            ry = np.arange(h, dtype=np.float64)[:, None] - a[..., 1, None, None]  # (P, L, h, 1)
+            t_raw = rx * ux + ry * uy                                     # position along the limb
+            t = np.minimum(np.maximum(t_raw, 0.0), length[..., None, None])  # nearest point of the segment
+            dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)            # |r - t u|^2
+            on = ((dist2 <= self.paf_thickness ** 2) & valid[..., None, None]).astype(np.float64)
+            count = np.maximum(on.sum(axis=0), 1.0)                       # (L, h, w)
+            pafs[self._paf_x] = np.einsum("plhw,pl->lhw", on, u[..., 0]) / count
+            pafs[self._paf_y] = np.einsum("plhw,pl->lhw", on, u[..., 1]) / count
         return heatmaps.astype(np.float32), pafs.astype(np.float32)
 
     # ----------------------------------------------------------------------- decoding
