@@ -723,8 +723,6 @@ def initiate_qat(model: nn.Module, policy) -> nn.Module:
     fuse_bn_layers(model)
     q = policy.get("shift_quantile", 1.0)
     for name, m in layers.items():
-        if m.op is None:
-            continue
         bits = overrides.get(name, {}).get("weight_bits", policy["weight_bits"])
         m.set_quantization(bits, bits, True, q, name=name)
     return model

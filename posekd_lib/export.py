@@ -253,8 +253,12 @@ def expected_output(model_sim: nn.Module, sample: np.ndarray) -> np.ndarray:
 def izer_command(checkpoint: str | Path, config: str | Path, sample: str | Path,
                  test_dir: str | Path, prefix: str, device: int = MAX78000,
                  synthesis_dir: str | Path | None = None, extra: list[str] | tuple = ()) -> list[str]:
-    """The ai8xize.py command line (offline: ``--no-version-check``); also printed."""
+    """The ai8xize.py command line (offline: ``--no-version-check``; ``--fifo`` when the
+    network streams); also printed."""
     script = str(Path(synthesis_dir) / "ai8xize.py") if synthesis_dir else "ai8xize.py"
+    if "--fifo" not in extra and Path(config).exists() and \
+            re.search(r"^\s*-?\s*streaming:\s*true", Path(config).read_text(), flags=re.M):
+        extra = [*extra, "--fifo"]                  # streamed layers read through the FIFOs
     python = os.environ.get("AI8X_SYNTHESIS_PYTHON", sys.executable if synthesis_dir else "python")
     cmd = [python, script, "--test-dir", str(test_dir), "--prefix", prefix,
            "--checkpoint-file", str(checkpoint), "--config-file", str(config),
@@ -277,7 +281,8 @@ def parse_izer_log(text: str) -> dict:
     if m:
         out["cycles"] = int(m.group(1).replace(",", ""))
         out["latency_ms"] = out["cycles"] / limits(MAX78000).cnn_clock_hz * 1e3
-    layer_cycles = re.findall(r"^Layer (\d+)(?: \(([^)]*)\))?\s+([\d,]+)\s*$", text, flags=re.M)
+    layer_cycles = re.findall(r"^Layer (\d+)(?: \(([^)]*)\))?\s+([\d,]+)(?: \(est\))?\s*$", text,
+                              flags=re.M)
     if layer_cycles:
         out["layer_cycles"] = {(name or f"L{i}"): int(c.replace(",", "")) for i, name, c in layer_cycles}
     return out

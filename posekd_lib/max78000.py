@@ -245,13 +245,26 @@ def _build_layers(graph, lim: Limits, data_format: str, input_shape) -> list[HwL
     if not layers:
         raise ai8x.Ai8xRuleError("the model has no ai8x layers to map onto the device")
 
-    # streaming: leading layers whose input does not fit one data-memory instance
-    for l in layers:
-        if _in_bytes(l, lim, data_format if l is layers[0] else "HWC") <= lim.data_memory_per_instance:
+    # streaming: the leading layers whose input or output does not fit one data-memory instance
+    cap = lim.data_memory_per_instance
+    for k, l in enumerate(layers):
+        if _in_bytes(l, lim, data_format if k == 0 else "HWC") <= cap and _out_bytes(l, lim) <= cap:
             break
         l.streaming = True
     for l in layers:
         l.processors = processor_mask(l.in_channels, lim.device)
+    first, chw = layers[0], data_format.upper() == "CHW"
+    if chw or first.streaming:
+        # CHW: one channel per data-memory instance; streamed input: the FIFOs feed processors
+        # 0, 16, 32, 48 (CHW) or 0-3, 16-19, ... (HWC)
+        per = 1 if chw else lim.processors_per_memory
+        step = lim.processors_per_group if first.streaming else lim.processors_per_memory
+        most = per * (lim.processors // step)
+        if first.in_channels > most:
+            raise ai8x.Ai8xRuleError(
+                f"{first.name}: {data_format.upper()}{' streamed' if first.streaming else ''} input "
+                f"allows at most {most} channels")
+        first.processors = sum(1 << (c // per * step + c % per) for c in range(first.in_channels))
     for k, l in enumerate(layers):
         nxt = next((m for m in layers[k + 1:] if l.name in m.inputs), None)
         l.output_processors = nxt.processors if nxt is not None else processor_mask(l.out_channels, lim.device)
@@ -288,7 +301,8 @@ def _assign_memory(layers: list[HwLayer], lim: Limits, data_format: str) -> list
         l.in_bytes = _in_bytes(l, lim, data_format if k == 0 else "HWC")
         l.out_bytes = _out_bytes(l, lim)
     live: dict[str, tuple[int, int, int]] = {   # name -> (offset, size, last use)
-        "input": (0, 0 if layers[0].streaming else layers[0].in_bytes, last_use["input"])}
+        "input": (0, min(layers[0].in_bytes, 0x2000) if layers[0].streaming else layers[0].in_bytes,
+                  last_use["input"])}
     for k, l in enumerate(layers):
         l.in_offset = live[l.inputs[0]][0]
         if l.name in live:                       # an operand buffer opened by a partner

@@ -2,6 +2,9 @@
 YAML, sample input / expected output, resource report, izer command."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +141,72 @@ def test_izer_command_and_offline_run(g, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("AI8X_SYNTHESIS_DIR", raising=False)
     assert export.run_izer("q.pth.tar", "net.yaml", "s.npy", tmp_path, "poselike") is None
     assert "ai8xize.py" in capsys.readouterr().out
+
+
+class _Residual(nn.Module):
+    """add(direct, shared) with the shared operand produced first, then flatten -> wide Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = ai8x.FusedConv2dReLU(3, 8, 3, padding=1)
+        self.b = ai8x.FusedConv2dReLU(8, 8, 3, padding=1)
+        self.add = ai8x.Add()
+        self.c = ai8x.FusedMaxPoolConv2dReLU(8, 8, 3, padding=1)
+        self.fc = ai8x.Linear(8 * 8 * 8, 10, wide=True)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc(self.c(self.add(self.b(a), a)).flatten(1))
+
+
+def test_network_yaml_other_topology():
+    """Layout rules izer needs (this net was checked with ai8xize.py: its output equalled
+    expected_output): the shared operand gets a pass-through copy placed after its producer,
+    operands interleave at +4 bytes in add order, live buffers never overlap."""
+    layers = yaml.safe_load(export.network_yaml(_Residual(), (3, 16, 16), "t", "d"))["layers"]
+    names = [l["name"] for l in layers]
+    assert names == ["a", "res_copy", "b", "c", "fc"]
+    copy, b, c, fc = layers[1], layers[2], layers[3], layers[4]
+    assert copy["op"] == "passthrough" and copy["write_gap"] == 1 and b["write_gap"] == 1
+    assert c["in_sequences"] == ["b", "res_copy"] and c["eltwise"] == "add"
+    assert c["pool_first"] is False and c["max_pool"] == 2 and c["pool_stride"] == 2
+    assert copy["out_offset"] == b["out_offset"] + 4 and c["in_offset"] == b["out_offset"]
+    assert b["in_sequences"] == "a" and b["in_offset"] == layers[0]["out_offset"]
+    assert fc["op"] == "linear" and fc["flatten"] is True and fc["output_width"] == 32
+    assert layers[0]["out_offset"] != b["out_offset"]       # a is still read by b
+
+
+def test_streaming_and_chw_input_processors():
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = ai8x.FusedConv2dReLU(3, 16, 3, padding=1, bias=False)
+            self.b = ai8x.FusedMaxPoolConv2dReLU(16, 16, 3, padding=1, bias=False)
+            self.c = ai8x.FusedMaxPoolConv2dReLU(16, 32, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    hwc = yaml.safe_load(export.network_yaml(Stem(), (3, 128, 128), "t", "d"))["layers"]
+    assert [l.get("streaming", False) for l in hwc] == [True, True, False]
+    chw = yaml.safe_load(export.network_yaml(Stem(), (3, 128, 128), "t", "d", data_format="CHW"))["layers"]
+    assert chw[0]["data_format"] == "CHW" and chw[0]["processors"] == 0x0000000100010001
+    assert max78000.resource_report(Stem(), (3, 128, 128)).fits
+    cmd = export.izer_command("q", Path(__file__), "s", "t", "p")
+    assert "--fifo" not in cmd                       # this file has no streaming
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"),
+                    reason="set AI8X_SYNTHESIS_DIR to an ai8x-synthesis checkout")
+def test_izer_accepts_our_export(g, tmp_path):
+    m = qat_model(g)
+    q = export.quantize_checkpoint(export.lean_checkpoint(m, 30, "ai85poselike"))
+    export.save_checkpoint(q, tmp_path / "q.pth.tar")
+    (tmp_path / "net.yaml").write_text(export.network_yaml(m, (3, 64, 64), "ai85poselike", "poselike"))
+    np.save(tmp_path / "s.npy", export.sample_input(load(g, "float_io.pt")["input"][:1]))
+    r = export.run_izer(tmp_path / "q.pth.tar", tmp_path / "net.yaml", tmp_path / "s.npy",
+                        tmp_path / "out", "poselike")
+    assert r["returncode"] == 0, r["log"][-2000:]
+    assert np.array_equal(r["output"].reshape(17, 16, 16), np.load(g / "izer_expected_output.npy"))
+    assert r["cycles"] == max78000.resource_report(m, (3, 64, 64)).totals["cycles"]
