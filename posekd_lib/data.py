@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import codecs as _codecs
-from .codecs import HeatmapCodec, PafCodec
+from .codecs import HeatmapCodec, PafCodec, flip_test_average
 from .keypoints import (COCO_FLIP_INDEX, COCO_FLIP_PAIRS, COCO_JOINTS_WEIGHT, COCO_LOWER_BODY_IDS,
-                        COCO_UPPER_BODY_IDS,
-                        NUM_COCO_KEYPOINTS)
+                        COCO_UPPER_BODY_IDS, NUM_COCO_KEYPOINTS)
 from .transforms import (affine_points, box_to_center_scale, fliplr_keypoints, get_affine_transform,
                          letterbox_matrix, transform_preds)
 
@@ -389,8 +387,8 @@ class BottomUpDataset(Dataset):
         kpts[..., :2] = np.where(labelled, affine_points(kpts, M), 0.0)
         if flipped:
             kpts = kpts[:, list(COCO_FLIP_INDEX)]
-        outside = (kpts[..., 0] < 0) | (kpts[..., 1] < 0) | (kpts[..., 0] > size[0] - 1) | (kpts[..., 1] > size[1] - 1)
-        kpts[outside] = 0.0
+        inside = np.all((kpts[..., :2] >= 0) & (kpts[..., :2] <= np.array(size) - 1.0), axis=-1)
+        kpts[~inside] = 0.0
         heatmaps, pafs = self.codec.encode(kpts)
         mw, mh = self.codec.map_size
         mask = 1.0 - cv2.resize(ign.astype(np.float32), (mw, mh), interpolation=cv2.INTER_AREA)
@@ -438,7 +436,7 @@ def predict_topdown(model, loader, codec: HeatmapCodec, flip_pairs=COCO_FLIP_PAI
             out = _heatmap_output(model(x), codec.heatmap_size)
             if flip_test:
                 out_f = _heatmap_output(model(x.flip(3)), codec.heatmap_size)
-                out = _codecs.flip_test_average(out, out_f, flip_pairs)
+                out = flip_test_average(out, out_f, flip_pairs)
         coords, maxvals = codec.decode(out.float().cpu(), method=decode)
         meta = batch["meta"]
         for i in range(len(x)):

@@ -206,6 +206,24 @@ def test_bottom_up_targets_and_ignore_mask(tmp_path):
     assert batch["pafs"].shape == (1, 38, 16, 16)
 
 
+def test_bottom_up_augmentation_keeps_targets_on_the_joints(tmp_path):
+    ann_file, img_dir = _write_coco(tmp_path, [_ann(1, 1, SPREAD, [80, 20, 80, 170])], size=(240, 200))
+    ds = BottomUpDataset(ann_file, img_dir, input_size=(256, 256), train=True,
+                         aug=AugConfig(rotation=20, brightness=0, contrast=0, saturation=0))
+    torch.manual_seed(1)
+    flips = 0
+    for _ in range(8):
+        s = ds[0]
+        M, flipped = s["meta"]["affine"].numpy(), s["meta"]["flipped"]
+        flips += flipped
+        # OpenPose channel 5 is l_sho, 2 is r_sho: after a flip the image's left shoulder is labelled right
+        where = affine_points([SPREAD[5]], M)[0]
+        hm = s["heatmaps"][2 if flipped else 5].numpy()
+        cy, cx = np.unravel_index(hm.argmax(), hm.shape)
+        assert np.hypot(cx * 8 + 3.5 - where[0], cy * 8 + 3.5 - where[1]) <= 8
+    assert 0 < flips < 8
+
+
 # --------------------------------------------------------------------------- inference
 class _Oracle(torch.nn.Module):
     """Returns the encoded ground-truth heatmaps of the next batch (optionally at another size)."""

@@ -79,3 +79,16 @@ def test_letterbox_fits_and_centres():
     M, zoom, off = letterbox_matrix((640, 320), (128, 128))
     assert zoom == pytest.approx(0.2)
     np.testing.assert_allclose(affine_points([[0, 0], [640, 320]], M), [[0, 32], [128, 96]])
+
+
+def test_center_scale_match_official_hrnet_results(coco_sample):
+    """Every official HRNet result on the real sample carries the center/scale it cropped with;
+    each must come from one detector box through our box_to_center_scale (w32_256x192: w/h = 0.75)."""
+    import json
+
+    results = json.loads((coco_sample / "person_keypoints_results_hrnet.json").read_text())
+    dets = json.loads((coco_sample / "person_detection_results_AP_H_56.json").read_text())
+    for r in results:
+        cands = [np.concatenate(box_to_center_scale(d["bbox"], 0.75)) for d in dets if d["image_id"] == r["image_id"]]
+        err = np.abs(np.array(cands) - np.concatenate([r["center"], r["scale"]])).max(axis=1)
+        assert err.min() < 1e-3
