@@ -619,6 +619,19 @@ def ai8x_layers(model: nn.Module) -> list[tuple[str, QuantizationAwareModule]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizationAwareModule)]
 
 
+def wide_output_to_float(y: torch.Tensor, layer: QuantizationAwareModule) -> torch.Tensor:
+    """The float value a wide (32-bit) layer's output stands for. A wide layer skips the
+    ``2**output_shift`` rescale, so during QAT its output is the float value x 2**-shift (and
+    changes scale whenever the shift changes: divide it out before a heatmap loss); in
+    simulate mode it is additionally x 2**14 (Q17.14 integers)."""
+    if not layer.wide:
+        raise ValueError(f"{layer._label()} is not a wide layer")
+    scale = torch.exp2(layer.effective_output_shift())
+    if layer.device.simulate:
+        scale = scale / 2 ** (layer.device.limits.wide_resolution_bits - 1)
+    return y * scale
+
+
 _UNSUPPORTED = (nn.ELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.GELU, nn.SiLU,
                 nn.Hardswish, nn.Softmax, nn.ReLU6, nn.Upsample)
 

@@ -135,6 +135,18 @@ def test_apply_device_switches_a_built_model_to_simulate(g):
         y = m(io["input_int"])
     assert torch.equal(y, io["output_simulate"])
     assert torch.equal(y, y_qat * 2 ** 14)
+    assert torch.equal(ai8x.wide_output_to_float(y, m.head), y_qat / 2)     # head shift is -1
+
+
+def test_wide_output_to_float_undoes_the_qat_shift(g):
+    float_out = load(g, "float_io.pt")["output_eval_after_bn_fusion"]
+    m = ai8x.fuse_bn_layers(ai8x.ai85poselike())
+    m.load_state_dict(load(g, "fused_float_state_dict.pt"))
+    ai8x.initiate_qat(m, {"start_epoch": 0, "weight_bits": 8})
+    with torch.no_grad():
+        y = ai8x.wide_output_to_float(m.eval()(load(g, "float_io.pt")["input"]), m.head)
+    rel = (y - float_out).abs().mean() / float_out.abs().mean()
+    assert rel < 0.1                                   # 8-bit noise (~4%), not the 2x shift factor
 
 
 def test_qat_gradients_are_straight_through():
