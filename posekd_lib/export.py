@@ -8,7 +8,6 @@ computes them) -> `network_yaml` (izer's network description, generated from the
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 import shlex

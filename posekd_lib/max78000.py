@@ -244,6 +244,10 @@ def _build_layers(graph, lim: Limits, data_format: str, input_shape) -> list[HwL
         made[n.name] = layer.name
     if not layers:
         raise ai8x.Ai8xRuleError("the model has no ai8x layers to map onto the device")
+    late = [l.name for l in layers[1:] if "input" in l.inputs]
+    if late:
+        raise ai8x.Ai8xRuleError(f"{late[0]}: only the first hardware layer can read the network "
+                                 f"input; start the network with one layer that all branches share")
 
     # streaming: the leading layers whose input or output does not fit one data-memory instance
     cap = lim.data_memory_per_instance
