@@ -1,0 +1,607 @@
+"""Knowledge distillation for heatmap pose models: logits (response) KD and feature (hint) KD.
+
+The library side of notebooks 03 (logits KD) and 04 (feature KD). Everything here plugs into
+:func:`posekd_lib.train.fit` as its ``loss_fn(outputs, batch)``: the loss objects run the frozen
+teacher on the same (augmented) ``batch["image"]`` the student just saw and return a dict with the
+total under ``"loss"`` and the parts to log.
+
+Logits KD: the student's heatmaps imitate the teacher's, either by MSE (FPD, Zhang et al.,
+CVPR 2019: ``(1-α)·MSE(S, GT) + α·MSE(S, T)``) or by a KL divergence between per-joint spatial
+softmax distributions (Hinton's KD applied to heatmaps; DWPose does the same on SimCC vectors).
+
+Feature KD: FitNets-style hints. Forward hooks capture named intermediate outputs of both nets;
+a 1x1 conv "adapter" on the student side maps its channels to the teacher's, a resize matches the
+spatial size, and an MSE on channel-standardised teacher features pulls them together.
+
+Sizes follow the project convention: ``size`` / ``input_size`` arguments are ``(w, h)`` like
+:class:`posekd_lib.codecs.HeatmapCodec`; tensor shapes are ``(N, C, H, W)``.
+
+Resizing convention: the heatmap codec puts cell ``i`` of a stride-``s`` map at input pixel
+``i·s`` (and a padded stride-``s`` conv centres its output cell ``i`` there too), so a resize from
+width ``W`` to ``w`` must read output cell ``j`` from input cell ``j·W/w``. ``F.interpolate``
+does not: ``align_corners=False`` reads ``(j+0.5)·W/w - 0.5`` (half a cell off when halving) and
+``align_corners=True`` stretches the grid. :func:`resize_heatmaps`, :func:`resize_input` and
+:class:`FeatureAdapter` sample at exactly ``j·W/w`` with ``F.grid_sample``.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import joints_mse
+
+SCHEDULES = ("constant", "linear_decay")
+LOGIT_KINDS = ("mse", "kl")
+FEATURE_NORMS = ("channel", "none")
+
+
+# --------------------------------------------------------------------------- logits (response) KD
+def fpd_loss(student_hm: torch.Tensor, teacher_hm: torch.Tensor, target: torch.Tensor,
+             target_weight: torch.Tensor | None, alpha: float, teacher_weight: str = "ones") -> torch.Tensor:
+    """FPD's loss: ``(1-α)·joints_mse(S, GT, w) + α·joints_mse(S, T, w_T)``.
+
+    ``teacher_weight="ones"`` (default) weights every joint's teacher term by 1: the teacher also
+    "labels" joints the ground truth marks unlabelled or outside the crop, one of the things KD adds
+    (and the per-joint importance factors in ``target_weight`` then apply to the GT term only).
+    ``"target"`` reuses ``target_weight`` for both terms, as FPD's official training code does.
+    """
+    if teacher_weight not in ("ones", "target"):
+        raise ValueError(f"teacher_weight must be 'ones' or 'target', got {teacher_weight!r}")
+    gt = joints_mse(student_hm, target, target_weight)
+    kd = joints_mse(student_hm, teacher_hm.detach(), target_weight if teacher_weight == "target" else None)
+    return (1 - alpha) * gt + alpha * kd
+
+
+def spatial_kl_loss(student_hm: torch.Tensor, teacher_hm: torch.Tensor, temperature: float = 1.0,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``T² · KL(softmax(T_hm/T) ‖ softmax(S_hm/T))`` over the H·W pixels of each joint map.
+
+    Each (sample, joint) map becomes a distribution over pixels; the KL is summed over pixels and
+    averaged over joints and batch (weighted by ``weight`` (N, K) when given, e.g. a visibility
+    mask: ``Σ w·KL / Σ w``). The ``T²`` factor (Hinton et al., 2015) keeps gradient sizes comparable
+    across temperatures. Gaussian heatmaps peak at 1, so at ``T = 1`` the softmax over thousands of
+    pixels is almost flat; a temperature below 1 (e.g. 0.1) sharpens it around the peak, which is
+    what DWPose does to its SimCC vectors.
+    """
+    if student_hm.shape != teacher_hm.shape:
+        raise ValueError(f"student heatmaps {tuple(student_hm.shape)} and teacher heatmaps "
+                         f"{tuple(teacher_hm.shape)} differ; resize the teacher's with resize_heatmaps")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_s = F.log_softmax(student_hm.float().flatten(2) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_hm.detach().float().flatten(2) / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)                                   # (N, K)
+    if weight is None:
+        kl = kl.mean()
+    else:
+        w = weight.reshape(kl.shape).to(kl.dtype)
+        kl = (w * kl).sum() / w.sum().clamp_min(1e-12)
+    return kl * temperature ** 2
+
+
+def _spatial_size(size) -> tuple[int, int]:
+    """``(w, h)`` from a ``(w, h)`` pair or from a tensor's last two dims (H, W)."""
+    if torch.is_tensor(size):
+        return int(size.shape[-1]), int(size.shape[-2])
+    w, h = size
+    return int(w), int(h)
+
+
+def _resample(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) to ``size`` = (w, h), output cell j reading input cell j·W/w."""
+    w, h = _spatial_size(size)
+    H, W = x.shape[-2:]
+    if (H, W) == (h, w):
+        return x
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    # grid_sample's align_corners=True maps -1/+1 to the centres of the first/last input cells
+    gx = torch.arange(w, device=x.device, dtype=dtype) * (W / w) * (2 / max(W - 1, 1)) - 1
+    gy = torch.arange(h, device=x.device, dtype=dtype) * (H / h) * (2 / max(H - 1, 1)) - 1
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1).expand(x.shape[0], h, w, 2)
+    return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def resize_heatmaps(hm: torch.Tensor, size) -> torch.Tensor:
+    """Teacher heatmaps (N, K, H, W) resampled to ``size`` = (w, h) (or a tensor's spatial size).
+
+    Needed when teacher and student heatmaps differ (e.g. a stride-4 teacher, a stride-8 student).
+    Halving a σ=2 map gives exactly the σ=1 map the codec draws at the smaller size (for a peak on
+    an even cell), on the same input pixel. Returns ``hm`` itself when the size already matches.
+    """
+    if hm.ndim != 4:
+        raise ValueError(f"heatmaps must be (N, K, H, W), got shape {tuple(hm.shape)}")
+    return _resample(hm, size)
+
+
+def resize_input(images: torch.Tensor, size) -> torch.Tensor:
+    """Images (N, 3, H, W) resampled to the teacher's input ``size`` = (w, h).
+
+    For a teacher trained at another input size (HRNet 192x256 vs a 128x128 MCU student). Pixel
+    ``j`` of the output reads pixel ``j·W/w``, the same mapping as re-cropping the same box at the
+    new size, so teacher heatmaps resized back line up with the student's. A different aspect ratio
+    stretches the person: the geometry still lines up, but the teacher sees bodies shaped unlike
+    its training data and its heatmaps get worse (crop at the teacher's ratio when you can).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    return _resample(images, size)
+
+
+def kd_weight_schedule(step: int, total_steps: int | None = None, kind: str = "constant") -> float:
+    """Multiplier of the KD terms at ``step`` (0-based): ``constant`` = 1, ``linear_decay`` = 1 - step/total.
+
+    ``linear_decay`` is DWPose's schedule (per epoch there): distillation dominates early and hands
+    over to the ground truth by the end of training.
+    """
+    if kind == "constant":
+        return 1.0
+    if kind == "linear_decay":
+        if not total_steps or total_steps <= 0:
+            raise ValueError(f"kd_weight_schedule('linear_decay') needs total_steps > 0, got {total_steps}")
+        return min(max(1.0 - step / total_steps, 0.0), 1.0)
+    raise ValueError(f"unknown KD schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+# --------------------------------------------------------------------------- the frozen teacher
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` on every parameter: a teacher that never changes."""
+    return model.eval().requires_grad_(False)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _student_heatmaps(outputs) -> torch.Tensor:
+    if not torch.is_tensor(outputs) or outputs.ndim != 4:
+        got = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
+        raise TypeError(f"distillation expects the student to return heatmaps (N, K, h, w), got {got}")
+    return outputs
+
+
+class _Teacher:
+    """Runs a frozen teacher on a batch: eval mode every call, no autograd, follows the batch's device."""
+
+    def __init__(self, model: nn.Module, input_size=None, output_fn: Callable | None = None):
+        self.model = freeze(model)
+        self.input_size = None if input_size is None else _spatial_size(input_size)
+        self.output_fn = output_fn
+
+    def __call__(self, images: torch.Tensor):
+        self.model.eval()   # cheap, and survives a caller's .train() on a module that holds the teacher
+        if _device_of(self.model) != images.device:
+            self.model.to(images.device)
+        if self.input_size is not None:
+            images = resize_input(images, self.input_size)
+        with torch.no_grad():
+            out = self.model(images)
+        return self.output_fn(out) if self.output_fn is not None else out
+
+    def heatmaps(self, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Teacher heatmaps for ``images``, resized to the student heatmaps ``like``."""
+        return self.heatmaps_from(self(images), like)
+
+    @staticmethod
+    def heatmaps_from(hm, like: torch.Tensor) -> torch.Tensor:
+        """Check the teacher's output ``hm`` against the student heatmaps ``like`` and resize it."""
+        if not torch.is_tensor(hm) or hm.ndim != 4:
+            got = tuple(hm.shape) if torch.is_tensor(hm) else type(hm).__name__
+            raise TypeError(f"teacher returned {got}, not heatmaps (N, K, h, w); pass teacher_output= "
+                            "to pick them from its output (e.g. lambda out: out[-1])")
+        if hm.shape[:2] != like.shape[:2]:
+            raise ValueError(f"teacher heatmaps {tuple(hm.shape)} and student heatmaps {tuple(like.shape)} "
+                             "differ in batch or joint count; map the joints first (teacher_output=)")
+        return resize_heatmaps(hm, like).to(like.dtype)
+
+
+def _logit_kd_term(kind: str, student_hm, teacher_hm, target_weight, temperature, teacher_weight):
+    """The unweighted KD term between student and (resized) teacher heatmaps."""
+    if kind == "mse":
+        return joints_mse(student_hm, teacher_hm, target_weight if teacher_weight == "target" else None)
+    return spatial_kl_loss(student_hm, teacher_hm, temperature,
+                           target_weight if teacher_weight == "target" else None)
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; choose one of {choices}")
+
+
+class _StepCounter:
+    """Counts training calls (student output requires grad) so a KD weight schedule knows the step.
+
+    Evaluating the loss under ``torch.no_grad()`` does not advance it. On a resumed ``fit`` call
+    ``set_step(step)`` with the step the run resumes from.
+    """
+
+    schedule: str
+    total_steps: int | None
+    step: int
+
+    def set_step(self, step: int) -> None:
+        self.step = int(step)
+
+    def kd_weight(self, step: int | None = None) -> float:
+        """The schedule multiplier at ``step`` (default: the current step)."""
+        return kd_weight_schedule(self.step if step is None else step, self.total_steps, self.schedule)
+
+    def _tick(self, outputs: torch.Tensor) -> float:
+        """This call's schedule multiplier; a training call then advances the step."""
+        w = self.kd_weight()
+        if outputs.requires_grad:
+            self.step += 1
+        return w
+
+
+class LogitsKD(_StepCounter):
+    """``loss_fn`` for ``fit``: ``(1-α_t)·GT + α_t·KD`` with ``α_t = α·schedule(step)``.
+
+    ``kind="mse"`` is FPD (KD = joints_mse(S, T)); ``kind="kl"`` is :func:`spatial_kl_loss` at
+    ``temperature`` (its scale differs from the heatmap MSE by orders of magnitude, so use a much
+    smaller α). GT is ``joints_mse(S, target, target_weight)``. Returns ``{"loss", "gt", "kd"}``.
+
+    The teacher is frozen (eval mode, no gradients, ``torch.no_grad()``) and runs on the same
+    augmented ``batch["image"]`` as the student, moved to the batch's device; ``teacher_input_size``
+    (w, h) resizes the images for a teacher trained at another size, and its heatmaps are resized
+    to the student's. ``teacher_output(out) -> heatmaps`` picks the heatmaps from a teacher that
+    returns something else. ``teacher_weight`` as in :func:`fpd_loss`.
+
+    ``cache=True`` keeps each sample's teacher heatmaps on the CPU, keyed by
+    ``batch["meta"]["index"]`` (or ``batch["index"]``), and runs the teacher only on samples not
+    seen before. Off by default because it is wrong with augmentation: the same index then comes
+    with a different crop, flip or colour, and the cached heatmaps no longer match the image.
+    Use it only on a fixed, non-augmented training set. Memory: K·h·w·4 bytes per sample.
+    """
+
+    def __init__(self, teacher: nn.Module, kind: str = "mse", alpha: float = 0.5, temperature: float = 1.0,
+                 schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
+                 teacher_weight: str = "ones", teacher_output: Callable | None = None, cache: bool = False):
+        _check_choice("kind", kind, LOGIT_KINDS)
+        _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
+        kd_weight_schedule(0, total_steps, schedule)
+        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output)
+        self.kind, self.alpha, self.temperature = kind, float(alpha), float(temperature)
+        self.schedule, self.total_steps, self.step = schedule, total_steps, 0
+        self.teacher_weight = teacher_weight
+        self.cache: dict | None = {} if cache else None
+
+    def teacher_heatmaps(self, batch: dict, like: torch.Tensor) -> torch.Tensor:
+        """The teacher's heatmaps for ``batch["image"]``, at the student's heatmap size."""
+        if self.cache is None:
+            return self.teacher.heatmaps(batch["image"], like)
+        keys = _sample_keys(batch)
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            fresh = self.teacher.heatmaps(batch["image"][missing], like[missing]).cpu()
+            self.cache.update((keys[i], hm) for i, hm in zip(missing, fresh))
+        return torch.stack([self.cache[k] for k in keys]).to(like.device, like.dtype)
+
+    def __call__(self, outputs: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        student = _student_heatmaps(outputs)
+        teacher = self.teacher_heatmaps(batch, student)
+        a = self.alpha * self._tick(student)
+        gt = joints_mse(student, batch["target"], batch.get("target_weight"))
+        kd = _logit_kd_term(self.kind, student, teacher, batch.get("target_weight"), self.temperature,
+                            self.teacher_weight)
+        return {"loss": (1 - a) * gt + a * kd, "gt": gt, "kd": kd}
+
+
+def _sample_keys(batch: dict) -> list:
+    meta = batch.get("meta")
+    ids = meta.get("index") if isinstance(meta, Mapping) else None
+    ids = batch.get("index") if ids is None else ids
+    if ids is None:
+        raise KeyError("LogitsKD(cache=True) needs a per-sample key: batch['meta']['index'] or batch['index']")
+    return [int(i) for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
+
+
+# --------------------------------------------------------------------------- feature hooks
+def _unknown_layer(model: nn.Module, name: str, valid: Sequence[str]) -> KeyError:
+    close = difflib.get_close_matches(name, valid, n=8, cutoff=0.5)
+    top = [n for n in valid if n and "." not in n]
+    return KeyError(f"{type(model).__name__} has no layer {name!r}. Close names: {close or 'none'}; "
+                    f"top-level layers: {top}. list_feature_shapes(model, input_shape) lists them all.")
+
+
+class FeatureHooks:
+    """Forward hooks that capture named submodules' outputs into ``self.features`` (name -> output).
+
+    ``FeatureHooks(model, ["backbone.7", "neck.2"])``, then after ``model(x)``: ``hooks["neck.2"]``.
+    The dict is cleared at the start of every forward of ``model``, so it always holds the latest
+    forward's features. Captured outputs keep their autograd graph (the student's feature loss
+    trains the student through them). ``remove()`` (or leaving a ``with`` block) detaches all hooks.
+
+    An output that a later in-place op overwrites (a conv followed by ``ReLU(inplace=True)``) would
+    silently become the activation's output; reading it then raises, naming the layer. Hook the
+    activation instead, or pass ``clone=True`` to keep a copy.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], clone: bool = False):
+        if isinstance(names, str):
+            names = [names]
+        modules = dict(model.named_modules())
+        for name in names:
+            if name not in modules:
+                raise _unknown_layer(model, name, list(modules))
+        self.names, self.clone = list(names), clone
+        self.features: dict[str, object] = {}
+        self._versions: dict[str, int | None] = {}
+        self._handles = [model.register_forward_pre_hook(self._reset)]
+        self._handles += [modules[n].register_forward_hook(self._saver(n)) for n in self.names]
+
+    def _reset(self, module, args) -> None:
+        self.features.clear()
+        self._versions.clear()
+
+    def _saver(self, name: str):
+        def save(module, args, output):
+            if self.clone:
+                output = _map_tensors(output, torch.clone)
+            self.features[name] = output
+            self._versions[name] = _version(output)
+        return save
+
+    def __getitem__(self, name: str):
+        if name not in self.features:
+            state = "was not called in the last forward" if name in self.names else "is not hooked"
+            raise KeyError(f"layer {name!r} {state} (hooked: {self.names}; captured: {list(self.features)})")
+        out = self.features[name]
+        if _version(out) != self._versions[name]:
+            raise RuntimeError(f"the output of layer {name!r} was modified in place after it was captured "
+                               "(e.g. by a following ReLU(inplace=True)); hook that activation instead "
+                               "or use FeatureHooks(..., clone=True)")
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.features.clear()
+
+    def __enter__(self) -> "FeatureHooks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _map_tensors(out, fn):
+    if torch.is_tensor(out):
+        return fn(out)
+    if isinstance(out, (list, tuple)):
+        return type(out)(_map_tensors(o, fn) for o in out)
+    return out
+
+
+def _version(out):
+    """In-place modification counters of a captured output's tensors (None where untracked)."""
+    def v(t):
+        try:
+            return t._version
+        except RuntimeError:    # inference-mode tensors track no version
+            return None
+    if torch.is_tensor(out):
+        return v(out)
+    if isinstance(out, (list, tuple)):
+        return tuple(_version(o) for o in out)
+    return None
+
+
+def _feature_tensor(out, name: str) -> torch.Tensor:
+    """A captured output as one (N, C, H, W) tensor: lists (HRNet stages) give their first, highest-resolution branch."""
+    if isinstance(out, (list, tuple)) and out:
+        out = out[0]
+    if not torch.is_tensor(out) or out.ndim != 4:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise TypeError(f"layer {name!r} outputs {got}; feature KD needs an (N, C, H, W) map")
+    return out
+
+
+def _shapes(out):
+    if torch.is_tensor(out):
+        return tuple(out.shape)
+    if isinstance(out, (list, tuple)):
+        return [_shapes(o) for o in out]
+    return None
+
+
+def list_feature_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequence[str] | None = None,
+                        max_depth: int | None = None) -> list[tuple[str, object]]:
+    """``[(layer name, output shape), ...]`` from one dummy forward, to pick layers for feature KD.
+
+    ``input_shape`` is ``(N, C, H, W)`` or ``(C, H, W)``. Layers come in ``named_modules`` order;
+    ``max_depth`` keeps names of at most that many dotted parts (1: the top-level children only).
+    A layer returning a list (HRNet stages) gets a list of shapes; layers not run are left out. The
+    forward runs in eval mode without gradients (BatchNorm statistics untouched); modes are restored.
+    """
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if names is None:
+        names = [n for n in dict(model.named_modules()) if n
+                 and (max_depth is None or n.count(".") < max_depth)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with FeatureHooks(model, names) as hooks, torch.no_grad():
+            model.eval()
+            model(torch.zeros(shape, device=_device_of(model)))
+            found = dict(hooks.features)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return [(n, _shapes(found[n])) for n in names if n in found]
+
+
+# --------------------------------------------------------------------------- feature KD
+class FeatureAdapter(nn.Module):
+    """Student feature -> teacher feature space: a 1x1 conv (C_s -> C_t), then a bilinear resize.
+
+    Trained together with the student and thrown away after distillation. The resize samples at
+    the same grid convention as :func:`resize_heatmaps`.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        """``x`` (N, C_s, h, w) -> (N, C_t, H, W); ``size`` = (W, H) or the teacher tensor itself."""
+        return _resample(self.proj(x), size)
+
+
+def standardize_channels(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each channel to zero mean, unit variance over (N, H, W) of the batch."""
+    mean = feat.mean(dim=(0, 2, 3), keepdim=True)
+    std = feat.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (feat - mean) / (std + eps)
+
+
+def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "channel") -> torch.Tensor:
+    """Mean over layer pairs of ``MSE(adapter(S), norm(T))``; adapters may be ``None`` (resize only).
+
+    ``normalize="channel"`` standardises every teacher channel over the batch before the MSE.
+    Teacher features of different layers and nets differ in scale by orders of magnitude (post-ReLU
+    stages, BatchNorm'd branches); after standardising, the loss starts near 1 for any layer
+    choice, does not change when the teacher's features are multiplied by a constant, and no
+    channel dominates just by being large, so one β carries over between layer choices. The
+    adapter absorbs the scale on the student side. ``"none"`` is the plain FitNets / DWPose MSE.
+    Inputs are tensors or equal-length sequences of tensors and adapters.
+    """
+    _check_choice("normalize", normalize, FEATURE_NORMS)
+    if torch.is_tensor(student_feats):
+        student_feats, teacher_feats, adapters = [student_feats], [teacher_feats], [adapters]
+    if not (len(student_feats) == len(teacher_feats) == len(adapters)) or not student_feats:
+        raise ValueError(f"feature_kd_loss: {len(student_feats)} student features, {len(teacher_feats)} "
+                         f"teacher features and {len(adapters)} adapters; give one of each per pair")
+    losses = []
+    for s, t, adapter in zip(student_feats, teacher_feats, adapters):
+        t = t.detach().float()
+        s = adapter(s, t) if adapter is not None else _resample(s, t)
+        if s.shape != t.shape:
+            raise ValueError(f"adapted student feature {tuple(s.shape)} does not match teacher feature "
+                             f"{tuple(t.shape)}; check the adapter's channels")
+        if normalize == "channel":
+            t = standardize_channels(t)
+        losses.append(F.mse_loss(s.float(), t))
+    return torch.stack(losses).mean()
+
+
+def _adapter_key(student_layer: str) -> str:
+    return student_layer.replace(".", "/")   # nn.ModuleDict keys cannot contain dots
+
+
+class FeatureKD(_StepCounter):
+    """``loss_fn`` for ``fit``: ``(1-α_t)·GT + α_t·KD_logits + β_t·feature loss`` (FitNets hints).
+
+    ``pairs`` maps student layer names to teacher layer names; hooks on both nets capture them
+    (the student's during ``fit``'s own forward, the teacher's when this loss runs the frozen
+    teacher on ``batch["image"]``). One :class:`FeatureAdapter` per pair lives in ``self.adapters``
+    (an ``nn.ModuleDict``); they are sized by one dummy forward at ``input_size`` (w, h) here, so
+    they exist before you build the optimizer, which must include them::
+
+        kd = FeatureKD(teacher, student, {"backbone.12": "stage4"}, beta=1e-3)
+        opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=1e-3)
+        fit(student, loader, loss_fn=kd, optimizer=opt, ...)
+
+    The feature loss is :func:`feature_kd_loss` (mean over pairs); a teacher layer returning a list
+    (HRNet stages) contributes its first, highest-resolution branch. α_t and β_t follow
+    ``schedule`` like :class:`LogitsKD`; ``alpha_logits=0`` (default) leaves the logits term out.
+    Returns ``{"loss", "gt", "feat"}`` (+ ``"kd"`` with a logits term). ``fit`` saves only the
+    student: to resume exactly, save ``kd.adapters.state_dict()`` yourself. Under DDP the adapters'
+    gradients are not averaged across ranks. ``remove()`` takes the hooks off both nets.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, pairs: Mapping[str, str], beta: float = 1.0,
+                 alpha_logits: float = 0.0, kind: str = "mse", temperature: float = 1.0,
+                 schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
+                 normalize: str = "channel", input_size=(192, 256), teacher_weight: str = "ones",
+                 teacher_output: Callable | None = None):
+        _check_choice("kind", kind, LOGIT_KINDS)
+        _check_choice("normalize", normalize, FEATURE_NORMS)
+        _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
+        kd_weight_schedule(0, total_steps, schedule)
+        if not pairs:
+            raise ValueError("FeatureKD needs at least one {student_layer: teacher_layer} pair")
+        self.pairs = dict(pairs)
+        self.beta, self.alpha, self.kind, self.temperature = float(beta), float(alpha_logits), kind, float(temperature)
+        self.schedule, self.total_steps, self.step = schedule, total_steps, 0
+        self.normalize, self.teacher_weight = normalize, teacher_weight
+        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output)
+        self.adapters = self._build_adapters(teacher, student, _spatial_size(input_size),
+                                             _spatial_size(teacher_input_size or input_size))
+        self.student_hooks = FeatureHooks(student, list(self.pairs))
+        self.teacher_hooks = FeatureHooks(teacher, list(self.pairs.values()))
+
+    def _build_adapters(self, teacher, student, size, teacher_size) -> nn.ModuleDict:
+        s_shapes = dict(list_feature_shapes(student, (1, 3, size[1], size[0]), list(self.pairs)))
+        t_shapes = dict(list_feature_shapes(teacher, (1, 3, teacher_size[1], teacher_size[0]),
+                                            list(self.pairs.values())))
+        adapters = nn.ModuleDict()
+        for s_name, t_name in self.pairs.items():
+            for name, shapes, net in ((s_name, s_shapes, "student"), (t_name, t_shapes, "teacher")):
+                if name not in shapes:
+                    raise ValueError(f"{net} layer {name!r} did not run in a forward pass")
+            s_c = _channels(s_shapes[s_name], s_name)
+            t_c = _channels(t_shapes[t_name], t_name)
+            adapters[_adapter_key(s_name)] = FeatureAdapter(s_c, t_c).to(_device_of(student))
+        return adapters
+
+    def parameters(self):
+        """The adapters' parameters: add them to the student's optimizer."""
+        return self.adapters.parameters()
+
+    def features(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The captured (student, teacher) feature maps of the last forward, in ``pairs`` order."""
+        s = [_feature_tensor(self.student_hooks[n], n) for n in self.pairs]
+        t = [_feature_tensor(self.teacher_hooks[n], n) for n in self.pairs.values()]
+        return s, t
+
+    def __call__(self, outputs: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        student = _student_heatmaps(outputs)
+        if not self.student_hooks.features:
+            raise RuntimeError("FeatureKD: no student features captured; the loss must follow a forward of "
+                               "the student on batch['image'] (fit does this)")
+        teacher_out = self.teacher(batch["image"])
+        s_feats, t_feats = self.features()
+        if s_feats[0].shape[0] != student.shape[0]:
+            raise RuntimeError(f"FeatureKD: the captured student features hold {s_feats[0].shape[0]} samples, "
+                               f"the heatmaps {student.shape[0]}; they come from different forwards")
+        if s_feats[0].device != _device_of(self.adapters):
+            self.adapters.to(s_feats[0].device)
+        w = self._tick(student)
+        a, b = self.alpha * w, self.beta * w
+        out = {"gt": joints_mse(student, batch["target"], batch.get("target_weight")),
+               "feat": feature_kd_loss(s_feats, t_feats, [self.adapters[_adapter_key(n)] for n in self.pairs],
+                                       self.normalize)}
+        loss = (1 - a) * out["gt"] + b * out["feat"]
+        if self.alpha > 0:
+            t_hm = self.teacher.heatmaps_from(teacher_out, student)
+            out["kd"] = _logit_kd_term(self.kind, student, t_hm, batch.get("target_weight"), self.temperature,
+                                       self.teacher_weight)
+            loss = loss + a * out["kd"]
+        return {"loss": loss, **out}
+
+    def remove(self) -> None:
+        self.student_hooks.remove()
+        self.teacher_hooks.remove()
+
+    def __enter__(self) -> "FeatureKD":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _channels(shape, name: str) -> int:
+    if isinstance(shape, list) and shape:
+        shape = shape[0]
+    if not isinstance(shape, tuple) or len(shape) != 4:
+        raise ValueError(f"layer {name!r} outputs shape {shape}; feature KD needs an (N, C, H, W) map")
+    return shape[1]
