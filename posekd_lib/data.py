@@ -453,3 +453,36 @@ def predict_topdown(model, loader, codec: HeatmapCodec, flip_pairs=COCO_FLIP_PAI
                 "center": [float(v) for v in c], "scale": [float(v) for v in s],
             })
     return results
+
+
+# --------------------------------------------------------------------------- which data a mode uses
+def dataset_splits(mode: str | None = None, coco_root=None):
+    """The train/val COCO files for a run mode.
+
+    ``quick`` and ``workshop`` use the embedded dataset (generated and cached on first use);
+    ``full`` uses real COCO 2017 under ``coco_root`` or ``$COCO_ROOT``, laid out as
+    ``annotations/person_keypoints_{train,val}2017.json`` and ``{train,val}2017/*.jpg``.
+    Nothing is downloaded: a missing file raises an error saying where to put it.
+    """
+    from .config import get_mode
+    from .synth import CocoSplit, EmbeddedDataset, ensure_embedded_dataset
+
+    mode = get_mode(mode)
+    if mode != "full":
+        return ensure_embedded_dataset(mode)
+    root = coco_root or os.environ.get("COCO_ROOT")
+    if not root:
+        raise FileNotFoundError(
+            "POSEKD_MODE=full needs real COCO 2017: set COCO_ROOT to a folder containing "
+            "annotations/person_keypoints_train2017.json, annotations/person_keypoints_val2017.json, "
+            "train2017/ and val2017/ (from cocodataset.org: annotations_trainval2017.zip, train2017.zip, "
+            "val2017.zip)")
+    root = Path(root).expanduser()
+    splits = {s: CocoSplit(root / "annotations" / f"person_keypoints_{s}2017.json", root / f"{s}2017")
+              for s in ("train", "val")}
+    for s in splits.values():
+        for p in (s.ann_file, s.img_dir):
+            if not p.exists():
+                raise FileNotFoundError(f"COCO_ROOT={root}: {p} is missing; put the COCO 2017 "
+                                        f"{'annotation file' if p.suffix == '.json' else 'image folder'} there")
+    return EmbeddedDataset(root, splits["train"], splits["val"])
