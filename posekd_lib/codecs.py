@@ -194,6 +194,8 @@ class PafCodec:
         shift = self.stride / 2 - 0.5
         self._cx = np.arange(self.map_size[0]) * self.stride + shift
         self._cy = np.arange(self.map_size[1]) * self.stride + shift
+        self._gx = np.arange(self.map_size[0], dtype=np.float64)
+        self._gy = np.arange(self.map_size[1], dtype=np.float64)[:, None]
         self._limb_a = np.array([a for a, _ in OPENPOSE_LIMBS])
         self._limb_b = np.array([b for _, b in OPENPOSE_LIMBS])
         self._paf_x = np.array([cx for cx, _ in OPENPOSE_PAF_CHANNELS])
@@ -228,27 +230,28 @@ class PafCodec:
         gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
         g = gy[..., :, None] * gx[..., None, :]
         g[g < _GAUSS_CUT] = 0.0
-        heat = g.max(axis=0) if len(k) else np.zeros((NUM_OPENPOSE_KEYPOINTS, h, w))
-        heatmaps = np.concatenate([heat, 1.0 - heat.max(axis=0, keepdims=True)], axis=0)
+        heatmaps = np.zeros((NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
+        if len(k):
+            heatmaps[:-1] = g.max(axis=0)
+        heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
 
-        pafs = np.zeros((2 * len(OPENPOSE_LIMBS), h, w))
+        pafs = np.zeros((2 * len(OPENPOSE_LIMBS), h, w), dtype=np.float32)
         if len(k):
             a = self.to_map(op[:, self._limb_a, :2])                      # (P, L, 2)
             v = self.to_map(op[:, self._limb_b, :2]) - a
-            length = np.linalg.norm(v, axis=-1)
+            length = np.sqrt((v * v).sum(axis=-1))
             valid = lab[:, self._limb_a] & lab[:, self._limb_b] & (length > 1e-7)
             u = v / np.where(valid, length, 1.0)[..., None]
-            ux, uy = u[..., 0, None, None], u[..., 1, None, None]
-            rx = np.arange(w, dtype=np.float64) - a[..., 0, None, None]    # (P, L, 1, w)
-            ry = np.arange(h, dtype=np.float64)[:, None] - a[..., 1, None, None]  # (P, L, h, 1)
-            t_raw = rx * ux + ry * uy                                     # position along the limb
+            rx = self._gx - a[..., 0, None, None]                         # (P, L, 1, w)
+            ry = self._gy - a[..., 1, None, None]                         # (P, L, h, 1)
+            t_raw = rx * u[..., 0, None, None] + ry * u[..., 1, None, None]  # position along the limb
             t = np.minimum(np.maximum(t_raw, 0.0), length[..., None, None])  # nearest point of the segment
             dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)            # |r - t u|^2
             on = ((dist2 <= self.paf_thickness ** 2) & valid[..., None, None]).astype(np.float64)
             count = np.maximum(on.sum(axis=0), 1.0)                       # (L, h, w)
             pafs[self._paf_x] = np.einsum("plhw,pl->lhw", on, u[..., 0]) / count
             pafs[self._paf_y] = np.einsum("plhw,pl->lhw", on, u[..., 1]) / count
-        return heatmaps.astype(np.float32), pafs.astype(np.float32)
+        return heatmaps, pafs
 
     # ----------------------------------------------------------------------- decoding
     def find_peaks(self, heatmaps, threshold: float = 0.1, radius: float = 6.0) -> list[np.ndarray]:
