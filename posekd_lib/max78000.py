@@ -32,6 +32,7 @@ class Limits:
     max_layers: int = 32
     max_streaming_layers: int = 8
     max_passthrough_pool_passes: int = 1    # a pool-only layer pools at most 64 channels
+    eltwise_in_biased_conv: bool = True     # MAX78002: an add runs in its own layer before a biased conv
     max_rows_cols: int = 1023
     max_channels: int = 1024                # 16 passes x 64 processors
     flatten_max_elements: int = 16384
@@ -67,7 +68,8 @@ LIMITS: dict[int, Limits] = {
     MAX78000: Limits(MAX78000, "MAX78000"),
     MAX78002: Limits(MAX78002, "MAX78002", data_memory_per_instance=81920, kernel_slots=4096,
                      kernel_slots_first_of_group=5120, bias_bytes_per_group=2048,
-                     max_layers=128, max_rows_cols=2047, max_passthrough_pool_passes=2 ** 16, depthwise=True, stream_bias=True),
+                     max_layers=128, max_rows_cols=2047, max_passthrough_pool_passes=2 ** 16,
+                     eltwise_in_biased_conv=False, depthwise=True, stream_bias=True),
 }
 
 
@@ -201,8 +203,14 @@ def _build_layers(graph, lim: Limits, data_format: str, input_shape) -> list[HwL
             biased=m.has_bias(), n_weights=m.op.weight.numel() if m.op is not None else 0,
             flatten=flatten)
         if eltwise_inputs is not None:
-            layer.eltwise = src.op
-            layer.pool_first = not layer.pooling
+            host = layer
+            if not lim.eltwise_in_biased_conv and layer.biased and layer.op != "passthrough":
+                hw = layer.in_hw
+                host = HwLayer(name=src.name, op="passthrough", module=None,
+                               in_channels=layer.in_channels, out_channels=layer.in_channels,
+                               in_hw=hw, pooled_hw=hw, out_hw=hw)
+            host.eltwise = src.op
+            host.pool_first = not host.pooling
             ops = []
             for k, operand in enumerate(eltwise_inputs):
                 producer = made[operand]
@@ -237,7 +245,10 @@ def _build_layers(graph, lim: Limits, data_format: str, input_shape) -> list[HwL
             for k, name in enumerate(inputs):
                 by_name[name].write_gap = len(inputs) - 1
                 by_name[name].out_delta = 4 * k
-            layer.inputs = inputs
+            host.inputs = inputs
+            if host is not layer:
+                layers.append(host)
+                layer.inputs = [host.name]
         else:
             layer.inputs = [made[n.inputs[0]]]
         layers.append(layer)

@@ -210,3 +210,18 @@ def test_izer_accepts_our_export(g, tmp_path):
     assert r["returncode"] == 0, r["log"][-2000:]
     assert np.array_equal(r["output"].reshape(17, 16, 16), np.load(g / "izer_expected_output.npy"))
     assert r["cycles"] == max78000.resource_report(m, (3, 64, 64)).totals["cycles"]
+
+
+def test_max78002_runs_the_add_in_its_own_layer(g):
+    """MAX78002 cannot fuse a multi-operand add into a biased convolution (izer refuses it);
+    the generator emits a pass-through add layer instead (checked with ai8xize.py: same output)."""
+    m = ai8x.ai85poselike(device=ai8x.Device(87))
+    ai8x.initiate_qat(m, load(g, "qat_io.pt")["qat_policy"])
+    m.load_state_dict(load(g, "qat_state_dict.pt"))
+    layers = yaml.safe_load(export.network_yaml(m, (3, 64, 64), "a", "d", device=87))["layers"]
+    add = next(l for l in layers if l["name"] == "add")
+    conv5 = layers[layers.index(add) + 1]
+    assert add["op"] == "passthrough" and add["eltwise"] == "add" and add["in_sequences"] == ["res_copy", "conv4"]
+    assert conv5["name"] == "conv5" and "eltwise" not in conv5 and "pool_first" not in conv5
+    rep = max78000.resource_report(m, (3, 64, 64), device=87)
+    assert rep.fits and rep.capacity["bias_bytes"] == 4 * 2048 and rep.totals["layers"] == 8
