@@ -176,6 +176,20 @@ def test_network_yaml_other_topology():
     assert layers[0]["out_offset"] != b["out_offset"]       # a is still read by b
 
 
+def test_network_yaml_refuses_registration_order_unlike_run_order():
+    class Swapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.second = ai8x.FusedConv2dReLU(8, 8, 3, padding=1)
+            self.first = ai8x.FusedConv2dReLU(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.second(self.first(x))
+
+    with pytest.raises(ai8x.Ai8xRuleError, match="state-dict order"):
+        export.network_yaml(Swapped(), (3, 8, 8), "t", "d")
+
+
 def test_streaming_and_chw_input_processors():
     class Stem(nn.Module):
         def __init__(self):
