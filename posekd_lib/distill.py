@@ -203,10 +203,10 @@ class _Teacher:
 
 def _logit_kd_term(kind: str, student_hm, teacher_hm, target_weight, temperature, teacher_weight):
     """The unweighted KD term between student and (resized) teacher heatmaps."""
+    w = target_weight if teacher_weight == "target" else None
     if kind == "mse":
-        return joints_mse(student_hm, teacher_hm, target_weight if teacher_weight == "target" else None)
-    return spatial_kl_loss(student_hm, teacher_hm, temperature,
-                           target_weight if teacher_weight == "target" else None)
+        return joints_mse(student_hm, teacher_hm, w)
+    return spatial_kl_loss(student_hm, teacher_hm, temperature, w)
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:
@@ -217,8 +217,8 @@ def _check_choice(name: str, value: str, choices: tuple) -> None:
 class _StepCounter:
     """Counts training calls (student output requires grad) so a KD weight schedule knows the step.
 
-    Evaluating the loss under ``torch.no_grad()`` does not advance it. On a resumed ``fit`` call
-    ``set_step(step)`` with the step the run resumes from.
+    Evaluating the loss under ``torch.no_grad()`` does not advance it. The counter is not in
+    ``fit``'s checkpoint: when a run resumes, call ``set_step(step)`` with the step it resumes from.
     """
 
     schedule: str
@@ -248,7 +248,8 @@ class LogitsKD(_StepCounter):
     smaller α). GT is ``joints_mse(S, target, target_weight)``. Returns ``{"loss", "gt", "kd"}``.
 
     The teacher is frozen (eval mode, no gradients, ``torch.no_grad()``) and runs on the same
-    augmented ``batch["image"]`` as the student, moved to the batch's device; ``teacher_input_size``
+    augmented ``batch["image"]`` as the student, on the batch's device (the teacher moves there on
+    the first call); ``teacher_input_size``
     (w, h) resizes the images for a teacher trained at another size, and its heatmaps are resized
     to the student's. ``teacher_output(out) -> heatmaps`` picks the heatmaps from a teacher that
     returns something else. ``teacher_weight`` as in :func:`fpd_loss`.
@@ -304,10 +305,14 @@ def _sample_keys(batch: dict) -> list:
 
 # --------------------------------------------------------------------------- feature hooks
 def _unknown_layer(model: nn.Module, name: str, valid: Sequence[str]) -> KeyError:
-    close = difflib.get_close_matches(name, valid, n=8, cutoff=0.5)
-    top = [n for n in valid if n and "." not in n]
-    return KeyError(f"{type(model).__name__} has no layer {name!r}. Close names: {close or 'none'}; "
-                    f"top-level layers: {top}. list_feature_shapes(model, input_shape) lists them all.")
+    """KeyError naming the children of the deepest existing parent of ``name`` and the closest names."""
+    parts = name.split(".")
+    parent = next(p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)) if p in valid)
+    children = [n for n in valid if n and n.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.6)
+    where = f"layers under {parent!r}" if parent else "top-level layers"
+    return KeyError(f"{type(model).__name__} has no layer {name!r}; {where}: {children}; close names: "
+                    f"{close or 'none'}. list_feature_shapes(model, input_shape) lists every layer.")
 
 
 class FeatureHooks:

@@ -239,7 +239,10 @@ def test_feature_hooks_wrong_name_lists_close_names():
     _, model = nets()
     with pytest.raises(KeyError) as e:
         FeatureHooks(model, ["body.O"])
-    assert "'body.0'" in str(e.value) and "'stem'" in str(e.value)
+    assert "layers under 'body': ['body.0', 'body.1', 'body.2']" in str(e.value)
+    with pytest.raises(KeyError) as e:
+        FeatureHooks(model, ["stm.0"])
+    assert "top-level layers: ['stem', 'body', 'head']" in str(e.value) and "'stem.0'" in str(e.value)
     assert _no_hooks(model)
 
 
