@@ -23,6 +23,7 @@ official values (64 and 64×4 = 256 channels, 4 blocks) and the keys do not chan
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -315,13 +316,17 @@ def check_config(cfg: Mapping) -> None:
 def get_pose_net(cfg: Mapping, is_train: bool = False, **kwargs) -> PoseHighResolutionNet:
     """Build pose_hrnet from a config (see :func:`hrnet_pose.configs.load_configs`).
 
-    ``is_train=True`` applies the official training init; nothing is ever downloaded (load the
-    released weights with :func:`hrnet_pose.checkpoint.load_pose_checkpoint`).
+    ``is_train=True`` applies the official training init (when ``MODEL.INIT_WEIGHTS``). Unlike
+    the official code it does not read the ImageNet file named by ``MODEL.PRETRAINED``, and
+    nothing is ever downloaded: load weights with :func:`hrnet_pose.checkpoint.load_pose_checkpoint`.
     """
     check_config(cfg)
     model = PoseHighResolutionNet(cfg, **kwargs)
     if is_train and cfg["MODEL"].get("INIT_WEIGHTS", True):
         model.init_weights()
+        if cfg["MODEL"].get("PRETRAINED"):
+            warnings.warn(f"MODEL.PRETRAINED={cfg['MODEL']['PRETRAINED']!r} is ignored; load it with "
+                          "hrnet_pose.checkpoint.load_pose_checkpoint(model, path, strict=False)", stacklevel=2)
     return model
 
 

@@ -16,7 +16,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
-#: Fallback values for keys a YAML file leaves out (the official defaults of the fields we use).
+#: Fallback values for keys a YAML file leaves out (those of the base config, w32_256x192).
 DEFAULTS: dict = {
     "MODEL": {
         "NAME": "pose_hrnet",
