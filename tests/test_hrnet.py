@@ -174,6 +174,13 @@ def test_is_train_applies_official_init():
     assert default.conv1.weight.std() > 0.05  # PyTorch default init, not the training init
 
 
+def test_imagenet_pretrained_path_is_never_read():
+    cfg = load_configs("w8_128x96")
+    cfg.MODEL.PRETRAINED = "models/pytorch/imagenet/hrnet_w32-36af842e.pth"
+    with pytest.warns(UserWarning, match="MODEL.PRETRAINED.*ignored"), torch.device("meta"):
+        get_pose_net(cfg, is_train=True)
+
+
 def test_named_stages_expose_features_to_hooks(tiny):
     seen = {}
     handles = [getattr(tiny, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
