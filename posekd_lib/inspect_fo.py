@@ -273,9 +273,10 @@ def launch_app(dataset, port: int = 5151, remote: bool = False, force: bool = Fa
     """
     reason = None if force else _why_not_interactive()
     if reason:
-        print(f"FiftyOne App not launched ({reason}). To browse dataset {dataset.name!r}, run:\n"
-              f"    fiftyone app launch {dataset.name} --address 127.0.0.1 --port {port}\n"
-              f"or in Python: fo.launch_app(fo.load_dataset({dataset.name!r}), address='127.0.0.1', port={port})")
+        name = getattr(dataset, "dataset_name", None) or dataset.name  # a view reports its dataset's name
+        print(f"FiftyOne App not launched ({reason}). To browse dataset {name!r}, run:\n"
+              f"    fiftyone app launch {name} --address 127.0.0.1 --port {port}\n"
+              f"or in Python: fo.launch_app(fo.load_dataset({name!r}), address='127.0.0.1', port={port})")
         return None
     fo = _fo()
     return fo.launch_app(dataset, port=port, address="127.0.0.1", remote=remote)

@@ -33,7 +33,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     os.environ["POSEKD_MODE"] = args.mode
-    os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ["POSEKD_HEADLESS"] = "1"  # notebooks never open the FiftyOne App in a headless run
     paths = run_paths(args.mode)
     if args.mode != "full":

@@ -1,0 +1,98 @@
+"""Train the shipped demo teacher (an HRNet on the embedded dataset) reproducibly, with resume.
+
+    python scripts/train_teacher.py                       # defaults below: W8 at 128x96
+    python scripts/train_teacher.py --config w16_128x96 --epochs 30 --device cuda
+
+Checkpoints go to ``--run-dir`` (default ``~/.cache/posekd/teacher-runs/<name>``, outside the
+clone, so an interrupted run resumes from there in a later session). At the end the best
+checkpoint (by validation AP, flip test) is exported in fp16 to ``hrnet_pose/weights/<name>.pt``
+with a ``<name>.json`` card: config, command, seed, epochs, train time and validation AP.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from hrnet_pose.checkpoint import load_pose_checkpoint, save_fp16_state_dict
+    from hrnet_pose.configs import load_configs
+    from hrnet_pose.hrnetpose_model import get_pose_net
+    from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.evaluation import evaluate_topdown
+    from posekd_lib.train import fit, load_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="w8_128x96")
+    ap.add_argument("--name", default=None, help="weights name (default demo_<config>)")
+    ap.add_argument("--mode", default="workshop", help="which embedded dataset to train on")
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--no-export", action="store_true")
+    args = ap.parse_args(argv)
+
+    name = args.name or f"demo_{args.config}"
+    run_root = args.run_dir or Path.home() / ".cache" / "posekd" / "teacher-runs"
+    cfg = load_configs(args.config)
+    input_size, heatmap_size, sigma = tuple(cfg.MODEL.IMAGE_SIZE), tuple(cfg.MODEL.HEATMAP_SIZE), cfg.MODEL.SIGMA
+    splits = dataset_splits(args.mode)
+    train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, input_size, heatmap_size, sigma, train=True)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    print(f"{name}: {args.config}, {len(train_ds)} training persons, {len(loader)} steps/epoch", flush=True)
+
+    torch.manual_seed(args.seed)
+    model = get_pose_net(cfg, is_train=True)
+
+    def evaluate(m):  # every epoch, without flip test to halve its cost; the final number uses flip
+        return evaluate_topdown(m, splits.val, input_size, heatmap_size, sigma, flip_test=False,
+                                device=next(m.parameters()).device)
+
+    t0 = time.perf_counter()
+    history = fit(model, loader, epochs=args.epochs, lr=args.lr, out_dir=run_root, run_name=name,
+                  save_every_steps=100, evaluate_fn=evaluate, best_metric="AP", seed=args.seed,
+                  device=args.device, threads=args.threads, log_every=20)
+    wall = time.perf_counter() - t0
+    history.save(run_root / name / "history.json")
+    if args.no_export:
+        return 0
+
+    best = run_root / name / "best.pt"
+    extras = load_checkpoint(best if best.is_file() else run_root / name / "latest.pt", model)
+    metrics = evaluate_topdown(model, splits.val, input_size, heatmap_size, sigma, flip_test=True,
+                               device=next(model.parameters()).device)
+    out = REPO / "hrnet_pose" / "weights" / f"{name}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_fp16_state_dict(model.cpu(), out)
+    reloaded = load_pose_checkpoint(get_pose_net(cfg, is_train=False), out)
+    card = {
+        "name": name, "config": args.config, "input_size_wh": list(input_size), "heatmap_size_wh": list(heatmap_size),
+        "sigma": sigma, "dataset": f"posekd embedded ({args.mode}) train split", "train_persons": len(train_ds),
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "best_epoch": extras.get("epoch") if isinstance(extras, dict) else None,
+        "command": "python scripts/train_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "val_metrics_flip_gt_boxes": {k: round(float(v), 4) for k, v in metrics.items()},
+        "train_wall_time_s_this_session": round(wall, 1), "device": str(next(reloaded.parameters()).device),
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "params": sum(p.numel() for p in model.parameters()), "file_bytes": out.stat().st_size,
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    print(json.dumps(card, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
