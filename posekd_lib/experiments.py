@@ -1,0 +1,317 @@
+"""One recipe for the student runs of notebooks 02-05 and ``benchmarks/``: budgets and cached runs.
+
+A :class:`Budget` per mode fixes the crop and heatmap size (those of the demo teacher in ``quick``
+and ``workshop``), the batch size and the number of steps. :func:`train_student` trains one student
+with that budget, evaluates it on the validation split (COCO AP with flip test, PCK@0.2) and adds a
+row to the mode's :class:`~posekd_lib.evaluation.ResultsTable`. Runs are cached by name,
+``f"{tag}_{student}_s{seed}"`` under ``run_paths(mode).checkpoints``: a finished run is loaded, not
+retrained, and its evaluation is read from ``val_metrics.json`` / ``val_results.json`` next to the
+checkpoint, so notebook 03 reuses notebook 02's baseline at no cost.
+
+Distillation hook: ``kd(student, total_steps) -> loss_fn`` builds the training loss once the
+student exists (e.g. ``lambda s, n: LogitsKD(teacher, alpha=0.5, total_steps=n)``). When the
+returned object has ``parameters()`` (``FeatureKD``'s adapters) they are trained with the student;
+when it has ``set_step`` it is told the step a resumed run continues from. ``fit`` saves only the
+student, so a ``FeatureKD`` run interrupted midway resumes with freshly initialised adapters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import get_mode, run_paths
+
+#: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
+ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
+#: Student names accepted by :func:`train_student`: ``models.build_student`` name and keywords.
+STUDENTS: dict[str, tuple[str, dict]] = {
+    "squeezenet": ("squeezenet", {}),
+    "mobilenetv3": ("mobilenetv3", {}),
+    "mobilenetv3_os16": ("mobilenetv3", {"output_stride": 16}),
+}
+LOSSES = ("mse", "awing")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training and evaluation sizes of one mode; sizes are ``(w, h)``."""
+
+    mode: str
+    input_size: tuple[int, int] = (96, 128)
+    heatmap_size: tuple[int, int] = (24, 32)
+    sigma: float = 1.0
+    batch_size: int = 32
+    steps: int = 600
+    lr: float = 2e-3
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+
+
+# quick: seconds in CI. workshop: both students of notebook 02 in ~8 min on 2 idle cores
+# (600 steps x 32 = 19.2k crops, ~1.6 epochs: squeezenet ~100 crops/s -> ~190 s, mobilenetv3
+# ~120/s -> ~160 s, plus ~15-30 s of validation each). full: real COCO on a GPU (~13 epochs).
+BUDGETS = {
+    "quick": Budget("quick", batch_size=8, steps=4, eval_batch_size=32),
+    "workshop": Budget("workshop"),
+    "full": Budget("full", input_size=(192, 256), heatmap_size=(48, 64), sigma=2.0, batch_size=64,
+                   steps=30_000, lr=1e-3, num_workers=8, eval_batch_size=128, device="auto"),
+}
+
+
+def budget(mode: str | None = None) -> Budget:
+    """The :class:`Budget` of ``mode`` (default: ``$POSEKD_MODE``)."""
+    return BUDGETS[get_mode(mode)]
+
+
+@dataclass
+class Run:
+    """A trained (or loaded) model with its training log, validation metrics, COCO results and table row."""
+
+    name: str
+    model: nn.Module
+    history: object | None
+    metrics: dict
+    results: list[dict] = field(repr=False)
+    row: dict
+    run_dir: Path
+    budget: Budget
+
+
+# --------------------------------------------------------------------------- helpers
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_loss(loss: str) -> Callable:
+    """``fit``'s ``loss_fn`` for a loss name: ``"mse"`` (HRNet's JointsMSE) or ``"awing"`` (Adaptive Wing)."""
+    from .losses import adaptive_wing, batch_loss, joints_mse
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
+    return batch_loss(joints_mse if loss == "mse" else adaptive_wing)
+
+
+def build_student_model(student_name: str) -> nn.Module:
+    """A student by :data:`STUDENTS` name, from scratch (no ImageNet weights: nothing is downloaded)."""
+    from .models import build_student
+
+    if student_name not in STUDENTS:
+        raise KeyError(f"unknown student {student_name!r}; choose one of {sorted(STUDENTS)}")
+    base, kw = STUDENTS[student_name]
+    return build_student(base, **kw)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def pck_of_results(results: list[dict], split, input_size, thr: float = 0.2) -> float:
+    """PCK@``thr`` of top-down results on GT boxes, pooled over the labelled points of all persons.
+
+    ``results`` must be in the order of the evaluation dataset's persons (as ``evaluate_topdown``
+    returns them); each is compared with its own GT person, normalised by the GT box's longer side.
+    """
+    from .data import TopDownDataset
+    from .evaluation import pck
+
+    ds = TopDownDataset(split.ann_file, split.img_dir, input_size, train=False)
+    if len(ds.samples) != len(results):
+        raise ValueError(f"{len(results)} results for {len(ds.samples)} GT persons in {split.ann_file}")
+    ids = np.array([r["image_id"] for r in results])
+    if not np.array_equal(ids, [s["image_id"] for s in ds.samples]):
+        raise ValueError("results are not in the order of the GT persons (run evaluate_topdown on GT boxes)")
+    pred = np.asarray([r["keypoints"] for r in results], dtype=np.float64).reshape(len(results), -1, 3)
+    gt = np.stack([s["joints"] for s in ds.samples])
+    boxes = np.stack([s["box"] for s in ds.samples])
+    return pck(pred, gt, boxes, thr)
+
+
+def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: float, cache_dir: Path,
+                    key: dict, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Validation metrics (COCO AP with flip test + ``PCK@0.2``) and results, cached in ``cache_dir``.
+
+    ``key`` (e.g. the checkpoint's step) is stored with the metrics; the cache is used only when it
+    matches, so a longer run or new weights are evaluated again.
+    """
+    from .evaluation import evaluate_topdown, write_coco_results
+
+    cache_dir = Path(cache_dir)
+    metrics_file, results_file = cache_dir / "val_metrics.json", cache_dir / "val_results.json"
+    cached = _read_json(metrics_file)
+    if cached is not None and cached.get("key") == key and results_file.is_file():
+        return cached["metrics"], json.loads(results_file.read_text())
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    metrics, results = evaluate_topdown(model, split, input_size, heatmap_size, sigma, flip_test=True,
+                                        batch_size=batch_size, device=device, progress=progress,
+                                        return_results=True)
+    metrics["PCK@0.2"] = pck_of_results(results, split, input_size)
+    metrics["eval_time_s"] = round(time.perf_counter() - t0, 1)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_coco_results(results, results_file)
+    _write_json(metrics_file, {"key": key, "metrics": metrics})
+    return metrics, json.loads(results_file.read_text())
+
+
+def _complexity(model: nn.Module, input_size) -> dict:
+    from .models import complexity
+
+    device = next(model.parameters()).device
+    c = complexity(model.cpu(), tuple(input_size))
+    model.to(device)
+    return c
+
+
+def _row(model_name: str, setting: str, seed, metrics: dict, cplx: dict, train_time_s, steps) -> dict:
+    return {"model": model_name, "setting": setting, "seed": seed,
+            **{k: metrics.get(k) for k in ROW_METRICS}, "PCK@0.2": metrics.get("PCK@0.2"),
+            "params": cplx["params"], "MACs": cplx["macs"], "int8_kB": round(cplx["int8_kb"], 1),
+            "train_time_s": train_time_s, "steps": steps}
+
+
+def _add_row(mode: str, row: dict) -> None:
+    from .evaluation import ResultsTable
+
+    ResultsTable(run_paths(mode).results_csv).add(row)
+
+
+# --------------------------------------------------------------------------- students
+def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
+                  kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
+                  steps: int | None = None) -> Run:
+    """Train (or load) one student with the mode's :class:`Budget`, evaluate it and record its row.
+
+    ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps) ->
+    loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
+    the budget's step count. The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
+    its recipe (student, loss, steps, sizes, ...) is stored in ``run_info.json``, and calling again
+    with another recipe under the same tag is an error rather than a silent mix. The results row
+    has ``model=student_name`` and ``setting=tag`` (``f"{tag} s{seed}"`` for seeds other than 0).
+    """
+    from .data import TopDownDataset, dataset_splits
+    from .train import History, fit
+
+    mode = get_mode(mode)
+    b = budget(mode)
+    total = int(steps or b.steps)
+    name = f"{tag}_{student_name}_s{seed}"
+    run_dir = run_paths(mode).checkpoints / name
+    recipe = {"student": student_name, "loss": "kd" if kd is not None else loss, "steps": total,
+              "batch_size": b.batch_size, "lr": b.lr, "input_size": list(b.input_size),
+              "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed}
+    info_file = run_dir / "run_info.json"
+    info = _read_json(info_file) or {}
+    if info.get("recipe", recipe) != recipe:
+        diff = {k: (info["recipe"].get(k), v) for k, v in recipe.items() if info["recipe"].get(k) != v}
+        raise ValueError(f"run {name!r} in {run_dir} was trained with another recipe (stored, asked): {diff}; "
+                         "use another tag, or delete that folder to retrain")
+
+    splits = dataset_splits(mode)
+    if kd is None:
+        build_loss(loss)  # check the name before any work
+    torch.manual_seed(seed)
+    model = build_student_model(student_name)
+    loss_fn = build_loss(loss) if kd is None else kd(model, total)
+    params = list(model.parameters())
+    if hasattr(loss_fn, "parameters"):
+        params += list(loss_fn.parameters())
+    optimizer = torch.optim.Adam(params, lr=b.lr)
+    done_before = 0
+    if (run_dir / "history.json").is_file():
+        hist = History.load(run_dir / "history.json")
+        done_before = hist.step[-1] if hist.step else 0
+    if hasattr(loss_fn, "set_step"):
+        loss_fn.set_step(done_before)
+
+    train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, b.input_size, b.heatmap_size,
+                              b.sigma, train=True)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=b.num_workers)
+    _write_json_safe(info_file, {**info, "recipe": recipe})
+    t0 = time.perf_counter()
+    history = fit(model, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
+                  device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
+                  threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)))
+    wall = time.perf_counter() - t0
+    trained = history.step[-1] if history.step else total
+    info = _read_json(info_file) or {}
+    if trained > done_before:
+        info["train_time_s"] = round(info.get("train_time_s", 0.0) + wall, 1)
+    if "complexity" not in info:
+        info["complexity"] = _complexity(model, b.input_size)
+    _write_json(info_file, {**info, "recipe": recipe})
+
+    model.eval()
+    metrics, results = evaluate_cached(model, splits.val, b.input_size, b.heatmap_size, b.sigma, run_dir,
+                                       key={"step": trained}, batch_size=b.eval_batch_size, progress=progress)
+    setting = tag if seed == 0 else f"{tag} s{seed}"
+    row = _row(student_name, setting, seed, metrics, info["complexity"], info.get("train_time_s"), trained)
+    _add_row(mode, row)
+    return Run(name, model, history, metrics, results, row, run_dir, b)
+
+
+def _write_json_safe(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, obj)
+
+
+# --------------------------------------------------------------------------- teacher
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None,
+                     progress: bool = True) -> Run:
+    """Load the mode's teacher (:func:`posekd_lib.teachers.load_teacher`), evaluate and record it.
+
+    Evaluated at the teacher's own input and heatmap size with flip test; cached per weights file
+    (by content hash) under ``run_paths(mode).checkpoints / f"teacher_{info.name}_{sha1[:10]}"``,
+    so new weights are evaluated again. The row has ``setting="teacher"``.
+    """
+    from .data import dataset_splits
+    from .teachers import load_teacher
+
+    mode = get_mode(mode)
+    b = budget(mode)
+    model, info = load_teacher(name, mode=mode, path=path, device=_device(b.device))
+    run_dir = run_paths(mode).checkpoints / f"teacher_{info.name}_{_sha1(info.weights)[:10]}"
+    splits = dataset_splits(mode)
+    metrics, results = evaluate_cached(model, splits.val, info.input_size, info.heatmap_size, info.sigma, run_dir,
+                                       key={"weights": str(info.weights)}, batch_size=b.eval_batch_size,
+                                       progress=progress)
+    cplx_file = run_dir / "complexity.json"
+    cplx = _read_json(cplx_file)
+    if cplx is None:
+        cplx = _complexity(model, info.input_size)
+        _write_json(cplx_file, cplx)
+    row = _row(info.name, "teacher", info.card.get("seed"), metrics, cplx,
+               info.card.get("train_wall_time_s_this_session"), None)
+    _add_row(mode, row)
+    return Run(info.name, model, None, metrics, results, row, run_dir, b)
+
+
+def budget_dict(mode: str | None = None) -> dict:
+    """The budget as a plain dict (for printing and cards)."""
+    return asdict(budget(mode))

@@ -1,0 +1,94 @@
+"""Budgets per mode and cached student runs (quick mode, a couple of steps)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hrnet_pose.configs import load_configs
+from posekd_lib import experiments
+from posekd_lib.config import run_paths
+from posekd_lib.evaluation import ResultsTable
+from posekd_lib.experiments import budget, train_student
+from posekd_lib.losses import joints_mse
+
+
+def test_budgets_match_the_demo_teacher_and_fit_the_time_box():
+    demo = load_configs("w8_128x96").MODEL
+    for mode in ("quick", "workshop"):
+        b = budget(mode)
+        assert b.mode == mode
+        assert b.input_size == tuple(demo.IMAGE_SIZE) == (96, 128)
+        assert b.heatmap_size == tuple(demo.HEATMAP_SIZE) == (24, 32) and b.sigma == demo.SIGMA == 1
+    q, w = budget("quick"), budget("workshop")
+    assert q.steps * q.batch_size <= 64
+    # both notebook-02 students at the measured idle speeds (crops/s) + ~30 s validation each
+    minutes = (w.steps * w.batch_size * (1 / 100 + 1 / 120) + 2 * 30) / 60
+    assert 5 <= minutes <= 8.5
+    f = budget("full")
+    assert f.input_size == (192, 256) and f.heatmap_size == (48, 64) and f.sigma == 2
+    with pytest.raises(ValueError, match="POSEKD_MODE"):
+        budget("tiny")
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_train_student_records_a_row_and_reuses_the_run():
+    run = train_student("squeezenet", steps=2, tag="t1", progress=False)
+    assert run.row["model"] == "squeezenet" and run.row["setting"] == "t1" and run.row["steps"] == 2
+    assert run.row["params"] > 1e5 and run.row["MACs"] > 1e6 and run.row["train_time_s"] > 0
+    assert 0 <= run.metrics["AP"] <= 1 and 0 <= run.metrics["PCK@0.2"] <= 1
+    assert len(run.results) > 0 and run.history.step[-1] == 2
+    table = ResultsTable(run_paths().results_csv).rows()
+    assert [r["steps"] for r in table if (r["model"], r["setting"]) == ("squeezenet", "t1")] == [2]
+
+    ckpt, metrics_file = run.run_dir / "latest.pt", run.run_dir / "val_metrics.json"
+    stamps = ckpt.stat().st_mtime_ns, metrics_file.stat().st_mtime_ns
+    again = train_student("squeezenet", steps=2, tag="t1", progress=False)
+    assert (ckpt.stat().st_mtime_ns, metrics_file.stat().st_mtime_ns) == stamps  # neither retrained nor re-evaluated
+    assert _same_weights(run.model, again.model)
+    assert again.history.step == run.history.step and again.metrics == run.metrics
+    assert again.row["train_time_s"] == run.row["train_time_s"]
+
+    with pytest.raises(ValueError, match="another recipe"):
+        train_student("squeezenet", steps=3, tag="t1", progress=False)
+
+
+class _ScaledMSE:
+    """A stand-in distillation loss with its own parameter and a step counter."""
+
+    def __init__(self):
+        self.scale = nn.Parameter(torch.ones(()))
+        self.steps_told = None
+
+    def parameters(self):
+        return [self.scale]
+
+    def set_step(self, step):
+        self.steps_told = step
+
+    def __call__(self, outputs, batch):
+        return {"loss": self.scale * joints_mse(outputs, batch["target"], batch["target_weight"])}
+
+
+def test_kd_hook_trains_the_loss_parameters():
+    made = {}
+
+    def kd(student, total_steps):
+        made["loss"], made["total"], made["student"] = _ScaledMSE(), total_steps, student
+        return made["loss"]
+
+    run = train_student("mobilenetv3_os16", steps=2, kd=kd, tag="kdhook", progress=False)
+    assert made["total"] == 2 and made["student"] is run.model and made["loss"].steps_told == 0
+    assert made["loss"].scale.item() != 1.0  # in the optimizer with the student
+    assert run.row["setting"] == "kdhook"
+
+
+def test_unknown_names_fail_early():
+    with pytest.raises(KeyError, match="squeezenet"):
+        experiments.build_student_model("resnet")
+    with pytest.raises(ValueError, match="awing"):
+        experiments.build_loss("l1")
