@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         nb = nbformat.read(nb_path, as_version=4)
         t0 = time.perf_counter()
         print(f">> {nb_path.name} ({args.mode})", flush=True)
-        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(nb_path.parent)}})
         try:
             client.execute()
