@@ -68,7 +68,7 @@ def infer_rate(model: torch.nn.Module, input_size, batch: int, seconds: float) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", default="workshop")
+    ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32, help="inference batch size")
     ap.add_argument("--train-steps", type=int, default=None, help="timed training steps (default 20, quick 2)")

@@ -11,7 +11,8 @@ checkpoint, so notebook 03 reuses notebook 02's baseline at no cost.
 Distillation hook: ``kd(student, total_steps) -> loss_fn`` builds the training loss once the
 student exists (e.g. ``lambda s, n: LogitsKD(teacher, alpha=0.5, total_steps=n)``). When the
 returned object has ``parameters()`` (``FeatureKD``'s adapters) they are trained with the student;
-when it has ``set_step`` it is told the step a resumed run continues from. ``fit`` saves only the
+when it has ``set_step`` it is told the step a resumed run continues from; ``remove()`` (hooks) is
+called after training. ``fit`` saves only the
 student, so a ``FeatureKD`` run interrupted midway resumes with freshly initialised adapters.
 """
 from __future__ import annotations
@@ -252,6 +253,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)))
     wall = time.perf_counter() - t0
+    if hasattr(loss_fn, "remove"):  # FeatureKD: take its hooks off the student (and teacher) again
+        loss_fn.remove()
     trained = history.step[-1] if history.step else total
     info = _read_json(info_file) or {}
     if trained > done_before:

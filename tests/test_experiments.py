@@ -92,3 +92,24 @@ def test_unknown_names_fail_early():
         experiments.build_student_model("resnet")
     with pytest.raises(ValueError, match="awing"):
         experiments.build_loss("l1")
+
+
+@pytest.mark.slow  # three teacher evaluations and two MAC counts of an HRNet: ~8 s on an idle machine
+def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
+    from hrnet_pose.checkpoint import save_fp16_state_dict
+    from hrnet_pose.hrnetpose_model import get_pose_net
+    from posekd_lib.teachers import WEIGHTS_ENV
+
+    torch.manual_seed(0)
+    save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "t.pt"))
+    run = experiments.evaluate_teacher(progress=False)
+    assert run.row["setting"] == "teacher" and run.row["params"] == sum(p.numel() for p in run.model.parameters())
+    assert not run.model.training and len(run.results) > 0
+    stamp = (run.run_dir / "val_metrics.json").stat().st_mtime_ns
+    again = experiments.evaluate_teacher(progress=False)
+    assert again.run_dir == run.run_dir and (run.run_dir / "val_metrics.json").stat().st_mtime_ns == stamp
+    assert again.metrics == run.metrics
+    torch.manual_seed(1)
+    save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
+    assert experiments.evaluate_teacher(progress=False).run_dir != run.run_dir  # new weights, new evaluation
