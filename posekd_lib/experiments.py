@@ -205,7 +205,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
     the budget's step count. The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
     its recipe (student, loss, steps, sizes, ...) is stored in ``run_info.json``, and calling again
-    with another recipe under the same tag is an error rather than a silent mix. The results row
+    with another recipe under the same tag is an error rather than a silent mix (the settings inside
+    a ``kd`` factory cannot be checked: give each distillation setting its own tag). The results row
     has ``model=student_name`` and ``setting=tag`` (``f"{tag} s{seed}"`` for seeds other than 0).
     """
     from .data import TopDownDataset, dataset_splits
@@ -251,7 +252,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     t0 = time.perf_counter()
     history = fit(model, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
-                  threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)))
+                  threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
+                  save_every_steps=100 if total > 200 else None)
     wall = time.perf_counter() - t0
     if hasattr(loss_fn, "remove"):  # FeatureKD: take its hooks off the student (and teacher) again
         loss_fn.remove()
