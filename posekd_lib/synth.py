@@ -673,8 +673,9 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
                     results += _render_chunk(c)
                     bar.update(len(c[2]))
             else:
-                # fork (Linux) needs no re-import of __main__, so scripts without a main guard work too
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                # spawn, never fork: a fork after torch/OpenCV started their thread pools can deadlock
+                # the children (seen under pytest). Scripts that generate need a __main__ guard.
+                ctx = mp.get_context("spawn")
                 with ctx.Pool(min(num_workers, len(chunks))) as pool:
                     for c, res in zip(chunks, pool.imap(_render_chunk, chunks)):
                         results += res
