@@ -46,9 +46,9 @@ class Budget:
     """Training and evaluation sizes of one mode; sizes are ``(w, h)``."""
 
     mode: str
-    input_size: tuple[int, int] = (96, 128)
-    heatmap_size: tuple[int, int] = (24, 32)
-    sigma: float = 1.0
+    input_size: tuple[int, int]
+    heatmap_size: tuple[int, int]
+    sigma: float
     batch_size: int = 32
     steps: int = 600
     lr: float = 2e-3
@@ -60,18 +60,32 @@ class Budget:
 
 # quick: seconds in CI. workshop: both students of notebook 02 in ~8 min on 2 idle cores
 # (600 steps x 32 = 19.2k crops, ~1.6 epochs: squeezenet ~100 crops/s -> ~190 s, mobilenetv3
-# ~120/s -> ~160 s, plus ~15-30 s of validation each). full: real COCO on a GPU (~13 epochs).
-BUDGETS = {
-    "quick": Budget("quick", batch_size=8, steps=4, eval_batch_size=32),
-    "workshop": Budget("workshop"),
-    "full": Budget("full", input_size=(192, 256), heatmap_size=(48, 64), sigma=2.0, batch_size=64,
-                   steps=30_000, lr=1e-3, num_workers=8, eval_batch_size=128, device="auto"),
+# ~120/s -> ~160 s, plus ~15-30 s of validation each). Both at the demo teacher's crop, heatmap
+# and sigma (read from its config). full: real COCO on a GPU (~13 epochs) at HRNet's 256x192.
+_OVERRIDES = {
+    "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
+    "workshop": {},
+    "full": {"input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2.0, "batch_size": 64,
+             "steps": 30_000, "lr": 1e-3, "num_workers": 8, "eval_batch_size": 128, "device": "auto"},
 }
+
+
+def demo_teacher_sizes() -> dict:
+    """``input_size``, ``heatmap_size`` (w, h) and ``sigma`` of the demo teacher's config."""
+    from hrnet_pose.configs import load_configs
+
+    from .teachers import DEMO_CONFIG
+
+    m = load_configs(DEMO_CONFIG).MODEL
+    return {"input_size": tuple(int(v) for v in m.IMAGE_SIZE),
+            "heatmap_size": tuple(int(v) for v in m.HEATMAP_SIZE), "sigma": float(m.SIGMA)}
 
 
 def budget(mode: str | None = None) -> Budget:
     """The :class:`Budget` of ``mode`` (default: ``$POSEKD_MODE``)."""
-    return BUDGETS[get_mode(mode)]
+    mode = get_mode(mode)
+    sizes = {} if mode == "full" else demo_teacher_sizes()
+    return Budget(mode, **{**sizes, **_OVERRIDES[mode]})
 
 
 @dataclass

@@ -28,7 +28,8 @@ def test_demo_teacher_from_env_checkpoint(tmp_path, monkeypatch, w8_state):
     model, info = load_teacher("demo")
     assert not model.training
     assert info.weights == path and info.config == "w8_128x96" and info.val_ap == pytest.approx(0.4321)
-    assert info.input_size == (96, 128) and info.heatmap_size == (24, 32) and info.sigma == 1.0
+    demo = load_configs("w8_128x96").MODEL
+    assert info.input_size == (96, 128) and info.heatmap_size == (24, 32) and info.sigma == demo.SIGMA
     assert info.params == sum(v.numel() for k, v in w8_state.items() if "running" not in k and "num_batches" not in k)
     ref = get_pose_net(load_configs("w8_128x96"))
     ref.load_state_dict(w8_state)
