@@ -37,3 +37,12 @@ def _isolated_home(tmp_path_factory, monkeypatch):
         os.environ["POSEKD_TEST_HOME"] = str(tmp_path_factory.getbasetemp() / "posekd_home")
     monkeypatch.setenv("POSEKD_HOME", os.environ["POSEKD_TEST_HOME"])
     monkeypatch.setenv("POSEKD_MODE", "quick")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Close FiftyOne's database client, if a test opened one, so nothing warns at interpreter exit."""
+    import sys
+
+    db = sys.modules.get("fiftyone.core.odm.database")
+    if db is not None:
+        db._disconnect()
