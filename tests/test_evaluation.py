@@ -1,8 +1,6 @@
 """COCO AP on the real sample, OKS against COCOeval.computeOks, PCK, results table."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -13,17 +11,9 @@ from posekd_lib.evaluation import (
     COCO_METRICS, ResultsTable, coco_evaluate, gt_as_results, oks, oks_matrix, pck, write_coco_results,
 )
 from posekd_lib.keypoints import COCO_OKS_SIGMAS
+from coco_helpers import cocoeval_evaluated
 
 
-def _cocoeval(gt_file, results):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_file))
-        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), iouType="keypoints")
-        ev.evaluate()
-    return ev
 
 
 def _assert_oks_equal_computeoks(ev):
@@ -74,7 +64,7 @@ def test_coco_evaluate_sanity_inputs(coco_sample, tmp_path, capsys):
 
 def test_oks_equals_computeoks_on_hrnet_results(coco_sample):
     results = json.loads((coco_sample / "person_keypoints_results_hrnet.json").read_text())
-    ev = _cocoeval(coco_sample / "person_keypoints.json", results)
+    ev = cocoeval_evaluated(coco_sample / "person_keypoints.json", results)
     # includes the two persons with no labelled keypoint (bbox rule)
     assert _assert_oks_equal_computeoks(ev) > 50
 
@@ -94,7 +84,7 @@ def test_oks_equals_computeoks_on_random_perturbations(coco_sample):
             noisy[:, 2] = rng.uniform(0, 1, 17)
             results.append({"image_id": a["image_id"], "category_id": 1,
                             "keypoints": noisy.ravel().tolist(), "score": float(rng.uniform())})
-    ev = _cocoeval(coco_sample / "person_keypoints.json", results)
+    ev = cocoeval_evaluated(coco_sample / "person_keypoints.json", results)
     assert _assert_oks_equal_computeoks(ev) > 50
 
 

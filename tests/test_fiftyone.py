@@ -1,8 +1,6 @@
 """FiftyOne helpers on the real COCO sample (a private database per test module: starting it costs seconds)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import socket
 import urllib.request
@@ -13,6 +11,7 @@ import pytest
 
 from posekd_lib import inspect_fo
 from posekd_lib.evaluation import gt_as_results
+from coco_helpers import cocoeval_evaluated
 
 SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata" / "coco_sample"
 
@@ -37,15 +36,6 @@ def ds(fo, sample_files):
     return inspect_fo.build_fo_dataset(root / "person_keypoints.json", root / "images", "coco-sample")
 
 
-def _computeoks(gt_file, results):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_file))
-        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), iouType="keypoints")
-        ev.evaluate()
-    return ev
 
 
 def test_build_dataset_matches_json_and_rebuilds_idempotently(fo, ds, sample_files, tmp_path):
@@ -90,7 +80,7 @@ def test_add_predictions_oks_agrees_with_cocoeval_and_views(ds, sample_files):
     counts = inspect_fo.add_predictions(ds, results, "hrnet", gt_file)
     assert counts["predictions"] == len(results) and counts["matched"] == 12
 
-    ev = _computeoks(gt_file, results)
+    ev = cocoeval_evaluated(gt_file, results)
     pairs = 0
     for s in ds:
         gt_ids = [g["id"] for g in ev._gts[s.coco_id, 1]]
