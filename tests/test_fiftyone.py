@@ -152,3 +152,19 @@ def test_app_serves_dataset_on_localhost(ds):
         session.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
+
+
+def test_build_dataset_from_the_embedded_set(fo, tmp_path):
+    """The generated set goes through the same importer: samples, persons and visible points equal the JSON's."""
+    from posekd_lib.synth import ensure_embedded_dataset
+
+    split = ensure_embedded_dataset("quick", root=tmp_path / "embedded", sizes={"train": 1, "val": 6},
+                                    num_workers=1, progress=False).val
+    gt = json.loads(split.ann_file.read_text())
+    vis = np.concatenate([np.array(a["keypoints"][2::3]) for a in gt["annotations"]])
+    ds = inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "embedded-quick-val")
+    got_vis = np.array(ds.values("ground_truth.keypoints.visibility", unwind=True)).ravel()
+    assert len(ds) == len(gt["images"]) == 6
+    assert ds.count("ground_truth.keypoints") == len(gt["annotations"]) > 6
+    assert (got_vis == 2).sum() == (vis == 2).sum() > 0 and (got_vis == 1).sum() == (vis == 1).sum() > 0
+    assert len(inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "embedded-quick-val")) == 6
