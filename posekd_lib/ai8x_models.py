@@ -1,0 +1,225 @@
+"""Top-down pose students for the MAX78000, their QAT training and integer-simulate evaluation.
+
+Two variants, ``tiny`` and ``small``, of one plain encoder-decoder built only from legal ai8x
+layers: stride-1 3x3 convolutions with batch-norm (bias on) and ReLU, downsampling by max pools
+fused into the next convolution, 3x3 stride-2 transposed convolutions to upsample, and a wide
+(32-bit) 1x1 head without activation for the 17 heatmaps. The chain has no skip connections,
+so every hidden layer feeds exactly one plain convolution (which `posekd_lib.pruning` relies on).
+
+Input size (w, h) = (96, 128), the demo teacher's crop, chosen with `max78000.resource_report`
+(numbers for the ``tiny`` variant; ``small`` is similar):
+
+- HWC input would need 128*96*4 = 49,152 B in one 32 KiB data-memory instance: does not fit;
+- CHW input (first layer only) keeps one channel per instance: 128*96 = 12,288 B: fits. A
+  128x96 *output* would again need 49,152 B (HWC from layer 2 on), so the first layer pools
+  (max 2x2) before its convolution and every later map is at most 64x48 (12,288 B);
+- 48x64 input with stride-2 heatmaps also fits, but throws away half of the teacher's
+  resolution, and streaming would need bias-free first layers: CHW at 96x128 is the simple fit.
+
+Measured (``resource_report(ai85posenet(v), (3, 128, 96), data_format="CHW")``; run
+``benchmarks/bench_ai8x_students.py`` for the current figures):
+
+| variant | params | weight bytes | bias bytes | max data / instance | cycles | latency |
+|---|---|---|---|---|---|---|
+| tiny  | 108,929 | 108,768 | 545 | 12,288 | 174,594 | 3.49 ms |
+| small | 238,577 | 238,320 | 833 | 12,288 | 214,926 | 4.30 ms |
+
+Output: 17 heatmaps at (w/4, h/4) = 24x32, the teacher's heatmap size, so KD compares maps
+cell by cell with no resizing (for another ``input_size`` the maps are input/4; a teacher map
+of another size would be resized bilinearly to the student's, as `data.predict_topdown` does).
+
+Inputs: the datasets give ImageNet-normalised images; `to_ai8x_range` maps them back to pixels
+and onto the device's 8-bit input range [-1, 127/128] (``pixel/128 - 1``), and the device sees
+these x 128, rounded and clamped to [-128, 127]. `heatmaps_float` undoes the wide head's
+``2**-output_shift`` (QAT) and ``2**14`` (simulate) factors so losses and decoding see the
+true heatmap scale in every mode.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ai8x
+from .data import IMAGENET_MEAN, IMAGENET_STD
+
+AI8X_STUDENT_INPUT = (96, 128)          # (w, h): the demo teacher's crop, CHW first layer
+AI8X_DATA_FORMAT = "CHW"
+STRIDE = 4                              # input / heatmap
+
+# Layer chains: (name, kind, out_channels); kind "pool" = 2x2 max pool fused into a 3x3 conv,
+# "conv" = 3x3 conv, "up" = 3x3 stride-2 transposed conv; all BN + ReLU. The wide 1x1 head follows.
+VARIANTS = {
+    "tiny": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc3", "pool", 48), ("enc3b", "conv", 48),
+             ("enc4", "pool", 64), ("enc4b", "conv", 64), ("up3", "up", 48), ("dec3", "conv", 48),
+             ("up2", "up", 32)),
+    "small": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc3", "pool", 64), ("enc3b", "conv", 64),
+              ("enc4", "pool", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64), ("up3", "up", 64),
+              ("dec3", "conv", 64), ("up2", "up", 32)),
+}
+
+DEFAULT_QAT_POLICY = {"start_epoch": 1, "weight_bits": 8}
+# A mixed-precision example: 4-bit weights on the two widest encoder layers (half their weight
+# bytes). Names are `named_modules()` names of an `ai85posenet` model (both variants have them).
+QAT_POLICY_4BIT_EXAMPLE = {"start_epoch": 1, "weight_bits": 8,
+                           "overrides": {"enc4": {"weight_bits": 4}, "enc4b": {"weight_bits": 4}}}
+
+_KINDS = {"pool": ai8x.FusedMaxPoolConv2dBNReLU, "conv": ai8x.FusedConv2dBNReLU,
+          "up": ai8x.FusedConvTranspose2dBNReLU}
+
+
+class AI85PoseNet(nn.Module):
+    """Plain encoder-decoder pose student (see the module docstring): the layers of ``spec``
+    (``(name, kind, out_channels)``, kinds pool/conv/up) in order, then a wide 1x1 ``head``.
+    `pruning` rebuilds it from a spec with fewer channels."""
+
+    def __init__(self, spec, num_joints: int = 17, in_channels: int = 3, **layer_kw):
+        super().__init__()
+        self.spec = tuple((str(n), str(k), int(c)) for n, k, c in spec)
+        kw = dict(bias=True, **layer_kw)
+        c_in = in_channels
+        for name, kind, c in self.spec:
+            if kind not in _KINDS:
+                raise ValueError(f"layer {name}: kind {kind!r} is not one of {sorted(_KINDS)}")
+            extra = dict(pool_size=2, pool_stride=2, padding=1) if kind == "pool" else \
+                dict(padding=1) if kind == "conv" else {}
+            self.add_module(name, _KINDS[kind](c_in, c, 3, name=name, **extra, **kw))
+            c_in = c
+        self.head = ai8x.Conv2d(c_in, num_joints, 1, padding=0, wide=True, name="head", **kw)
+        self.num_joints, self.layer_kw = num_joints, layer_kw
+
+    def forward(self, x):
+        for m in self.children():
+            x = m(x)
+        return x
+
+    @property
+    def stride(self) -> int:
+        kinds = [k for _, k, _ in self.spec]
+        return 2 ** (kinds.count("pool") - kinds.count("up"))
+
+
+def ai85posenet(variant: str = "tiny", num_joints: int = 17, input_size=AI8X_STUDENT_INPUT,
+                spec=None, **layer_kw) -> AI85PoseNet:
+    """A MAX78000 pose student (``variant`` tiny or small, or an explicit layer ``spec``);
+    ``input_size`` (w, h) must be a multiple of 16 (four 2x pools); heatmaps come out at
+    input/4. ``layer_kw`` (e.g. ``device=``) go to every layer."""
+    if spec is None:
+        if variant not in VARIANTS:
+            raise KeyError(f"unknown ai8x pose variant {variant!r}; choose one of {sorted(VARIANTS)}")
+        spec = VARIANTS[variant]
+    w, h = input_size
+    if w % 16 or h % 16:
+        raise ValueError(f"input_size {input_size}: width and height must be multiples of 16")
+    model = AI85PoseNet(spec, num_joints, **layer_kw)
+    model.variant, model.input_size = variant, (int(w), int(h))
+    return model
+
+
+def input_shape(model_or_size=AI8X_STUDENT_INPUT) -> tuple[int, int, int]:
+    """(C, H, W) for `resource_report` / `network_yaml` from a model or an (w, h) size."""
+    w, h = getattr(model_or_size, "input_size", model_or_size)
+    return (3, int(h), int(w))
+
+
+def head_layer(model: nn.Module) -> ai8x.QuantizationAwareModule:
+    layers = ai8x.ai8x_layers(model)
+    if not layers or not layers[-1][1].wide:
+        raise ValueError("model's last ai8x layer is not a wide head")
+    return layers[-1][1]
+
+
+def heatmaps_float(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's heatmaps at their true scale in float, QAT and simulate mode."""
+    return ai8x.wide_output_to_float(model(x), head_layer(model))
+
+
+_MEAN = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1)
+_STD = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1)
+
+
+def to_ai8x_range(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (N, 3, H, W) -> the device's input range: ``round(pixel - 128) / 128``
+    clamped to [-1, 127/128] (multiples of 1/128, exactly what the chip sees /128)."""
+    mean, std = _MEAN.to(image), _STD.to(image)
+    pixel = (image * std + mean) * 255.0
+    return torch.round(pixel - 128.0).clamp(-128, 127) / 128.0
+
+
+class HeatmapView(nn.Module):
+    """Wraps an ai8x student so it takes the datasets' ImageNet-normalised images and returns
+    float heatmaps: float/QAT feed ``to_ai8x_range(x)``, simulate feeds it x 128 (integers
+    in [-128, 127]) as the device does. Use it for `fit` and `evaluation.evaluate_topdown`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = to_ai8x_range(image)
+        if head_layer(self.model).device.simulate:
+            x = x * 128.0
+        return heatmaps_float(self.model, x)
+
+
+# --------------------------------------------------------------------------------------------
+# QAT training and simulate evaluation
+
+def train_ai8x_student(model: nn.Module, train_loader, *, mode: str | None = None,
+                       qat_policy=DEFAULT_QAT_POLICY, loss_fn: Callable | None = None,
+                       float_steps: int = 100, qat_steps: int = 50, out_dir: Path | None = None,
+                       run_name: str = "ai8x", lr: float = 1e-3, qat_lr: float | None = None,
+                       extra_loss_fn: Callable | None = None, **fit_kw) -> dict:
+    """Float training, then QAT: ``fit`` for `float_steps` (run ``<run_name>_float``),
+    `ai8x.initiate_qat` (BN fusion, bit widths), a new optimizer, and ``fit`` for `qat_steps`
+    (run ``<run_name>_qat``, lr `qat_lr`, default lr/10). The model is trained through a
+    `HeatmapView`, so `loss_fn(outputs, batch)` (default JointsMSE) sees ImageNet-normalised
+    inputs mapped to the device range and heatmaps with the wide head's shift divided out.
+    ``mode`` (quick/workshop/full) only picks the default ``out_dir``. Returns
+    ``{'float': History, 'qat': History}``; `model` ends in QAT mode (eval it or export it)."""
+    from . import config
+    from .train import fit
+
+    if out_dir is None:
+        out_dir = config.run_paths(mode).checkpoints
+    view = HeatmapView(model)
+    common = dict(loss_fn=loss_fn, out_dir=out_dir, extra_loss_fn=extra_loss_fn, **fit_kw)
+    hist_float = fit(view, train_loader, max_steps=float_steps, lr=lr, run_name=f"{run_name}_float",
+                     **common) if float_steps > 0 else None
+    ai8x.initiate_qat(model, qat_policy)
+    opt = torch.optim.Adam(model.parameters(), lr=qat_lr if qat_lr is not None else lr / 10)
+    hist_qat = fit(view, train_loader, max_steps=qat_steps, optimizer=opt, run_name=f"{run_name}_qat",
+                   **common)
+    return {"float": hist_float, "qat": hist_qat}
+
+
+def simulate_copy(model: nn.Module, arch: str = "ai85posenet") -> nn.Module:
+    """An integer (simulate-mode) copy of a QAT `model`: lean checkpoint -> `export.quantize_checkpoint`
+    (izer's weights) -> loaded into a deep copy switched to ``Device(simulate=True)``."""
+    from . import export
+
+    if not any(int(m.weight_bits.item()) for _, m in ai8x.ai8x_layers(model)):
+        raise ValueError("simulate_copy needs a QAT model (call ai8x.initiate_qat / train_ai8x_student)")
+    dev = head_layer(model).device
+    q = export.quantize_checkpoint(export.lean_checkpoint(model, 0, arch), device=dev.device)
+    sim = copy.deepcopy(model).cpu()
+    ai8x.apply_device(sim, ai8x.Device(dev.device, simulate=True, round_avg=dev.round_avg))
+    sim.load_state_dict(q["state_dict"])
+    return sim.eval()
+
+
+def evaluate_ai8x(model: nn.Module, split, input_size=AI8X_STUDENT_INPUT, heatmap_size=None, *,
+                  simulate: bool = True, sigma: float = 2.0, **eval_kw) -> dict:
+    """COCO keypoint metrics of an ai8x student via `evaluation.evaluate_topdown`: in integer
+    simulate mode (``simulate=True``, needs a QAT model; see `simulate_copy`) or as it is.
+    ``heatmap_size`` defaults to input/4."""
+    from .evaluation import evaluate_topdown
+
+    net = simulate_copy(model) if simulate else model
+    if heatmap_size is None:
+        heatmap_size = (input_size[0] // STRIDE, input_size[1] // STRIDE)
+    eval_kw.setdefault("device", "cpu")
+    return evaluate_topdown(HeatmapView(net), split, input_size, heatmap_size, sigma, **eval_kw)
