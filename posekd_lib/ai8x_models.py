@@ -6,23 +6,28 @@ fused into the next convolution, 3x3 stride-2 transposed convolutions to upsampl
 (32-bit) 1x1 head without activation for the 17 heatmaps. The chain has no skip connections,
 so every hidden layer feeds exactly one plain convolution (which `posekd_lib.pruning` relies on).
 
-Input size (w, h) = (96, 128), the demo teacher's crop, chosen with `max78000.resource_report`
-(numbers for the ``tiny`` variant; ``small`` is similar):
+Input size (w, h) = (96, 128), the demo teacher's crop, chosen with `max78000.resource_report`:
 
-- HWC input would need 128*96*4 = 49,152 B in one 32 KiB data-memory instance: does not fit;
+- HWC input would need 128*96*4 = 49,152 B in one 32 KiB data-memory instance: does not fit
+  (the report streams it, and a streamed layer may not have a bias on the MAX78000);
 - CHW input (first layer only) keeps one channel per instance: 128*96 = 12,288 B: fits. A
   128x96 *output* would again need 49,152 B (HWC from layer 2 on), so the first layer pools
-  (max 2x2) before its convolution and every later map is at most 64x48 (12,288 B);
-- 48x64 input with stride-2 heatmaps also fits, but throws away half of the teacher's
-  resolution, and streaming would need bias-free first layers: CHW at 96x128 is the simple fit.
+  (max 2x2) before its convolution and no later map is larger than 64x48 (12,288 B);
+- 48x64 HWC input with stride-2 heatmaps also fits (and runs ~3x faster), but throws away half
+  of the teacher's resolution: CHW at 96x128 is the simple fit.
 
-Measured (``resource_report(ai85posenet(v), (3, 128, 96), data_format="CHW")``; run
-``benchmarks/bench_ai8x_students.py`` for the current figures):
+Measured with ``resource_report(model, (3, 128, 96), data_format="CHW")`` and confirmed by
+running the real izer (ai8x-synthesis, same weight bytes and cycle estimate; its computed output
+equals the simulate-mode model's); ``benchmarks/bench_ai8x_students.py`` prints the table:
 
-| variant | params | weight bytes | bias bytes | max data / instance | cycles | latency |
-|---|---|---|---|---|---|---|
-| tiny  | 108,929 | 108,768 | 545 | 12,288 | 174,594 | 3.49 ms |
-| small | 238,577 | 238,320 | 833 | 12,288 | 214,926 | 4.30 ms |
+| variant | params | MACs | weight bytes | bias bytes | max data / instance | cycles | latency |
+|---|---|---|---|---|---|---|---|
+| tiny  | 168,081 | 34.9M | 166,864 (37.7 %) | 417 | 28,672 (ping-pong) | 181,381 | 3.63 ms |
+| small | 265,233 | 49.5M | 263,632 (59.6 %) | 545 | 28,672 (ping-pong) | 196,933 | 3.94 ms |
+
+Latency is set mostly by the 64x48 and 32x24 layers (cycles grow with output pixels x output
+channels), weight memory by the 64-channel layers at 16x12 and 8x6: ``small`` adds width and
+depth only there. All widths are <= 64 (one pass per layer).
 
 Output: 17 heatmaps at (w/4, h/4) = 24x32, the teacher's heatmap size, so KD compares maps
 cell by cell with no resizing (for another ``input_size`` the maps are input/4; a teacher map

@@ -172,12 +172,18 @@ def test_network_yaml_per_variant(variant):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"), reason="AI8X_SYNTHESIS_DIR not set")
-@pytest.mark.parametrize("variant", ["tiny", "small"])
+@pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned"])
 def test_izer_synthesizes_variant(variant, tmp_path):
-    m = _warmed(variant, am.AI8X_STUDENT_INPUT)
+    """izer accepts the student (and a channel-pruned one), its weight bytes and cycle estimate
+    equal the resource report's, and its computed output equals the simulate-mode model's."""
+    from posekd_lib import pruning
+
+    m = _warmed(variant.split("-")[0], am.AI8X_STUDENT_INPUT)
+    if variant.endswith("pruned"):
+        m = pruning.prune_channels(m, am.input_shape(m), 0.5)
     ai8x.initiate_qat(m, am.DEFAULT_QAT_POLICY)
     shape = am.input_shape(m)
-    arch = f"ai85posenet_{variant}"
+    arch = f"ai85posenet_{variant.replace('-', '_')}"
     q = export.quantize_checkpoint(export.lean_checkpoint(m, 1, arch))
     ck = export.save_checkpoint(q, tmp_path / "q.pth.tar")
     cfg = tmp_path / "net.yaml"
@@ -189,5 +195,21 @@ def test_izer_synthesizes_variant(variant, tmp_path):
     assert out["returncode"] == 0, out["log"][-3000:]
     report = max78000.resource_report(m, shape, data_format=am.AI8X_DATA_FORMAT)
     assert out["weight_bytes"] == report.totals["weight_bytes"]
+    assert out["cycles"] == report.totals["cycles"]
     sim = am.simulate_copy(m)
     assert np.array_equal(out["output"], export.expected_output(sim, export.sample_input(x)))
+
+
+def test_evaluate_ai8x_simulate_equals_qat_on_coco_sample(coco_sample):
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(ann_file=coco_sample / "person_keypoints.json", img_dir=coco_sample / "images")
+    m = _warmed("tiny", am.AI8X_STUDENT_INPUT)
+    ai8x.initiate_qat(m, am.DEFAULT_QAT_POLICY)
+    kw = dict(flip_test=False, return_results=True, batch_size=8)
+    sim_metrics, sim = am.evaluate_ai8x(m, split, simulate=True, **kw)
+    qat_metrics, qat = am.evaluate_ai8x(m, split, simulate=False, **kw)
+    assert "AP" in sim_metrics and sim_metrics.keys() == qat_metrics.keys()
+    assert len(sim) == len(qat) > 0
+    np.testing.assert_array_equal([r["keypoints"] for r in sim], [r["keypoints"] for r in qat])
+    assert all(int(l.weight_bits) == 8 and not l.device.simulate for _, l in ai8x.ai8x_layers(m))
