@@ -52,6 +52,7 @@ from . import ai8x
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 AI8X_STUDENT_INPUT = (96, 128)          # (w, h): the demo teacher's crop, CHW first layer
+AI8X_STUDENT_HEATMAP = (24, 32)         # (w, h): the demo teacher's heatmaps (input / 4)
 AI8X_DATA_FORMAT = "CHW"
 STRIDE = 4                              # input / heatmap
 
@@ -183,7 +184,9 @@ def train_ai8x_student(model: nn.Module, train_loader, *, mode: str | None = Non
     (run ``<run_name>_qat``, lr `qat_lr`, default lr/10). The model is trained through a
     `HeatmapView`, so `loss_fn(outputs, batch)` (default JointsMSE) sees ImageNet-normalised
     inputs mapped to the device range and heatmaps with the wide head's shift divided out.
-    ``mode`` (quick/workshop/full) only picks the default ``out_dir``. Returns
+    The policy's ``start_epoch`` is not used: QAT starts after `float_steps`. ``mode``
+    (quick/workshop/full) only picks the default ``out_dir``; ``fit_kw`` go to both ``fit``
+    calls (both runs resume or return their cached result as ``fit`` does). Returns
     ``{'float': History, 'qat': History}``; `model` ends in QAT mode (eval it or export it)."""
     from . import config
     from .train import fit
@@ -226,5 +229,5 @@ def evaluate_ai8x(model: nn.Module, split, input_size=AI8X_STUDENT_INPUT, heatma
     net = simulate_copy(model) if simulate else model
     if heatmap_size is None:
         heatmap_size = (input_size[0] // STRIDE, input_size[1] // STRIDE)
-    eval_kw.setdefault("device", "cpu")
+    eval_kw.setdefault("device", next(net.parameters()).device)
     return evaluate_topdown(HeatmapView(net), split, input_size, heatmap_size, sigma, **eval_kw)

@@ -155,6 +155,13 @@ def test_train_ai8x_student_float_then_qat(tmp_path):
     assert all(int(l.weight_bits) == 8 and bool(l.quantize_activation) and l.bn is None for _, l in layers)
     # the QAT loss saw true-scale heatmaps: comparable to the float loss, not 2**shift off
     assert hist["qat"].losses["loss"][0] < 10 * hist["float"].losses["loss"][-1]
+    # a second call finds both runs finished and returns the trained QAT model without training
+    again = am.ai85posenet("tiny", input_size=SMALL_IN)
+    hist2 = am.train_ai8x_student(again, loader, float_steps=2, qat_steps=2, out_dir=tmp_path,
+                                  run_name="t", progress=False, device="cpu", threads=1)
+    assert hist2["qat"].losses == hist["qat"].losses
+    sd, sd2 = m.state_dict(), again.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
 
 
 @pytest.mark.parametrize("variant", ["tiny", "small"])
