@@ -143,7 +143,7 @@ def calibration_reader(split, input_size, heatmap_size, sigma: float = 2.0, num_
     ``.img_dir``, normally the train split), picked at random with ``seed``, without augmentation.
 
     Each item is ``{"image": float32 (1, 3, h, w)}``, normalised as in training. Crops are decoded
-    once; ``rewind()`` starts over (``quantize_int8`` rewinds before calibrating).
+    once; ``rewind()`` starts over (``quantize_int8`` rewinds before and after calibrating).
     """
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -199,10 +199,13 @@ def quantize_int8(float_onnx, out_path, calib_reader, per_channel: bool = True, 
         if preprocess:
             src = Path(tmp) / "pre.onnx"
             quant_pre_process(str(float_onnx), str(src), skip_symbolic_shape=False)
-        quantize_static(str(src), str(out_path), calib_reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        try:
+            quantize_static(str(src), str(out_path), calib_reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, method),
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        finally:
+            calib_reader.rewind()
     return out_path
 
 
