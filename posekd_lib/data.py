@@ -155,13 +155,7 @@ def half_body_box(joints: np.ndarray, aspect_ratio: float, rng: np.random.Genera
         return None
     pts = joints[chosen, :2]
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    w, h = hi - lo
-    center = ((lo + hi) / 2).astype(np.float32)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    return center, np.array([w / 200.0, h / 200.0], dtype=np.float32) * 1.5
+    return box_to_center_scale([lo[0], lo[1], *(hi - lo)], aspect_ratio, padding=1.5)
 
 
 def sample_rng() -> np.random.Generator:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .keypoints import flip_permutation
+
 PIXEL_STD = 200.0
 
 
@@ -88,10 +90,7 @@ def fliplr_keypoints(kpts, width: float, flip_pairs) -> np.ndarray:
     k = np.array(kpts, dtype=np.float64, copy=True)
     labelled = k[..., 2] > 0
     k[..., 0] = np.where(labelled, width - 1 - k[..., 0], k[..., 0])
-    perm = list(range(k.shape[-2]))
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return k[..., perm, :]
+    return k[..., flip_permutation(flip_pairs, k.shape[-2]), :]
 
 
 def transform_preds(coords, center, scale, output_size) -> np.ndarray:
