@@ -2,7 +2,7 @@
 
     python benchmarks/bench_hrnet.py [--threads 2] [--batch 8] [--configs w8_128x96 w16_256x192]
 
-MACs come from ``calflops.calculate_flops`` (one image at the config's input size). Throughput
+MACs come from ``posekd_lib.models.complexity`` (calflops) (one image at the config's input size). Throughput
 is images/s of eval-mode inference at batch 8 on CPU, timed over a few iterations after one
 warm-up (fewer for the big models, whose numbers are therefore rougher); the training column
 times full Adam steps (forward, 0.5·MSE on heatmaps, backward, update) the same way. This table is what
@@ -22,14 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hrnet_pose.checkpoint import fp16_size_bytes  # noqa: E402
 from hrnet_pose.configs import available_configs, load_configs  # noqa: E402
 from hrnet_pose.hrnetpose_model import count_parameters, get_pose_net  # noqa: E402
-
-
-def count_macs(model: torch.nn.Module, height: int, width: int) -> float:
-    from calflops import calculate_flops
-
-    _, macs, _ = calculate_flops(model=model, input_shape=(1, 3, height, width), print_results=False,
-                                 print_detailed=False, output_as_string=False)
-    return float(macs)
+from posekd_lib.models import complexity  # noqa: E402
 
 
 def throughput(model: torch.nn.Module, height: int, width: int, batch: int, seconds: float) -> float:
@@ -88,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         hw, hh = cfg.MODEL.HEATMAP_SIZE
         torch.manual_seed(0)
         model = get_pose_net(cfg, is_train=False).eval()
-        gmacs = count_macs(model, h, w) / 1e9
+        gmacs = complexity(model, (w, h))["macs"] / 1e9
         size_mb = fp16_size_bytes(model) / 1e6
         speed = (f"{throughput(model, h, w, args.batch, args.seconds):.1f}"
                  if gmacs <= args.max_gmacs else "skipped")

@@ -63,6 +63,27 @@ def run_paths(mode: str | None = None) -> RunPaths:
     return RunPaths(m, home_dir() / m).ensure()
 
 
+def atomic_write(path, write, mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it over ``path``.
+
+    A crash or kill never leaves a half-written file under the real name; the temporary is named
+    ``.<name>.tmp<pid>`` so that a later run can spot and remove leftovers.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def set_torch_threads(n: int | None = None) -> int:
     """Use all cores for intra-op work (``$POSEKD_THREADS`` overrides); returns the count."""
     import torch

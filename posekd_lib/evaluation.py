@@ -11,11 +11,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .config import atomic_write
 from .keypoints import COCO_OKS_SIGMAS
 
 #: The ten numbers ``COCOeval.summarize`` prints for keypoints, in its order.
@@ -145,15 +145,7 @@ def write_coco_results(results, path) -> Path:
         if "keypoints" in r:
             row["keypoints"] = _round_keypoints(r["keypoints"])
         rows.append(row)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: json.dump(rows, f, separators=(",", ":")), mode="w")
 
 
 def gt_as_results(ann_file) -> list[dict]:
@@ -306,17 +298,12 @@ class ResultsTable:
         new = {k: _fmt(v) for k, v in row.items()}
         key = tuple(new[k] for k in self.KEY)
         rows = [r for r in rows if tuple(r.get(k) for k in self.KEY) != key] + [new]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=cols, restval="")
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        def write(f):
+            writer = csv.DictWriter(f, fieldnames=cols, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(self.path, write, mode="w")
 
     def to_markdown(self, columns=None, floatfmt: str = ".3f") -> str:
         """The table as GitHub markdown (``columns`` picks and orders; floats with ``floatfmt``)."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import get_mode, run_paths
+from .config import atomic_write, get_mode, run_paths
 
 #: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
 ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
@@ -133,9 +133,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def pck_of_results(results: list[dict], split, input_size, thr: float = 0.2) -> float:
@@ -262,7 +260,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
                               b.sigma, train=True)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
                                          num_workers=b.num_workers)
-    _write_json_safe(info_file, {**info, "recipe": recipe})
+    _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()
     history = fit(model, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
@@ -286,11 +284,6 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     row = _row(student_name, setting, seed, metrics, info["complexity"], info.get("train_time_s"), trained)
     _add_row(mode, row)
     return Run(name, model, history, metrics, results, row, run_dir, b)
-
-
-def _write_json_safe(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, obj)
 
 
 # --------------------------------------------------------------------------- teacher

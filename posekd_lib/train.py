@@ -123,7 +123,7 @@ class History:
         return cls(**{k: d[k] for k in ("step", "epoch", "lr", "losses", "evals")})
 
     def save(self, path: Path) -> None:
-        _atomic_write(Path(path), lambda f: f.write(json.dumps(self.to_dict()).encode()))
+        config.atomic_write(path, lambda f: json.dump(self.to_dict(), f), mode="w")
 
     @classmethod
     def load(cls, path: Path) -> "History":
@@ -153,23 +153,9 @@ class History:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    config.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path, model: nn.Module | None = None, strict: bool = True) -> dict:
