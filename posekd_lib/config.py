@@ -91,3 +91,18 @@ def set_torch_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get("POSEKD_THREADS", "0")) or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
+
+
+def notebook_setup(mode: str | None = None) -> tuple[str, RunPaths]:
+    """The first cell of every notebook: the run mode, its artifact folder, torch's CPU threads.
+
+    Prints one line saying which mode runs where, quiets tqdm's "IProgress not found" warning (the
+    text progress bar is fine in headless runs), and returns ``(mode, run_paths(mode))``.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    mode = get_mode(mode)
+    paths = run_paths(mode)
+    print(f"mode: {mode}   artifacts: {paths.root}   torch threads: {set_torch_threads()}")
+    return mode, paths

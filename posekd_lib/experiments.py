@@ -17,6 +17,7 @@ student, so a ``FeatureKD`` run interrupted midway resumes with freshly initiali
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -56,6 +57,7 @@ class Budget:
     eval_batch_size: int = 64
     device: str = "cpu"
     threads: int | None = None
+    channels_last: bool = True      # NHWC: ~15 % faster CPU training of the students
 
 
 # quick: seconds in CI. workshop: both students of notebook 02 in ~8 min on 2 idle cores
@@ -66,7 +68,8 @@ _OVERRIDES = {
     "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
     "workshop": {},
     "full": {"input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2.0, "batch_size": 64,
-             "steps": 30_000, "lr": 1e-3, "num_workers": 8, "eval_batch_size": 128, "device": "auto"},
+             "steps": 30_000, "lr": 1e-3, "num_workers": 8, "eval_batch_size": 128, "device": "auto",
+             "channels_last": False},
 }
 
 
@@ -207,6 +210,23 @@ def _add_row(mode: str, row: dict) -> None:
     ResultsTable(run_paths(mode).results_csv).add(row)
 
 
+# --------------------------------------------------------------------------- data
+def training_set(mode: str | None = None, input_size=None, heatmap_size=None):
+    """The mode's training persons with augmentation, at the budget's crop/heatmap size (or the given)."""
+    from .data import TopDownDataset, dataset_splits
+
+    b = budget(mode)
+    split = dataset_splits(b.mode).train
+    return TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
+                          b.sigma, train=True)
+
+
+def example_batch(mode: str | None = None, batch_size: int = 8, seed: int = 0) -> dict:
+    """One augmented training batch (``image``, ``target``, ``target_weight``, ``meta``), the same for a seed."""
+    torch.manual_seed(seed)
+    return next(iter(torch.utils.data.DataLoader(training_set(mode), batch_size=batch_size, shuffle=True)))
+
+
 # --------------------------------------------------------------------------- students
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
@@ -221,7 +241,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     a ``kd`` factory cannot be checked: give each distillation setting its own tag). The results row
     has ``model=student_name`` and ``setting=tag`` (``f"{tag} s{seed}"`` for seeds other than 0).
     """
-    from .data import TopDownDataset, dataset_splits
+    from .data import dataset_splits
     from .train import History, fit
 
     mode = get_mode(mode)
@@ -256,16 +276,14 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     if hasattr(loss_fn, "set_step"):
         loss_fn.set_step(done_before)
 
-    train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, b.input_size, b.heatmap_size,
-                              b.sigma, train=True)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
+    loader = torch.utils.data.DataLoader(training_set(mode), batch_size=b.batch_size, shuffle=True, drop_last=True,
                                          num_workers=b.num_workers)
     _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()
     history = fit(model, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
-                  save_every_steps=100 if total > 200 else None)
+                  save_every_steps=100 if total > 200 else None, channels_last=b.channels_last)
     wall = time.perf_counter() - t0
     if hasattr(loss_fn, "remove"):  # FeatureKD: take its hooks off the student (and teacher) again
         loss_fn.remove()
@@ -284,6 +302,50 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     row = _row(student_name, setting, seed, metrics, info["complexity"], info.get("train_time_s"), trained)
     _add_row(mode, row)
     return Run(name, model, history, metrics, results, row, run_dir, b)
+
+
+# --------------------------------------------------------------------------- distillation recipes
+#: The distillation settings of notebooks 03-04 and ``benchmarks/bench_kd.py``, by run tag.
+#: ``fpd``: FPD's heatmap MSE to the teacher; ``kl``: spatial-softmax KL at a temperature;
+#: ``feature``: FitNets hints on the last stride-4 features (:data:`FEATURE_PAIRS`) on top of the
+#: FPD term (``alpha_logits``). The weights balance the gradients the terms send into the student
+#: (measured in notebooks 03 and 04): at T = 0.5 the KL's gradient is about the GT MSE's, so
+#: α = 0.5 for both logits variants; β puts the feature term's gradient at ~1/3 of the task's.
+KD_SETTINGS: dict[str, dict] = {
+    "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5},
+    "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5},
+    "feature": {"method": "feature", "beta": 0.05, "alpha_logits": 0.5, "kind": "mse"},
+}
+#: Feature-KD layer pairs per student, ``{student layer: teacher layer}``: the student's last neck
+#: layer and HRNet's ``stage4`` output (its high-resolution branch), both 1/4 of the crop.
+FEATURE_PAIRS: dict[str, dict[str, str]] = {
+    "squeezenet": {"neck.4": "stage4"},
+    "mobilenetv3": {"neck.2": "stage4"},
+}
+
+
+def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, **overrides) -> Callable:
+    """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
+
+    ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss.
+    The teacher must run at the budget's crop size (the demo teacher does); for another teacher
+    pass ``teacher_input_size=(w, h)`` in ``overrides``.
+    """
+    from .distill import FeatureKD, LogitsKD
+
+    if tag not in KD_SETTINGS:
+        raise KeyError(f"unknown distillation setting {tag!r}; choose one of {sorted(KD_SETTINGS)}")
+    settings = {**KD_SETTINGS[tag], **overrides}
+    method = settings.pop("method")
+    b = budget(mode)
+    if method == "logits":
+        return lambda student, total: LogitsKD(teacher, total_steps=total, **settings)
+    pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
+    if pairs is None:
+        raise KeyError(f"no feature-KD layer pairs for student {student_name!r}; pass pairs={{student_layer: "
+                       f"teacher_layer}} (known: {sorted(FEATURE_PAIRS)})")
+    return lambda student, total: FeatureKD(teacher, student, pairs, total_steps=total,
+                                            input_size=b.input_size, **settings)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -328,3 +390,89 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
 def budget_dict(mode: str | None = None) -> dict:
     """The budget as a plain dict (for printing and cards)."""
     return asdict(budget(mode))
+
+
+# --------------------------------------------------------------------------- MAX78000 students
+#: (float steps, QAT steps) of the MAX78000 student per mode (batch and lr from the mode's Budget).
+AI8X_STEPS = {"quick": (4, 2), "workshop": (500, 150), "full": (30_000, 6_000)}
+
+
+@dataclass
+class Ai8xRun:
+    """A MAX78000 student after float training and QAT, with its three evaluations."""
+
+    name: str
+    model: nn.Module              # in QAT mode (export it, or `ai8x_models.simulate_copy` it)
+    float_model: nn.Module        # the same network before QAT (BN not fused)
+    histories: dict
+    metrics: dict                 # {"float": ..., "qat": ..., "int8": ...}, each COCO metrics + PCK@0.2
+    results: dict                 # same keys: COCO results lists, validation-person order
+    run_dir: Path
+
+
+def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd: str | None = "fpd",
+               teacher: nn.Module | None = None, qat_policy=None, tag: str | None = None,
+               steps: tuple[int, int] | None = None, progress: bool = True) -> Ai8xRun:
+    """Train (or load) a MAX78000 pose student: float training, then QAT, each ``AI8X_STEPS[mode]``.
+
+    ``kd`` is a :data:`KD_SETTINGS` logits tag (``"fpd"``, ``"kl"``) distilled from ``teacher``
+    (default: the mode's teacher), or None for ground truth only. The runs
+    ``f"{tag}_float"`` / ``f"{tag}_qat"`` (tag default ``f"ai8x_{variant}_{kd or 'gt'}_s{seed}"``)
+    are cached like :func:`train_student`'s; the float weights, the QAT weights and the integer
+    simulate model are evaluated (COCO AP with flip test, PCK@0.2; cached per step).
+    """
+    from . import ai8x
+    from . import ai8x_models as am
+    from .ai8x_models import HeatmapView, ai85posenet, simulate_copy
+    from .data import dataset_splits
+    from .train import fit
+
+    mode = get_mode(mode)
+    b = budget(mode)
+    float_steps, qat_steps = steps or AI8X_STEPS[mode]
+    policy = qat_policy if qat_policy is not None else am.DEFAULT_QAT_POLICY
+    name = tag or f"ai8x_{variant}_{kd or 'gt'}_s{seed}"
+    root = run_paths(mode).checkpoints
+    if tuple(b.input_size) != tuple(am.AI8X_STUDENT_INPUT) and mode != "full":
+        raise ValueError(f"the MAX78000 student works at {am.AI8X_STUDENT_INPUT}, the {mode} budget at {b.input_size}")
+    splits = dataset_splits(mode)
+    train_ds = training_set(mode, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=b.num_workers)
+    loss_fn = None
+    if kd is not None:
+        if KD_SETTINGS.get(kd, {}).get("method") != "logits":
+            raise ValueError(f"kd={kd!r}: the MAX78000 student distils with a logits setting "
+                             f"({[t for t, s in KD_SETTINGS.items() if s['method'] == 'logits']}) or None")
+        if teacher is None:
+            from .distill import freeze
+            from .teachers import load_teacher
+
+            teacher = freeze(load_teacher(mode=mode, device=_device(b.device))[0])
+        loss_fn = kd_recipe(kd, teacher, variant, mode)(None, float_steps + qat_steps)
+    torch.manual_seed(seed)
+    model = ai85posenet(variant)
+    common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
+                  save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
+    t0 = time.perf_counter()
+    h_float = fit(HeatmapView(model), loader, max_steps=float_steps, lr=b.lr, run_name=f"{name}_float", **common)
+    float_model = copy.deepcopy(model).eval()
+    ai8x.initiate_qat(model, policy)
+    opt = torch.optim.Adam(model.parameters(), lr=b.lr / 10)
+    h_qat = fit(HeatmapView(model), loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
+    wall = time.perf_counter() - t0
+    run_dir = root / f"{name}_qat"
+    info = _read_json(run_dir / "run_info.json") or {}
+    if wall > 5 and h_qat.step and "train_time_s" not in info:
+        info["train_time_s"] = round(wall, 1)
+    info.update(variant=variant, kd=kd, seed=seed, steps=[float_steps, qat_steps], policy=policy)
+    _write_json(run_dir / "run_info.json", info)
+
+    metrics, results = {}, {}
+    model.eval()
+    for key, net in (("float", float_model), ("qat", model), ("int8", simulate_copy(model))):
+        metrics[key], results[key] = evaluate_cached(
+            HeatmapView(net), splits.val, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP, b.sigma,
+            run_dir / f"eval_{key}", key={"step": [float_steps, qat_steps], "model": key},
+            batch_size=b.eval_batch_size, progress=progress)
+    return Ai8xRun(name, model, float_model, {"float": h_float, "qat": h_qat}, metrics, results, run_dir)

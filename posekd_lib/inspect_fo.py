@@ -65,6 +65,16 @@ def _person_category_ids(coco: dict, source) -> set[int]:
     return {c["id"] for c in cats}
 
 
+def mode_dataset(split, mode: str, name: str | None = None):
+    """The FiftyOne dataset the notebooks share for ``split`` in ``mode``, built (or reused) by
+    :func:`build_fo_dataset` as ``posekd-<mode>-val`` (or ``name``). In quick mode (CI) it lives in a
+    private database under the run folder, so tests never touch the learner's own FiftyOne data."""
+    from .config import run_paths
+
+    fo_env(run_paths(mode).root / "fiftyone_db" if mode == "quick" else None)
+    return build_fo_dataset(split.ann_file, split.img_dir, name=name or f"posekd-{mode}-val")
+
+
 def _source_sha1(ann_file: Path, img_dir: Path) -> str:
     h = hashlib.sha1(ann_file.read_bytes())
     h.update(str(img_dir).encode())

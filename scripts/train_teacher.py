@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--note", default=None, help="free text stored in the card (e.g. how a resumed run was split)")
     args = ap.parse_args(argv)
 
     name = args.name or f"demo_{args.config}"
@@ -61,12 +62,20 @@ def main(argv=None) -> int:
         return evaluate_topdown(m, splits.val, input_size, heatmap_size, sigma, flip_test=False,
                                 device=next(m.parameters()).device)
 
+    def steps_done() -> int:
+        f = run_root / name / "history.json"
+        return json.loads(f.read_text())["step"][-1] if f.is_file() and json.loads(f.read_text())["step"] else 0
+
+    steps_before = steps_done()
     t0 = time.perf_counter()
     history = fit(model, loader, epochs=args.epochs, lr=args.lr, out_dir=run_root, run_name=name,
                   save_every_steps=100, evaluate_fn=evaluate, best_metric="AP", seed=args.seed,
                   device=args.device, threads=args.threads, log_every=20)
     wall = time.perf_counter() - t0
     history.save(run_root / name / "history.json")
+    card_file = REPO / "hrnet_pose" / "weights" / f"{name}.json"
+    if steps_done() == steps_before and card_file.is_file():   # nothing trained now: keep the card's time
+        wall = json.loads(card_file.read_text()).get("train_wall_time_s_this_session", wall)
     if args.no_export:
         return 0
 
@@ -89,6 +98,8 @@ def main(argv=None) -> int:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "params": sum(p.numel() for p in model.parameters()), "file_bytes": out.stat().st_size,
     }
+    if args.note:
+        card["note"] = args.note
     out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps(card, indent=1))
     return 0

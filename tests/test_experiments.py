@@ -7,6 +7,7 @@ from torch import nn
 
 from hrnet_pose.configs import load_configs
 from posekd_lib import experiments
+from posekd_lib.ai8x import ai8x_layers
 from posekd_lib.config import run_paths
 from posekd_lib.evaluation import ResultsTable
 from posekd_lib.experiments import budget, train_student
@@ -113,3 +114,50 @@ def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
     torch.manual_seed(1)
     save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
     assert experiments.evaluate_teacher(progress=False).run_dir != run.run_dir  # new weights, new evaluation
+
+
+def _random_teacher() -> nn.Module:
+    from hrnet_pose.hrnetpose_model import get_pose_net
+
+    torch.manual_seed(0)
+    return get_pose_net(load_configs("w8_128x96"), is_train=False).eval()
+
+
+def test_kd_recipes_build_the_documented_losses():
+    from posekd_lib.distill import FeatureKD, LogitsKD
+
+    teacher = _random_teacher()
+    student = experiments.build_student_model("squeezenet")
+    for tag, settings in experiments.KD_SETTINGS.items():
+        loss = experiments.kd_recipe(tag, teacher, "squeezenet", "quick")(student, 10)
+        if settings["method"] == "logits":
+            assert isinstance(loss, LogitsKD)
+            assert (loss.kind, loss.alpha, loss.total_steps) == (settings["kind"], settings["alpha"], 10)
+            assert loss.temperature == settings.get("temperature", 1.0)
+        else:
+            assert isinstance(loss, FeatureKD)
+            assert loss.pairs == experiments.FEATURE_PAIRS["squeezenet"]
+            assert (loss.beta, loss.alpha) == (settings["beta"], settings["alpha_logits"])
+            loss.remove()
+    over = experiments.kd_recipe("fpd", teacher, "squeezenet", "quick", alpha=0.9)(student, 5)
+    assert over.alpha == 0.9
+    with pytest.raises(KeyError, match="unknown distillation setting 'fitnet'"):
+        experiments.kd_recipe("fitnet", teacher, "squeezenet")
+    with pytest.raises(KeyError, match="no feature-KD layer pairs for student 'mobilenetv3_os16'"):
+        experiments.kd_recipe("feature", teacher, "mobilenetv3_os16")
+
+
+def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
+    run = experiments.train_ai8x("tiny", kd=None, steps=(2, 1), progress=False)
+    assert set(run.metrics) == set(run.results) == {"float", "qat", "int8"}
+    assert all(0 <= m["AP"] <= 1 and 0 <= m["PCK@0.2"] <= 1 for m in run.metrics.values())
+    assert run.histories["float"].step[-1] == 2 and run.histories["qat"].step[-1] == 1
+    assert all(int(m.weight_bits.item()) == 8 for _, m in ai8x_layers(run.model))
+    assert all(int(m.weight_bits.item()) == 0 for _, m in ai8x_layers(run.float_model))
+    latest = run.run_dir / "latest.pt"
+    stamp = latest.stat().st_mtime_ns
+    again = experiments.train_ai8x("tiny", kd=None, steps=(2, 1), progress=False)
+    assert latest.stat().st_mtime_ns == stamp and again.metrics == run.metrics
+    assert _same_weights(run.model, again.model)
+    with pytest.raises(ValueError, match="logits setting"):
+        experiments.train_ai8x("tiny", kd="feature", teacher=_random_teacher(), steps=(1, 1), progress=False)

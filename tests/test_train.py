@@ -95,6 +95,18 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert_same_state(again, reference)
 
 
+def test_channels_last_trains_the_same_run_in_nhwc(tmp_path):
+    reference, ref_hist = run(tmp_path / "a")
+    nhwc, hist = run(tmp_path / "b", channels_last=True)
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(hist.losses["loss"], ref_hist.losses["loss"], rtol=1e-3)
+    for (k, a), b in zip(reference.state_dict().items(), nhwc.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)
+    resumed, hist_again = run(tmp_path / "b", channels_last=True)     # a finished NHWC run reloads
+    assert hist_again == hist
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     calls = itertools.count(1)
 

@@ -29,26 +29,19 @@
 import sys
 from pathlib import Path
 
-ROOT = Path.cwd().resolve()
-while not (ROOT / "posekd_lib").is_dir() and ROOT != ROOT.parent:  # find the repo from notebooks/
-    ROOT = ROOT.parent
-sys.path.insert(0, str(ROOT))
-
-import warnings
+HERE = Path.cwd().resolve()
+sys.path.insert(0, str(next(p for p in (HERE, *HERE.parents) if (p / "posekd_lib").is_dir())))  # the repo
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from posekd_lib import keypoints as kp
-from posekd_lib.config import get_mode, run_paths, set_torch_threads
+from posekd_lib.config import notebook_setup
 from posekd_lib.experiments import budget
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
-MODE = get_mode()
-PATHS = run_paths(MODE)
+MODE, PATHS = notebook_setup()
 BUDGET = budget(MODE)
-print(f"mode: {MODE}   artifacts: {PATHS.root}   torch threads: {set_torch_threads()}")
 print(BUDGET)
 
 # %% [markdown]
@@ -388,13 +381,9 @@ for i in np.argsort(-areas * (n_labelled >= min(10, n_labelled.max())))[:3]:
 # where the teacher beats the student by a wide margin — the cases distillation should help with.
 
 # %%
-from posekd_lib.inspect_fo import a_beats_b, add_predictions, build_fo_dataset, fo_env, launch_app, worst_samples
+from posekd_lib.inspect_fo import a_beats_b, add_predictions, launch_app, mode_dataset, worst_samples
 
-if MODE == "quick":  # CI: a private database under the run folder
-    fo_env(PATHS.root / "fiftyone_db")
-else:
-    fo_env()
-ds = build_fo_dataset(splits.val.ann_file, splits.val.img_dir, name=f"posekd-{MODE}-val")
+ds = mode_dataset(splits.val, MODE)   # notebook 01's validation dataset (built here if missing)
 fields = {"teacher": teacher_run.results, **{f"baseline_{n}": r.results for n, r in runs.items()}}
 for field, results in fields.items():
     print(field, add_predictions(ds, results, field, splits.val.ann_file))
@@ -480,7 +469,7 @@ for n, run in runs.items():
 # %% [markdown]
 # ## 9. Exercises
 #
-# Solutions: `notebooks/solutions/02_baseline_solutions.py` (moves there with this notebook).
+# Solutions: `notebooks/solutions/02_baseline_solutions.py`.
 #
 # 1. **A lighter MobileNetV3.** Train `"mobilenetv3_os16"` (the backbone cut at stride 16, two
 #    deconvs instead of three) with `train_student`. Compare AP, MACs and training time with the

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from posekd_lib.data import TopDownDataset, dataset_splits  # noqa: E402
 from posekd_lib.evaluation import evaluate_topdown, pck  # noqa: E402
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, train_student  # noqa: E402
+from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch, train_student  # noqa: E402
 from posekd_lib.losses import adaptive_wing, joints_mse  # noqa: E402
 
 
@@ -57,11 +57,7 @@ def exercise_3(mode: str | None = None, seed: int = 0) -> dict[str, list[float]]
     proportion to the labelled fraction: a batch of half-visible people trains with half the step
     size. adaptive_wing averages over the labelled joints only and stays on the same scale.
     """
-    b = budget(mode)
-    splits = dataset_splits(mode)
-    ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, b.input_size, b.heatmap_size, b.sigma, train=True)
-    torch.manual_seed(seed)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)))
+    batch = example_batch(mode, batch_size=8, seed=seed)
     with torch.no_grad():
         pred = build_student_model("squeezenet").eval()(batch["image"])
     tw = torch.ones_like(batch["target_weight"])

@@ -1,0 +1,100 @@
+"""Solutions to the exercises of notebook 03 (logits KD).
+
+Run from the repository root:  python notebooks/solutions/03_logits_kd_solutions.py
+(quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
+numbers only show that the code works — run in workshop mode for meaningful ones).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from posekd_lib.distill import LogitsKD, freeze  # noqa: E402
+from posekd_lib.experiments import budget, example_batch, kd_recipe, train_student  # noqa: E402
+from posekd_lib.teachers import load_teacher  # noqa: E402
+
+KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
+
+
+def _teacher(mode):
+    teacher, _ = load_teacher(mode=mode)
+    return freeze(teacher)
+
+
+def _train(tag: str, mode, steps, student: str = "squeezenet", **overrides) -> dict:
+    teacher = _teacher(mode)
+    suffix = "" if steps is None else f"_{steps}"
+    m = train_student(student, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
+                      kd=kd_recipe(tag.split("_")[0], teacher, student, mode, **overrides)).metrics
+    return {k: m[k] for k in KEYS}
+
+
+def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[float, dict]:
+    """KL at T = 1 and T = 0.2 (the recipe's T is in KD_SETTINGS["kl"]).
+
+    At T = 1 a heatmap's softmax over 768 pixels is nearly flat (peak weight ~e^1 against e^0), so
+    the KL hardly cares where the peak is and the student learns little from it; at low T the
+    distribution concentrates on the teacher's peak and its neighbours, which is the useful part.
+    Too low a T keeps only the argmax (a hard label again) and the T² factor shrinks the term.
+    """
+    return {T: _train(f"kl_T{T}".replace(".", "p"), mode, steps, temperature=T) for T in (1.0, 0.2)}
+
+
+def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
+    """FPD with DWPose's linear decay of the KD weight vs constant α.
+
+    With decay the student follows the teacher early (a smooth, dense target while its own
+    predictions are poor) and ends on the ground truth alone, so the teacher's own errors do not
+    limit its final precision; at short budgets the difference is usually within seed noise.
+    """
+    return {"linear_decay": _train("fpd_decay", mode, steps, schedule="linear_decay")}
+
+
+def exercise_3(mode: str | None = None, steps: int | None = None) -> dict[float, dict]:
+    """FPD with α = 0.25, 0.5, 0.9.
+
+    As α approaches 1 the labels are almost ignored and the student can only become as good as the
+    teacher's heatmaps (including its mistakes); a middle α keeps the ground truth as the anchor.
+    """
+    return {a: _train(f"fpd_a{int(a * 100)}", mode, steps, alpha=a) for a in (0.25, 0.5, 0.9)}
+
+
+def exercise_4(mode: str | None = None, seed: int = 0) -> dict:
+    """A teacher fed 192x256 crops resized from the student's batch.
+
+    LogitsKD resizes the images to the teacher's size and its heatmaps back to the student's, so the
+    shapes match. The demo teacher was trained at 96x128, so its heatmaps on 2x larger people are
+    worse (and the demo teacher, being fully convolutional, still runs) — a real teacher trained at
+    that size would not have this problem.
+    """
+    b = budget(mode)
+    batch = example_batch(mode, batch_size=4, seed=seed)
+    teacher = _teacher(mode)
+    like = torch.zeros(4, 17, b.heatmap_size[1], b.heatmap_size[0])
+    own = LogitsKD(teacher).teacher_heatmaps(batch, like)
+    big = LogitsKD(teacher, teacher_input_size=(192, 256)).teacher_heatmaps(batch, like)
+    return {"shape": tuple(big.shape), "mean_abs_difference": float((own - big).abs().mean()),
+            "peak_own": float(own.amax((2, 3)).mean()), "peak_resized": float(big.amax((2, 3)).mean())}
+
+
+def exercise_5(mode: str | None = None, steps: int | None = None) -> dict:
+    """FPD into the MobileNetV3 student, against its own baseline."""
+    suffix = "" if steps is None else f"_{steps}"
+    base = train_student("mobilenetv3", mode=mode, tag=f"baseline{suffix}" if steps else "baseline", steps=steps,
+                         progress=False).metrics
+    return {"baseline": {k: base[k] for k in KEYS}, "fpd": _train("fpd", mode, steps, student="mobilenetv3")}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("POSEKD_MODE", "quick")
+    steps = 2 if os.environ["POSEKD_MODE"] == "quick" else None
+    print("1:", exercise_1(steps=steps))
+    print("2:", exercise_2(steps=steps))
+    print("3:", exercise_3(steps=steps))
+    print("4:", exercise_4())
+    print("5:", exercise_5(steps=steps))

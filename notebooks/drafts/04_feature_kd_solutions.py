@@ -1,0 +1,109 @@
+"""Solutions to the exercises of notebook 04 (feature KD).
+
+Run from the repository root:  python notebooks/solutions/04_feature_kd_solutions.py
+(quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
+numbers only show that the code works — run in workshop mode for meaningful ones).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from posekd_lib.config import get_mode  # noqa: E402
+from posekd_lib.data import dataset_splits  # noqa: E402
+from posekd_lib.distill import FeatureKD, freeze  # noqa: E402
+from posekd_lib.experiments import KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student  # noqa: E402
+from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons  # noqa: E402
+from posekd_lib.teachers import load_teacher  # noqa: E402
+
+KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
+STUDENT = "squeezenet"
+
+
+def _train(tag: str, mode, steps, **overrides) -> dict:
+    teacher, _ = load_teacher(mode=mode)
+    freeze(teacher)
+    suffix = "" if steps is None else f"_{steps}"
+    m = train_student(STUDENT, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
+                      kd=kd_recipe("feature", teacher, STUDENT, mode, **overrides)).metrics
+    return {k: m[k] for k in KEYS}
+
+
+def exercise_1(mode: str | None = None, steps: int | None = None) -> dict:
+    """Hints alone (no FPD term): how much of feature KD's result is the hint's own."""
+    return {"hints_only": _train("hints", mode, steps, alpha_logits=0.0)}
+
+
+def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
+    """backbone.12 (stride 16, 512 ch) paired with the teacher's stage3 high-resolution branch.
+
+    The student's stride-16 features are coarse and semantic; the teacher's stage3 branch is a
+    stride-4 map. The adapter upsamples the student's map 4x, so the student can only match a
+    blurred version: the hint mostly constrains the backbone's semantics, not the localisation,
+    and usually helps less than the stride-4 pair.
+    """
+    return {"backbone12_stage3": _train("hint_b12", mode, steps, pairs={"backbone.12": "stage3"})}
+
+
+def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
+    """The feature loss at initialisation, channel-standardised vs plain MSE.
+
+    Unnormalised, the loss is the raw scale of the teacher's features (BatchNorm'd and ReLU'd:
+    of order 0.1-10 per element, nothing like 1); with the same β it either swamps the heatmap
+    loss (~1e-3) or disappears, and it changes with every layer choice.
+    """
+    b = budget(mode)
+    batch = example_batch(mode, batch_size=8, seed=seed)
+    teacher, _ = load_teacher(mode=mode)
+    freeze(teacher)
+    out = {}
+    for norm in ("channel", "none"):
+        torch.manual_seed(seed)
+        student = build_student_model(STUDENT)
+        settings = {k: v for k, v in KD_SETTINGS["feature"].items() if k != "method"}
+        kd = FeatureKD(teacher, student, {"neck.4": "stage4"}, input_size=b.input_size, normalize=norm, **settings)
+        parts = kd(student(batch["image"]), batch)
+        kd.remove()
+        out[norm] = {k: float(v) for k, v in parts.items()}
+    return out
+
+
+def exercise_4(mode: str | None = None, steps: int | None = None) -> dict:
+    """β at 10x and 0.1x the recipe's value."""
+    beta = KD_SETTINGS["feature"]["beta"]
+    return {f: _train(f"feat_b{f}".replace(".", "p"), mode, steps, beta=beta * f) for f in (10.0, 0.1)}
+
+
+def exercise_5(mode: str | None = None) -> dict:
+    """Of the images where the best distilled student beats the baseline, how many show occluded people."""
+    splits = dataset_splits(mode)
+    teacher, _ = load_teacher(mode=mode)
+    freeze(teacher)
+    ds = mode_dataset(splits.val, get_mode(mode), name=f"posekd-{get_mode(mode)}-val-ex5")
+    runs = {tag: train_student(STUDENT, mode=mode, tag=tag, progress=False,
+                               kd=None if tag == "baseline" else kd_recipe(tag, teacher, STUDENT, mode))
+            for tag in ("baseline", "fpd", "kl", "feature")}
+    for tag, run in runs.items():
+        add_predictions(ds, run.results, tag, splits.val.ann_file)
+    best = max(("fpd", "kl", "feature"), key=lambda t: runs[t].metrics["AP"])
+    fixed = a_beats_b(ds, best, "baseline", margin=0.1)
+    occluded_ids = set(occluded_persons(ds).values("id"))
+    fixed_ids = set(fixed.values("id"))
+    return {"best": best, "fixed": len(fixed_ids), "fixed_with_occlusion": len(fixed_ids & occluded_ids),
+            "all": len(ds), "all_with_occlusion": len(occluded_ids)}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("POSEKD_MODE", "quick")
+    steps = 2 if os.environ["POSEKD_MODE"] == "quick" else None
+    print("1:", exercise_1(steps=steps))
+    print("2:", exercise_2(steps=steps))
+    print("3:", exercise_3())
+    print("4:", exercise_4(steps=steps))
+    if os.environ["POSEKD_MODE"] != "quick":
+        print("5:", exercise_5())
