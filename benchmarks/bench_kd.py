@@ -40,7 +40,7 @@ def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
-    ap.add_argument("--student", default="squeezenet")
+    ap.add_argument("--student", default="mobilenetv3")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--settings", nargs="+", default=list(KD_SETTINGS), help=f"of {list(KD_SETTINGS)}")
     ap.add_argument("--threads", type=int, default=2)

@@ -211,6 +211,19 @@ def oks(pred, gt, area: float, sigmas=COCO_OKS_SIGMAS, bbox=None):
     return float(m[0]) if single else m
 
 
+def confidence_summary(results, in_vis_thr: float = 0.2) -> dict[str, float]:
+    """How confident a model's top-down results are: ``mean_peak`` (mean heatmap peak over all
+    joints; a ground-truth map peaks at 1), ``confident_joints`` (share of joints above
+    ``in_vis_thr``) and ``scored_persons`` (share of persons with a score > 0, i.e. with at least
+    one confident joint). COCOeval ranks detections by score, so a model whose persons all score 0
+    gets AP 0 whatever its keypoints."""
+    res = _load_results(results)
+    peaks = np.array([r["keypoints"][2::3] for r in res], dtype=np.float64)
+    return {"mean_peak": float(peaks.mean()) if peaks.size else float("nan"),
+            "confident_joints": float((peaks > in_vis_thr).mean()) if peaks.size else float("nan"),
+            "scored_persons": float(np.mean([r["score"] > 0 for r in res])) if res else float("nan")}
+
+
 def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
     """Fraction of labelled GT points (v > 0) predicted within ``thr`` x the person's size.
 

@@ -51,7 +51,7 @@ class Budget:
     heatmap_size: tuple[int, int]
     sigma: float
     batch_size: int = 32
-    steps: int = 600
+    steps: int = 500
     lr: float = 2e-3
     num_workers: int = 0
     eval_batch_size: int = 64
@@ -60,10 +60,11 @@ class Budget:
     channels_last: bool = True      # NHWC: ~15 % faster CPU training of the students
 
 
-# quick: seconds in CI. workshop: both students of notebook 02 in ~8 min on 2 idle cores
-# (600 steps x 32 = 19.2k crops, ~1.6 epochs: squeezenet ~100 crops/s -> ~190 s, mobilenetv3
-# ~120/s -> ~160 s, plus ~15-30 s of validation each). Both at the demo teacher's crop, heatmap
-# and sigma (read from its config). full: real COCO on a GPU (~13 epochs) at HRNet's 256x192.
+# quick: seconds in CI. workshop: each notebook <= ~10 min on 2 idle cores. Measured per step of 32
+# crops (128x96, channels-last, data loading ~0.1 s): squeezenet 0.47 s, mobilenetv3 0.33 s, plus the
+# teacher's forward (0.20 s) in a KD step. 500 steps x 32 = 16k crops (1.3 epochs): notebook 02
+# trains both students (~4 + ~3 min), 03 two distilled mobilenetv3s (~4.5 min each). Both at the demo
+# teacher's crop, heatmap and sigma (read from its config). full: real COCO on a GPU at HRNet's 256x192.
 _OVERRIDES = {
     "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
     "workshop": {},
@@ -310,7 +311,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 #: ``feature``: FitNets hints on the last stride-4 features (:data:`FEATURE_PAIRS`) on top of the
 #: FPD term (``alpha_logits``). The weights balance the gradients the terms send into the student
 #: (measured in notebooks 03 and 04): at T = 0.5 the KL's gradient is about the GT MSE's, so
-#: α = 0.5 for both logits variants; β puts the feature term's gradient at ~1/3 of the task's.
+#: α = 0.5 for both logits variants; β keeps the feature term's gradient below the heatmap terms'.
 KD_SETTINGS: dict[str, dict] = {
     "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5},
     "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5},
@@ -328,16 +329,22 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss.
-    The teacher must run at the budget's crop size (the demo teacher does); for another teacher
-    pass ``teacher_input_size=(w, h)`` in ``overrides``.
+    The teacher sees the student's crops resized to the input size of the mode's teacher config when
+    it differs from the budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher
+    shares the crop); pass ``teacher_input_size=(w, h)`` in ``overrides`` for another teacher.
     """
+    from hrnet_pose.configs import load_configs
+
     from .distill import FeatureKD, LogitsKD
+    from .teachers import DEMO_CONFIG, FULL_CONFIG
 
     if tag not in KD_SETTINGS:
         raise KeyError(f"unknown distillation setting {tag!r}; choose one of {sorted(KD_SETTINGS)}")
-    settings = {**KD_SETTINGS[tag], **overrides}
-    method = settings.pop("method")
     b = budget(mode)
+    teacher_size = tuple(int(v) for v in load_configs(FULL_CONFIG if b.mode == "full" else DEMO_CONFIG).MODEL.IMAGE_SIZE)
+    default_size = None if teacher_size == tuple(b.input_size) else teacher_size
+    settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
+    method = settings.pop("method")
     if method == "logits":
         return lambda student, total: LogitsKD(teacher, total_steps=total, **settings)
     pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)

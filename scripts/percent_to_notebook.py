@@ -1,6 +1,6 @@
 """Turn a percent-format script (``# %%`` code cells, ``# %% [markdown]`` cells) into an .ipynb.
 
-    python scripts/percent_to_notebook.py notebooks/drafts/02_baseline.py notebooks/02_baseline.ipynb
+    python scripts/percent_to_notebook.py my_draft.py notebooks/07_my_topic.ipynb
 
 The notebook is written without outputs; execute it afterwards (``make notebooks``).
 """

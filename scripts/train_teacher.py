@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     history = fit(model, loader, epochs=args.epochs, lr=args.lr, out_dir=run_root, run_name=name,
                   save_every_steps=100, evaluate_fn=evaluate, best_metric="AP", seed=args.seed,
-                  device=args.device, threads=args.threads, log_every=20)
+                  device=args.device, threads=args.threads, log_every=20,
+                  channels_last=args.device in ("cpu", "auto") and not torch.cuda.is_available())
     wall = time.perf_counter() - t0
     history.save(run_root / name / "history.json")
     card_file = REPO / "hrnet_pose" / "weights" / f"{name}.json"
@@ -91,7 +92,9 @@ def main(argv=None) -> int:
         "name": name, "config": args.config, "input_size_wh": list(input_size), "heatmap_size_wh": list(heatmap_size),
         "sigma": sigma, "dataset": f"posekd embedded ({args.mode}) train split", "train_persons": len(train_ds),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "best_epoch": extras.get("epoch") if isinstance(extras, dict) else None,
+        "best_step": extras.get("step") if isinstance(extras, dict) else None,
+        "best_step_val_AP_no_flip": round(float(extras["metrics"]["AP"]), 4)
+        if isinstance(extras, dict) and "metrics" in extras else None,
         "command": "python scripts/train_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "val_metrics_flip_gt_boxes": {k: round(float(v), 4) for k, v in metrics.items()},
         "train_wall_time_s_this_session": round(wall, 1), "device": str(next(reloaded.parameters()).device),

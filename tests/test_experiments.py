@@ -140,7 +140,9 @@ def test_kd_recipes_build_the_documented_losses():
             assert (loss.beta, loss.alpha) == (settings["beta"], settings["alpha_logits"])
             loss.remove()
     over = experiments.kd_recipe("fpd", teacher, "squeezenet", "quick", alpha=0.9)(student, 5)
-    assert over.alpha == 0.9
+    assert over.alpha == 0.9 and over.teacher.input_size is None          # the demo teacher shares the crop
+    full = experiments.kd_recipe("fpd", teacher, "squeezenet", "full")(student, 5)
+    assert full.teacher.input_size == (288, 384)                          # W48 crops for 192x256 students
     with pytest.raises(KeyError, match="unknown distillation setting 'fitnet'"):
         experiments.kd_recipe("fitnet", teacher, "squeezenet")
     with pytest.raises(KeyError, match="no feature-KD layer pairs for student 'mobilenetv3_os16'"):

@@ -17,12 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from posekd_lib.config import get_mode  # noqa: E402
 from posekd_lib.data import dataset_splits  # noqa: E402
 from posekd_lib.distill import FeatureKD, freeze  # noqa: E402
-from posekd_lib.experiments import KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student  # noqa: E402
+from posekd_lib.experiments import FEATURE_PAIRS, KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student  # noqa: E402
 from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons  # noqa: E402
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
-STUDENT = "squeezenet"
+STUDENT = "mobilenetv3"
 
 
 def _train(tag: str, mode, steps, **overrides) -> dict:
@@ -40,14 +40,14 @@ def exercise_1(mode: str | None = None, steps: int | None = None) -> dict:
 
 
 def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
-    """backbone.12 (stride 16, 512 ch) paired with the teacher's stage3 high-resolution branch.
+    """backbone.8 (stride 16, 48 ch) paired with the teacher's stage3 high-resolution branch.
 
     The student's stride-16 features are coarse and semantic; the teacher's stage3 branch is a
     stride-4 map. The adapter upsamples the student's map 4x, so the student can only match a
     blurred version: the hint mostly constrains the backbone's semantics, not the localisation,
     and usually helps less than the stride-4 pair.
     """
-    return {"backbone12_stage3": _train("hint_b12", mode, steps, pairs={"backbone.12": "stage3"})}
+    return {"backbone8_stage3": _train("hint_b8", mode, steps, pairs={"backbone.8": "stage3"})}
 
 
 def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
@@ -66,10 +66,11 @@ def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
         torch.manual_seed(seed)
         student = build_student_model(STUDENT)
         settings = {k: v for k, v in KD_SETTINGS["feature"].items() if k != "method"}
-        kd = FeatureKD(teacher, student, {"neck.4": "stage4"}, input_size=b.input_size, normalize=norm, **settings)
+        kd = FeatureKD(teacher, student, FEATURE_PAIRS[STUDENT], input_size=b.input_size, normalize=norm,
+                       **settings)
         parts = kd(student(batch["image"]), batch)
         kd.remove()
-        out[norm] = {k: float(v) for k, v in parts.items()}
+        out[norm] = {k: float(v.detach()) for k, v in parts.items()}
     return out
 
 

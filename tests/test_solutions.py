@@ -1,0 +1,55 @@
+"""The exercise solutions stay runnable: each solutions module imports, and its exercises that need
+no training run in quick mode and give the answer the docstring explains."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
+
+
+def _load(name: str):
+    path = SOLUTIONS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_numbered_notebook_has_a_solutions_module():
+    notebooks = sorted(p.stem for p in (SOLUTIONS.parent).glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for nb in notebooks:
+        assert (SOLUTIONS / f"{nb}_solutions.py").is_file(), f"{nb} has no solutions module"
+        _load(f"{nb}_solutions")
+
+
+def test_loss_masking_solution_shows_mse_shrinking_and_awing_not():
+    out = _load("02_baseline_solutions").exercise_3(mode="quick")
+    mse, awing = out["joints_mse"], out["adaptive_wing"]
+    assert mse[-1] < 0.2 * mse[0]                        # 16 of 17 joints masked: MSE ~1/17 of it
+    assert 0.2 < awing[-1] / awing[0] < 5                # averaged over labelled joints: same scale
+
+
+def test_teacher_at_another_input_size_solution():
+    out = _load("03_logits_kd_solutions").exercise_4(mode="quick")
+    assert out["shape"] == (4, 17, 32, 24)
+    assert out["mean_abs_difference"] > 0
+
+
+def test_unnormalised_feature_loss_solution():
+    out = _load("04_feature_kd_solutions").exercise_3(mode="quick")
+    assert 0.5 < out["channel"]["feat"] < 2.0            # standardised target: ~1 at initialisation
+    assert out["none"]["feat"] != pytest.approx(out["channel"]["feat"], rel=0.1)
+
+
+def test_mcu_solutions_without_training():
+    sol5 = _load("05_ai8x_student_qat_solutions")
+    pruned = sol5.exercise_3()
+    assert pruned["tiny, 50 % channels"]["weight_bytes"] < 0.5 * pruned["tiny"]["weight_bytes"]
+    assert all(v["fits"] for v in pruned.values())
+    grouped = sol5.exercise_4()
+    assert grouped["MAX78000"].startswith("rejected") and grouped["MAX78002"] == "accepted"
+    assert "state-dict order" in _load("06_export_solutions").exercise_3()
