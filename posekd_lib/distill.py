@@ -175,6 +175,7 @@ class _Teacher:
 
     def __init__(self, model: nn.Module, input_size=None, output_fn: Callable | None = None):
         self.model = freeze(model)
+        self.nhwc = False
         self.input_size = None if input_size is None else _spatial_size(input_size)
         self.output_fn = output_fn
 
@@ -182,10 +183,13 @@ class _Teacher:
         self.model.eval()   # cheap, and survives a caller's .train() on a module that holds the teacher
         if _device_of(self.model) != images.device:
             self.model.to(images.device)
+            self.nhwc = False
         if self.input_size is not None:
             images = resize_input(images, self.input_size)
         if images.device.type == "cpu" and images.ndim == 4:
-            self.model.to(memory_format=torch.channels_last)
+            if not self.nhwc:
+                self.model.to(memory_format=torch.channels_last)
+                self.nhwc = True
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             out = self.model(images)

@@ -18,6 +18,7 @@ student, so a ``FeatureKD`` run interrupted midway resumes with freshly initiali
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import time
@@ -76,13 +77,18 @@ _OVERRIDES = {
 
 def demo_teacher_sizes() -> dict:
     """``input_size``, ``heatmap_size`` (w, h) and ``sigma`` of the demo teacher's config."""
+    return dict(_demo_teacher_sizes())
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_teacher_sizes() -> tuple:
     from hrnet_pose.configs import load_configs
 
     from .teachers import DEMO_CONFIG
 
     m = load_configs(DEMO_CONFIG).MODEL
-    return {"input_size": tuple(int(v) for v in m.IMAGE_SIZE),
-            "heatmap_size": tuple(int(v) for v in m.HEATMAP_SIZE), "sigma": float(m.SIGMA)}
+    return (("input_size", tuple(int(v) for v in m.IMAGE_SIZE)),
+            ("heatmap_size", tuple(int(v) for v in m.HEATMAP_SIZE)), ("sigma", float(m.SIGMA)))
 
 
 def budget(mode: str | None = None) -> Budget:
@@ -270,10 +276,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     if hasattr(loss_fn, "parameters"):
         params += list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=b.lr)
-    done_before = 0
-    if (run_dir / "history.json").is_file():
-        hist = History.load(run_dir / "history.json")
-        done_before = hist.step[-1] if hist.step else 0
+    done_before = History.steps_done(run_dir)
     if hasattr(loss_fn, "set_step"):
         loss_fn.set_step(done_before)
 
@@ -432,7 +435,7 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     from . import ai8x_models as am
     from .ai8x_models import HeatmapView, ai85posenet, simulate_copy
     from .data import dataset_splits
-    from .train import fit
+    from .train import History, fit
 
     mode = get_mode(mode)
     b = budget(mode)
@@ -461,6 +464,8 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     model = ai85posenet(variant)
     common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
                   save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
+    run_dirs = (root / f"{name}_float", root / f"{name}_qat")
+    done_before = sum(History.steps_done(d) for d in run_dirs)
     t0 = time.perf_counter()
     h_float = fit(HeatmapView(model), loader, max_steps=float_steps, lr=b.lr, run_name=f"{name}_float", **common)
     float_model = copy.deepcopy(model).eval()
@@ -468,10 +473,10 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     opt = torch.optim.Adam(model.parameters(), lr=b.lr / 10)
     h_qat = fit(HeatmapView(model), loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
     wall = time.perf_counter() - t0
-    run_dir = root / f"{name}_qat"
+    run_dir = run_dirs[1]
     info = _read_json(run_dir / "run_info.json") or {}
-    if wall > 5 and h_qat.step and "train_time_s" not in info:
-        info["train_time_s"] = round(wall, 1)
+    if sum(History.steps_done(d) for d in run_dirs) > done_before:   # trained now (not only loaded)
+        info["train_time_s"] = round(info.get("train_time_s", 0.0) + wall, 1)
     info.update(variant=variant, kd=kd, seed=seed, steps=[float_steps, qat_steps], policy=policy)
     _write_json(run_dir / "run_info.json", info)
 

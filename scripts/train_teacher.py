@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from hrnet_pose.hrnetpose_model import get_pose_net
     from posekd_lib.data import TopDownDataset, dataset_splits
     from posekd_lib.evaluation import evaluate_topdown
-    from posekd_lib.train import fit, load_checkpoint
+    from posekd_lib.train import History, fit, load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="w8_128x96")
@@ -62,11 +62,7 @@ def main(argv=None) -> int:
         return evaluate_topdown(m, splits.val, input_size, heatmap_size, sigma, flip_test=False,
                                 device=next(m.parameters()).device)
 
-    def steps_done() -> int:
-        f = run_root / name / "history.json"
-        return json.loads(f.read_text())["step"][-1] if f.is_file() and json.loads(f.read_text())["step"] else 0
-
-    steps_before = steps_done()
+    steps_before = History.steps_done(run_root / name)
     t0 = time.perf_counter()
     history = fit(model, loader, epochs=args.epochs, lr=args.lr, out_dir=run_root, run_name=name,
                   save_every_steps=100, evaluate_fn=evaluate, best_metric="AP", seed=args.seed,
@@ -75,7 +71,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     history.save(run_root / name / "history.json")
     card_file = REPO / "hrnet_pose" / "weights" / f"{name}.json"
-    if steps_done() == steps_before and card_file.is_file():   # nothing trained now: keep the card's time
+    if (history.step[-1] if history.step else 0) == steps_before and card_file.is_file():  # only re-exported: keep the card's time
         wall = json.loads(card_file.read_text()).get("train_wall_time_s_this_session", wall)
     if args.no_export:
         return 0
