@@ -1,7 +1,9 @@
 """Notebooks 03-04's distillation comparison over seeds: AP of baseline and KD students, gap closed.
 
-    python benchmarks/bench_kd.py                          # workshop mode, seeds 0 and 1
+    python benchmarks/bench_kd.py                          # workshop mode, SqueezeNet, seeds 0 and 1
     python benchmarks/bench_kd.py --seeds 0 1 2 --student mobilenetv3
+    python benchmarks/bench_kd.py --settings feature --set beta=0.25 --seeds 0   # tuning: own tag
+    python benchmarks/bench_kd.py --settings feature --steps 1000 --seeds 0      # a longer budget
     python benchmarks/bench_kd.py --mode quick             # seconds: checks that everything runs
 
 Every setting (``baseline`` and the tags of ``experiments.KD_SETTINGS``) is trained with the
@@ -11,10 +13,17 @@ the cache and missing ones are trained (in workshop mode ~5 min per run on 2 cor
 setting it prints COCO AP (flip test, GT boxes), AP50, AP75 and PCK@0.2 as mean ± half the range
 over the seeds, and the fraction of the teacher-baseline AP gap closed, computed per seed against
 that seed's baseline and then averaged.
+
+A second table separates keypoint placement from ranking (``experiments.localization_summary``):
+mean OKS of each person with its own ground truth, the share with OKS >= 0.5, and ``AP_oracle``,
+the AP if every person were ranked by its true OKS -- the most that better scores alone could give.
+``--set key=value`` overrides a recipe entry (values are JSON: ``beta=0.25``,
+``pairs='{"neck.2": "stage3"}'``) and trains under its own tag, e.g. ``feature-beta=0.25``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from posekd_lib.config import get_mode  # noqa: E402
 from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.experiments import KD_SETTINGS, evaluate_teacher, kd_recipe, train_student  # noqa: E402
+from posekd_lib.experiments import (KD_SETTINGS, evaluate_teacher, kd_recipe, localization_summary,  # noqa: E402
+                                   train_student)
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
@@ -37,45 +47,80 @@ def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:
     return (ap - baseline_ap) / gap if gap > 0 else float("nan")
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["beta=0.25", "kind=kl"]`` -> ``{"beta": 0.25, "kind": "kl"}`` (JSON values, else strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
-    ap.add_argument("--student", default="mobilenetv3")
+    ap.add_argument("--student", default="squeezenet")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--settings", nargs="+", default=list(KD_SETTINGS), help=f"of {list(KD_SETTINGS)}")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe entries")
+    ap.add_argument("--steps", type=int, default=None, help="another budget for every run (tags get _<steps>)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
+    overrides = parse_overrides(args.set)
+    suffix = "".join(f"-{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items())
+    steps = "" if args.steps is None else f"_{args.steps}"
     torch.set_num_threads(args.threads)
 
     t = evaluate_teacher(mode, progress=False)
     teacher, _ = load_teacher(mode=mode)
     freeze(teacher)
-    metrics: dict[str, list[dict]] = {"baseline": []}
+    runs: dict[str, list] = {"baseline": []}
     for seed in args.seeds:
-        metrics["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline",
-                                                 progress=False).metrics)
+        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + steps,
+                                              steps=args.steps, progress=False))
         for tag in args.settings:
-            run = train_student(args.student, mode=mode, seed=seed, tag=tag, progress=False,
-                                kd=kd_recipe(tag, teacher, args.student, mode))
-            metrics.setdefault(tag, []).append(run.metrics)
+            name = tag + suffix
+            runs.setdefault(name, []).append(train_student(
+                args.student, mode=mode, seed=seed, tag=name + steps, steps=args.steps, progress=False,
+                kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)
 
+    from posekd_lib.data import dataset_splits
+
+    val = dataset_splits(mode).val
+    size = runs["baseline"][0].budget.input_size
     t_ap = t.metrics["AP"]
-    print(f"mode {mode}, student {args.student}, seeds {args.seeds}; teacher {t.name} AP {t_ap:.3f} "
+    t_loc = localization_summary(t.results, val, size)
+    print(f"mode {mode}, student {args.student}, {runs['baseline'][0].row['steps']} steps, seeds {args.seeds}; "
+          f"teacher {t.name} AP {t_ap:.4f} "
           f"(AP50 {t.metrics['AP50']:.3f}, PCK@0.2 {t.metrics['PCK@0.2']:.3f})")
-    print(f"{'setting':10s}" + "".join(f"{m:>16s}" for m in METRICS) + f"{'gap closed':>18s}")
-    for tag, ms in metrics.items():
-        cells = []
-        for m in METRICS:
-            v = np.array([x[m] for x in ms])
-            cells.append(f"{v.mean():8.4f} ± {np.ptp(v) / 2:.4f}")
-        closed = np.array([gap_closed(x["AP"], b["AP"], t_ap) for x, b in zip(ms, metrics["baseline"])])
+    print(f"{'setting':14s}" + "".join(f"{m:>16s}" for m in METRICS) + f"{'gap closed':>18s}")
+    for tag, rs in runs.items():
+        ms = [r.metrics for r in rs]
+        closed = np.array([gap_closed(x["AP"], b.metrics["AP"], t_ap) for x, b in zip(ms, runs["baseline"])])
         gc = "" if tag == "baseline" else f"{100 * closed.mean():7.1f} % ± {50 * np.ptp(closed):.1f}"
-        print(f"{tag:10s}" + "".join(f"{c:>16s}" for c in cells) + f"{gc:>18s}")
-    print("per seed AP: " + "; ".join(f"{tag} " + ", ".join(f"{x['AP']:.4f}" for x in ms)
-                                      for tag, ms in metrics.items()))
+        print(f"{tag:14s}" + "".join(f"{_cell([x[m] for x in ms]):>16s}" for m in METRICS) + f"{gc:>18s}")
+    print("per seed AP: " + "; ".join(f"{tag} " + ", ".join(f"{r.metrics['AP']:.4f}" for r in rs)
+                                      for tag, rs in runs.items()))
+
+    loc_keys = ("mean_OKS", "OKS>=0.5", "AP_oracle")
+    print(f"\nplacement vs ranking (teacher: " + ", ".join(f"{k} {t_loc[k]:.3f}" for k in loc_keys) + ")")
+    print(f"{'setting':14s}" + "".join(f"{k:>16s}" for k in loc_keys))
+    for tag, rs in runs.items():
+        locs = [localization_summary(r.results, val, size) for r in rs]
+        print(f"{tag:14s}" + "".join(f"{_cell([x[k] for x in locs]):>16s}" for k in loc_keys))
     return 0
+
+
+def _cell(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():8.4f} ± {np.ptp(v) / 2:.4f}"
 
 
 if __name__ == "__main__":

@@ -146,14 +146,9 @@ def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
-def pck_of_results(results: list[dict], split, input_size, thr: float = 0.2) -> float:
-    """PCK@``thr`` of top-down results on GT boxes, pooled over the labelled points of all persons.
-
-    ``results`` must be in the order of the evaluation dataset's persons (as ``evaluate_topdown``
-    returns them); each is compared with its own GT person, normalised by the GT box's longer side.
-    """
+def _gt_aligned(results: list[dict], split, input_size):
+    """``results`` (validation-person order) as an (N, K, 3) array, with each person's GT sample."""
     from .data import TopDownDataset
-    from .evaluation import pck
 
     ds = TopDownDataset(split.ann_file, split.img_dir, input_size, train=False)
     if len(ds.samples) != len(results):
@@ -162,9 +157,37 @@ def pck_of_results(results: list[dict], split, input_size, thr: float = 0.2) -> 
     if not np.array_equal(ids, [s["image_id"] for s in ds.samples]):
         raise ValueError("results are not in the order of the GT persons (run evaluate_topdown on GT boxes)")
     pred = np.asarray([r["keypoints"] for r in results], dtype=np.float64).reshape(len(results), -1, 3)
-    gt = np.stack([s["joints"] for s in ds.samples])
-    boxes = np.stack([s["box"] for s in ds.samples])
-    return pck(pred, gt, boxes, thr)
+    return pred, ds.samples
+
+
+def pck_of_results(results: list[dict], split, input_size, thr: float = 0.2) -> float:
+    """PCK@``thr`` of top-down results on GT boxes, pooled over the labelled points of all persons.
+
+    ``results`` must be in the order of the evaluation dataset's persons (as ``evaluate_topdown``
+    returns them); each is compared with its own GT person, normalised by the GT box's longer side.
+    """
+    from .evaluation import pck
+
+    pred, samples = _gt_aligned(results, split, input_size)
+    return pck(pred, np.stack([s["joints"] for s in samples]), np.stack([s["box"] for s in samples]), thr)
+
+
+def localization_summary(results: list[dict], split, input_size) -> dict[str, float]:
+    """How well placed a model's keypoints are, apart from how it scores its persons.
+
+    ``results`` as for :func:`pck_of_results`. ``mean_OKS``: mean OKS of each person's prediction
+    with its own GT person; ``OKS>=0.5``: the share reaching COCO's loosest AP threshold;
+    ``AP_oracle``: COCO AP with every person re-scored by that OKS, i.e. ranked perfectly. COCOeval
+    ranks by score, so AP mixes placement with ranking; ``AP_oracle`` is the most better scores
+    alone could reach, and only better-placed keypoints raise it.
+    """
+    from .evaluation import coco_evaluate, oks
+
+    pred, samples = _gt_aligned(results, split, input_size)
+    o = np.array([oks(p[:, :2], s["joints"], s["area"]) for p, s in zip(pred, samples)])
+    rescored = [{**r, "score": float(v)} for r, v in zip(results, o)]
+    return {"mean_OKS": float(o.mean()), "OKS>=0.5": float((o >= 0.5).mean()),
+            "AP_oracle": coco_evaluate(split.ann_file, rescored)["AP"]}
 
 
 def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: float, cache_dir: Path,
@@ -243,9 +266,10 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps) ->
     loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
     the budget's step count. The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
-    its recipe (student, loss, steps, sizes, ...) is stored in ``run_info.json``, and calling again
-    with another recipe under the same tag is an error rather than a silent mix (the settings inside
-    a ``kd`` factory cannot be checked: give each distillation setting its own tag). The results row
+    its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
+    :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
+    the same tag is an error rather than a silent mix (a hand-written ``kd`` factory cannot be
+    checked: give each of its settings its own tag). The results row
     has ``model=student_name`` and ``setting=tag`` (``f"{tag} s{seed}"`` for seeds other than 0).
     """
     from .data import dataset_splits
@@ -259,6 +283,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     recipe = {"student": student_name, "loss": "kd" if kd is not None else loss, "steps": total,
               "batch_size": b.batch_size, "lr": b.lr, "input_size": list(b.input_size),
               "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed}
+    if getattr(kd, "recipe", None) is not None:  # a kd_recipe: its settings are part of the run's recipe
+        recipe["kd"] = kd.recipe
     info_file = run_dir / "run_info.json"
     info = _read_json(info_file) or {}
     if info.get("recipe", recipe) != recipe:
@@ -312,13 +338,15 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 #: The distillation settings of notebooks 03-04 and ``benchmarks/bench_kd.py``, by run tag.
 #: ``fpd``: FPD's heatmap MSE to the teacher; ``kl``: spatial-softmax KL at a temperature;
 #: ``feature``: FitNets hints on the last stride-4 features (:data:`FEATURE_PAIRS`) on top of the
-#: FPD term (``alpha_logits``). The weights balance the gradients the terms send into the student
-#: (measured in notebooks 03 and 04): at T = 0.5 the KL's gradient is about the GT MSE's, so
-#: α = 0.5 for both logits variants; β keeps the feature term's gradient below the heatmap terms'.
+#: FPD term (``alpha_logits``). α balances the gradients the terms send into the student (measured
+#: in notebook 03): at T = 0.5 the KL's gradient is about the GT MSE's, so α = 0.5 for both logits
+#: variants. β was tuned on the SqueezeNet student in workshop mode, seed 0 (``bench_kd.py --set``):
+#: COCO AP 0.0017 / 0.0043 / 0.0053 at β = 0.05 / 0.25 / 1.0 (one pair), 0.0029 / 0.0041 with three
+#: pairs (neck.0/2/4 to stage4's branches) at 0.05 / 0.25 per pair; baseline 0.0003.
 KD_SETTINGS: dict[str, dict] = {
     "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5},
     "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5},
-    "feature": {"method": "feature", "beta": 0.05, "alpha_logits": 0.5, "kind": "mse"},
+    "feature": {"method": "feature", "beta": 1.0, "alpha_logits": 0.5, "kind": "mse"},
 }
 #: Feature-KD layer pairs per student, ``{student layer: teacher layer}``: the student's last neck
 #: layer and HRNet's ``stage4`` output (its high-resolution branch), both 1/4 of the crop.
@@ -349,13 +377,30 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
     if method == "logits":
-        return lambda student, total: LogitsKD(teacher, total_steps=total, **settings)
-    pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
-    if pairs is None:
-        raise KeyError(f"no feature-KD layer pairs for student {student_name!r}; pass pairs={{student_layer: "
-                       f"teacher_layer}} (known: {sorted(FEATURE_PAIRS)})")
-    return lambda student, total: FeatureKD(teacher, student, pairs, total_steps=total,
-                                            input_size=b.input_size, **settings)
+        factory = _KDFactory(lambda student, total: LogitsKD(teacher, total_steps=total, **settings))
+    else:
+        pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
+        if pairs is None:
+            raise KeyError(f"no feature-KD layer pairs for student {student_name!r}; pass pairs={{student_layer: "
+                           f"teacher_layer}} (known: {sorted(FEATURE_PAIRS)})")
+        settings["pairs"] = dict(pairs)
+        factory = _KDFactory(lambda student, total: FeatureKD(teacher, student, total_steps=total,
+                                                              input_size=b.input_size, **settings))
+    factory.recipe = json.loads(json.dumps({"setting": tag, "method": method, **settings},
+                                           default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
+    return factory
+
+
+class _KDFactory:
+    """``kd_recipe``'s return value: ``(student, total_steps) -> loss_fn`` plus the ``recipe`` it builds,
+    which :func:`train_student` stores with the run, so a cached run made with other KD settings
+    under the same tag is reported instead of silently reused."""
+
+    def __init__(self, build: Callable):
+        self.build, self.recipe = build, None
+
+    def __call__(self, student, total_steps):
+        return self.build(student, total_steps)
 
 
 # --------------------------------------------------------------------------- teacher

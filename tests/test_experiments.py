@@ -149,6 +149,50 @@ def test_kd_recipes_build_the_documented_losses():
         experiments.kd_recipe("feature", teacher, "mobilenetv3_os16")
 
 
+def test_a_cached_kd_run_remembers_its_settings():
+    teacher = _random_teacher()
+    recipe = experiments.kd_recipe("feature", teacher, "squeezenet", "quick")
+    assert recipe.recipe == {"setting": "feature", "method": "feature", "teacher_input_size": None,
+                             "pairs": experiments.FEATURE_PAIRS["squeezenet"],
+                             **{k: v for k, v in experiments.KD_SETTINGS["feature"].items() if k != "method"}}
+    run = train_student("squeezenet", steps=1, tag="kdrec", progress=False, kd=recipe)
+    stored = experiments._read_json(run.run_dir / "run_info.json")["recipe"]
+    assert stored["kd"] == recipe.recipe and stored["loss"] == "kd"
+    again = train_student("squeezenet", steps=1, tag="kdrec", progress=False,
+                          kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick"))
+    assert again.metrics == run.metrics                                   # same settings: the cache is used
+    with pytest.raises(ValueError, match="another recipe.*'kd'"):        # other β, same tag: refused
+        train_student("squeezenet", steps=1, tag="kdrec", progress=False,
+                      kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick", beta=0.5))
+
+
+def test_localization_summary_separates_placement_from_ranking():
+    import numpy as np
+
+    from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.evaluation import coco_evaluate
+
+    size = budget("quick").input_size
+    val = dataset_splits("quick").val
+    samples = TopDownDataset(val.ann_file, val.img_dir, size, train=False).samples
+    results = []
+    for i, s in enumerate(samples):                       # every other person placed 3 box-widths off
+        kp = s["joints"].copy()
+        kp[:, 2] = 1.0
+        if i % 2:
+            kp[:, 0] += 3 * s["box"][2]
+        results.append({"image_id": s["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
+                        "score": 1.0 if i % 2 else 0.5})  # the misplaced persons ranked first
+    loc = experiments.localization_summary(results, val, size)
+    good = len(samples[::2]) / len(samples)
+    assert loc["OKS>=0.5"] == pytest.approx(good) and loc["mean_OKS"] == pytest.approx(good, abs=1e-3)
+    ap = coco_evaluate(val.ann_file, results)["AP"]
+    assert ap < loc["AP_oracle"] <= 1.0                  # the same keypoints, ranked by their true OKS
+    with pytest.raises(ValueError, match="results for"):
+        experiments.localization_summary(results[:-1], val, size)
+    assert np.isfinite(loc["AP_oracle"])
+
+
 def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
     run = experiments.train_ai8x("tiny", kd=None, steps=(2, 1), progress=False)
     assert set(run.metrics) == set(run.results) == {"float", "qat", "int8"}

@@ -19,6 +19,7 @@ from posekd_lib.experiments import budget, example_batch, kd_recipe, train_stude
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
+STUDENT = "squeezenet"      # the notebook's distilled student
 
 
 def _teacher(mode):
@@ -26,7 +27,7 @@ def _teacher(mode):
     return freeze(teacher)
 
 
-def _train(tag: str, mode, steps, student: str = "mobilenetv3", **overrides) -> dict:
+def _train(tag: str, mode, steps, student: str = STUDENT, **overrides) -> dict:
     teacher = _teacher(mode)
     suffix = "" if steps is None else f"_{steps}"
     m = train_student(student, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
@@ -41,7 +42,7 @@ def exercise_0(mode: str | None = None, steps: int = 2000) -> dict[str, dict]:
     more steps the baseline's peaks rise and the teacher's soft maps can start to refine rather than
     dilute them. Whether the sign flips depends on the teacher too: our demo teacher is weak (AP 0.05).
     """
-    base = train_student("mobilenetv3", mode=mode, tag=f"baseline_{steps}", steps=steps, progress=False).metrics
+    base = train_student(STUDENT, mode=mode, tag=f"baseline_{steps}", steps=steps, progress=False).metrics
     return {"baseline": {k: base[k] for k in KEYS}, **{t: _train(t, mode, steps) for t in ("fpd", "kl")}}
 
 
@@ -94,11 +95,16 @@ def exercise_4(mode: str | None = None, seed: int = 0) -> dict:
 
 
 def exercise_5(mode: str | None = None, steps: int | None = None) -> dict:
-    """FPD into the SqueezeNet student, against its own baseline."""
+    """FPD into the MobileNetV3 student, against its own baseline.
+
+    At the workshop budget the MobileNetV3 has not yet learned to commit to a peak (its peaks stay
+    under the 0.2 visibility threshold, so every person scores 0 and AP is 0 with or without KD);
+    FPD, whose target is half the teacher's lower, wider maps, does not change that.
+    """
     suffix = "" if steps is None else f"_{steps}"
-    base = train_student("squeezenet", mode=mode, tag=f"baseline{suffix}" if steps else "baseline", steps=steps,
+    base = train_student("mobilenetv3", mode=mode, tag=f"baseline{suffix}" if steps else "baseline", steps=steps,
                          progress=False).metrics
-    return {"baseline": {k: base[k] for k in KEYS}, "fpd": _train("fpd", mode, steps, student="squeezenet")}
+    return {"baseline": {k: base[k] for k in KEYS}, "fpd": _train("fpd", mode, steps, student="mobilenetv3")}
 
 
 if __name__ == "__main__":
