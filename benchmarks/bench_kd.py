@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
     overrides = parse_overrides(args.set)
-    suffix = "".join(f"-{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items())
+    suffix = "".join(f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                     for k, v in overrides.items())
     steps = "" if args.steps is None else f"_{args.steps}"
     torch.set_num_threads(args.threads)
 

@@ -35,7 +35,11 @@ def _train(tag: str, mode, steps, **overrides) -> dict:
 
 
 def exercise_1(mode: str | None = None, steps: int | None = None) -> dict:
-    """Hints alone (no FPD term): how much of feature KD's result is the hint's own."""
+    """Hints alone (no FPD term): how much of feature KD's result is the hint's own.
+
+    Nearly all of it: in workshop mode (seed 0) hints alone reached AP 0.0055, hints + FPD 0.0053,
+    FPD alone 0.0005, the baseline 0.0003.
+    """
     return {"hints_only": _train("hints", mode, steps, alpha_logits=0.0)}
 
 
