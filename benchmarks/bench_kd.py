@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from posekd_lib.config import get_mode  # noqa: E402
+from posekd_lib.data import dataset_splits  # noqa: E402
 from posekd_lib.distill import freeze  # noqa: E402
 from posekd_lib.experiments import (KD_SETTINGS, evaluate_teacher, kd_recipe, localization_summary,  # noqa: E402
                                    train_student)
@@ -91,8 +92,6 @@ def main(argv=None) -> int:
                 args.student, mode=mode, seed=seed, tag=name + steps, steps=args.steps, progress=False,
                 kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)
-
-    from posekd_lib.data import dataset_splits
 
     val = dataset_splits(mode).val
     size = runs["baseline"][0].budget.input_size

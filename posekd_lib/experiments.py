@@ -378,18 +378,18 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
     if method == "logits":
-        factory = _KDFactory(lambda student, total: LogitsKD(teacher, total_steps=total, **settings))
+        build = lambda student, total: LogitsKD(teacher, total_steps=total, **settings)  # noqa: E731
     else:
         pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
         if pairs is None:
             raise KeyError(f"no feature-KD layer pairs for student {student_name!r}; pass pairs={{student_layer: "
                            f"teacher_layer}} (known: {sorted(FEATURE_PAIRS)})")
         settings["pairs"] = dict(pairs)
-        factory = _KDFactory(lambda student, total: FeatureKD(teacher, student, total_steps=total,
-                                                              input_size=b.input_size, **settings))
-    factory.recipe = json.loads(json.dumps({"setting": tag, "method": method, **settings},
-                                           default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
-    return factory
+        build = lambda student, total: FeatureKD(teacher, student, total_steps=total,  # noqa: E731
+                                                 input_size=b.input_size, **settings)
+    recipe = json.loads(json.dumps({"setting": tag, "method": method, **settings},
+                                   default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
+    return _KDFactory(build, recipe)
 
 
 class _KDFactory:
@@ -397,8 +397,8 @@ class _KDFactory:
     which :func:`train_student` stores with the run, so a cached run made with other KD settings
     under the same tag is reported instead of silently reused."""
 
-    def __init__(self, build: Callable):
-        self.build, self.recipe = build, None
+    def __init__(self, build: Callable, recipe: dict):
+        self.build, self.recipe = build, recipe
 
     def __call__(self, student, total_steps):
         return self.build(student, total_steps)

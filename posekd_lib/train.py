@@ -129,12 +129,16 @@ class History:
     def load(cls, path: Path) -> "History":
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    @property
+    def last_step(self) -> int:
+        """The last step logged (0 before the first log)."""
+        return self.step[-1] if self.step else 0
+
     @classmethod
     def steps_done(cls, run_dir: Path) -> int:
         """The last step logged in ``run_dir/history.json`` (0 when the run has not started)."""
         f = Path(run_dir) / "history.json"
-        steps = cls.load(f).step if f.is_file() else []
-        return steps[-1] if steps else 0
+        return cls.load(f).last_step if f.is_file() else 0
 
     def plot(self, keys: list[str] | None = None):
         """Loss components against the step and, when present, eval metrics against the step."""

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     history.save(run_root / name / "history.json")
     card_file = REPO / "hrnet_pose" / "weights" / f"{name}.json"
-    if (history.step[-1] if history.step else 0) == steps_before and card_file.is_file():  # only re-exported: keep the card's time
+    if history.last_step == steps_before and card_file.is_file():  # only re-exported: keep the card's time
         wall = json.loads(card_file.read_text()).get("train_wall_time_s_this_session", wall)
     if args.no_export:
         return 0
