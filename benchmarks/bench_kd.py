@@ -16,7 +16,8 @@ that seed's baseline and then averaged.
 
 A second table separates keypoint placement from ranking (``experiments.localization_summary``):
 mean OKS of each person with its own ground truth, the share with OKS >= 0.5, and ``AP_oracle``,
-the AP if every person were ranked by its true OKS -- the most that better scores alone could give.
+the AP if every person were ranked by its true OKS -- the most that better scores alone could give --
+and ``rank_corr``, the Spearman correlation of each model's own person scores with that OKS.
 ``--set key=value`` overrides a recipe entry (values are JSON: ``beta=0.25``,
 ``pairs='{"neck.2": "stage3"}'``) and trains under its own tag, e.g. ``feature-beta=0.25``.
 """
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     print("per seed AP: " + "; ".join(f"{tag} " + ", ".join(f"{r.metrics['AP']:.4f}" for r in rs)
                                       for tag, rs in runs.items()))
 
-    loc_keys = ("mean_OKS", "OKS>=0.5", "AP_oracle")
+    loc_keys = ("mean_OKS", "OKS>=0.5", "AP_oracle", "rank_corr")
     print(f"\nplacement vs ranking (teacher: " + ", ".join(f"{k} {t_loc[k]:.3f}" for k in loc_keys) + ")")
     print(f"{'setting':14s}" + "".join(f"{k:>16s}" for k in loc_keys))
     for tag, rs in runs.items():
