@@ -45,6 +45,21 @@ def test_unnormalised_feature_loss_solution():
     assert out["none"]["feat"] != pytest.approx(out["channel"]["feat"], rel=0.1)
 
 
+def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
+    import json
+
+    from posekd_lib.config import run_paths
+
+    out = _load("04_feature_kd_solutions").exercise_6(mode="quick", steps=2)
+    assert set(out["hints_kl"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
+    info = json.loads((run_paths("quick").checkpoints / "hints_kl_2_squeezenet_s0" / "run_info.json").read_text())
+    assert info["recipe"]["steps"] == 2
+    from posekd_lib.experiments import KD_SETTINGS
+
+    kd = info["recipe"]["kd"]
+    assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, KD_SETTINGS["feature"]["beta"])
+
+
 def test_mcu_solutions_without_training():
     sol5 = _load("05_ai8x_student_qat_solutions")
     pruned = sol5.exercise_3()
