@@ -183,7 +183,7 @@ def localization_summary(results: list[dict], split, input_size) -> dict[str, fl
     model's own scores rank its persons, the Spearman correlation of score and OKS (1: in OKS
     order; 0: unrelated).
     """
-    from .evaluation import coco_evaluate, oks
+    from .evaluation import coco_evaluate, oks, spearman
 
     pred, samples = _gt_aligned(results, split, input_size)
     o = np.array([oks(p[:, :2], s["joints"], s["area"]) for p, s in zip(pred, samples)])
@@ -191,23 +191,6 @@ def localization_summary(results: list[dict], split, input_size) -> dict[str, fl
     return {"mean_OKS": float(o.mean()), "OKS>=0.5": float((o >= 0.5).mean()),
             "AP_oracle": coco_evaluate(split.ann_file, rescored)["AP"],
             "rank_corr": spearman([r["score"] for r in results], o)}
-
-
-def average_ranks(x) -> np.ndarray:
-    """1-based ranks of ``x``, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
-    _, inverse, counts = np.unique(np.asarray(x, dtype=np.float64), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)
-    return (last - (counts - 1) / 2.0)[inverse]
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation: the Pearson correlation of the average ranks (NaN if one is constant)."""
-    rx, ry = average_ranks(x), average_ranks(y)
-    if len(rx) != len(ry):
-        raise ValueError(f"spearman: {len(rx)} and {len(ry)} values; give one pair per item")
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
 def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: float, cache_dir: Path,

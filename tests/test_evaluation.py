@@ -149,3 +149,20 @@ def test_results_table_default_path_is_run_folder():
     assert t.path == run_paths().results_csv
     t.add({"model": "m", "setting": "s", "AP": 1.0})
     assert run_paths().results_csv.is_file()
+
+
+def test_spearman_ranks_ties_like_scipy():
+    import numpy as np
+
+    from posekd_lib.evaluation import average_ranks, spearman
+
+    x = [0.0, 0.0, 0.2, 0.5, 0.5, 0.5, 0.9, 0.1]
+    y = [0.1, 0.3, 0.2, 0.8, 0.4, 0.9, 0.7, 0.0]
+    np.testing.assert_allclose(average_ranks(x), [1.5, 1.5, 4, 6, 6, 6, 8, 3])
+    assert spearman(x, x) == pytest.approx(1.0)
+    assert spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="3 and 2 values"):
+        spearman([1, 2, 3], [1, 2])
+    stats = pytest.importorskip("scipy.stats")
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])

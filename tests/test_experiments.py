@@ -196,21 +196,6 @@ def test_localization_summary_separates_placement_from_ranking():
     assert np.isfinite(loc["AP_oracle"])
 
 
-def test_spearman_ranks_ties_like_scipy():
-    import numpy as np
-
-    x = [0.0, 0.0, 0.2, 0.5, 0.5, 0.5, 0.9, 0.1]
-    y = [0.1, 0.3, 0.2, 0.8, 0.4, 0.9, 0.7, 0.0]
-    np.testing.assert_allclose(experiments.average_ranks(x), [1.5, 1.5, 4, 6, 6, 6, 8, 3])
-    assert experiments.spearman(x, x) == pytest.approx(1.0)
-    assert experiments.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
-    assert np.isnan(experiments.spearman([1, 1, 1], [1, 2, 3]))
-    with pytest.raises(ValueError, match="3 and 2 values"):
-        experiments.spearman([1, 2, 3], [1, 2])
-    stats = pytest.importorskip("scipy.stats")
-    assert experiments.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
-
-
 def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
     run = experiments.train_ai8x("tiny", kd=None, steps=(2, 1), progress=False)
     assert set(run.metrics) == set(run.results) == {"float", "qat", "int8"}
