@@ -33,20 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posekd_lib.config import get_mode  # noqa: E402
+from posekd_lib.config import get_mode, run_paths  # noqa: E402
 from posekd_lib.data import dataset_splits  # noqa: E402
 from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.experiments import (KD_SETTINGS, evaluate_teacher, kd_recipe, localization_summary,  # noqa: E402
-                                   train_student)
+from posekd_lib.evaluation import ResultsTable, gap_closed  # noqa: E402
+from posekd_lib.experiments import (KD_SETTINGS, budget_trend, evaluate_teacher, kd_recipe,  # noqa: E402
+                                   localization_summary, train_student)
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
-
-
-def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:
-    """``(AP - AP_baseline) / (AP_teacher - AP_baseline)``; NaN when the teacher is not better."""
-    gap = teacher_ap - baseline_ap
-    return (ap - baseline_ap) / gap if gap > 0 else float("nan")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -116,6 +111,14 @@ def main(argv=None) -> int:
     for tag, rs in runs.items():
         locs = [localization_summary(r.results, val, size) for r in rs]
         print(f"{tag:14s}" + "".join(f"{_cell([x[k] for x in locs]):>16s}" for k in loc_keys))
+
+    rows = ResultsTable(run_paths(mode).results_csv).rows()
+    for tag in [t for t in runs if t != "baseline"]:
+        print(f"\n{tag} vs baseline at every budget in {run_paths(mode).results_csv.name} (mean ± half the range):")
+        print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{tag + ' AP':>20s}{'gap closed':>18s}")
+        for b in budget_trend(rows, args.student, t_ap, tag):
+            print(f"{b['steps']:7d}{len(b['seeds']):8d}{b['baseline_AP']:11.4f} ± {b['baseline_AP_pm']:.4f}"
+                  f"{b['kd_AP']:11.4f} ± {b['kd_AP_pm']:.4f}{100 * b['closed']:9.1f} % ± {100 * b['closed_pm']:.1f}")
     return 0
 
 

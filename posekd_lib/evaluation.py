@@ -241,6 +241,16 @@ def spearman(x, y) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
+def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:
+    """The share of the teacher-baseline gap a student closes: ``(AP - AP_b) / (AP_t - AP_b)``.
+
+    1 means the student matches the teacher, 0 the baseline, negative values are worse than the
+    baseline. NaN when the teacher is not better than the baseline (there is no gap to close).
+    """
+    gap = teacher_ap - baseline_ap
+    return (ap - baseline_ap) / gap if gap > 0 else float("nan")
+
+
 def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
     """Fraction of labelled GT points (v > 0) predicted within ``thr`` x the person's size.
 

@@ -193,6 +193,45 @@ def localization_summary(results: list[dict], split, input_size) -> dict[str, fl
             "rank_corr": spearman([r["score"] for r in results], o)}
 
 
+def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag: str = "feature") -> list[dict]:
+    """How the share of the teacher-baseline gap that ``kd_tag`` closes changes with the budget.
+
+    ``rows``: a :class:`~posekd_lib.evaluation.ResultsTable`'s rows. Uses the rows of
+    ``student_name`` whose setting is ``baseline`` or ``kd_tag``, optionally with a budget suffix
+    ``_<steps>`` (``benchmarks/bench_kd.py --steps``) and a seed suffix; the budget is the row's
+    ``steps`` column. Baseline and KD runs are paired by (steps, seed) and only complete pairs count.
+    One dict per budget, fewest steps first: ``steps``, ``seeds`` (list), ``baseline_AP``,
+    ``kd_AP`` and ``closed`` (``evaluation.gap_closed`` per seed against that seed's baseline), each
+    a mean over the seeds with ``<key>_pm``, half the range.
+    """
+    import re
+
+    from .evaluation import gap_closed
+
+    pattern = re.compile(rf"(baseline|{re.escape(kd_tag)})(?:_\d+)?(?: s\d+)?")
+    ap = {}
+    for r in rows:
+        m = pattern.fullmatch(str(r.get("setting", "")))
+        if r.get("model") != student_name or not m or r.get("AP") is None:
+            continue
+        if r.get("steps") in (None, ""):
+            raise KeyError(f"results row {student_name}/{r['setting']} has no 'steps' value")
+        ap[m.group(1), int(r["steps"]), int(r.get("seed") or 0)] = float(r["AP"])
+    out = []
+    for steps in sorted({s for _, s, _ in ap}):
+        seeds = sorted(sd for k, s, sd in ap if k == "baseline" and s == steps and (kd_tag, s, sd) in ap)
+        if not seeds:
+            continue
+        base = np.array([ap["baseline", steps, sd] for sd in seeds])
+        kd = np.array([ap[kd_tag, steps, sd] for sd in seeds])
+        closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
+        row = {"steps": steps, "seeds": seeds}
+        for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
+            row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
+        out.append(row)
+    return out
+
+
 def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: float, cache_dir: Path,
                     key: dict, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
     """Validation metrics (COCO AP with flip test + ``PCK@0.2``) and results, cached in ``cache_dir``.

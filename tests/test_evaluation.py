@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from posekd_lib.evaluation import (
-    COCO_METRICS, ResultsTable, coco_evaluate, gt_as_results, oks, oks_matrix, pck, write_coco_results,
+    COCO_METRICS, ResultsTable, coco_evaluate, gap_closed, gt_as_results, oks, oks_matrix, pck, write_coco_results,
 )
 from posekd_lib.keypoints import COCO_OKS_SIGMAS
 from coco_helpers import cocoeval_evaluated
@@ -166,3 +166,11 @@ def test_spearman_ranks_ties_like_scipy():
         spearman([1, 2, 3], [1, 2])
     stats = pytest.importorskip("scipy.stats")
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+
+
+def test_gap_closed_is_the_share_of_the_teacher_baseline_gap():
+    assert gap_closed(0.3, 0.1, 0.6) == pytest.approx(0.4)
+    assert gap_closed(0.6, 0.1, 0.6) == pytest.approx(1.0)
+    assert gap_closed(0.1, 0.1, 0.6) == 0.0
+    assert gap_closed(0.05, 0.1, 0.6) == pytest.approx(-0.1)     # worse than the baseline
+    assert math.isnan(gap_closed(0.3, 0.6, 0.6)) and math.isnan(gap_closed(0.3, 0.7, 0.6))  # no gap

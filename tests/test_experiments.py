@@ -210,3 +210,31 @@ def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
     assert _same_weights(run.model, again.model)
     with pytest.raises(ValueError, match="logits setting"):
         experiments.train_ai8x("tiny", kd="feature", teacher=_random_teacher(), steps=(1, 1), progress=False)
+
+
+def test_budget_trend_pairs_runs_by_budget_and_seed():
+    def row(setting, seed, ap, steps, model="squeezenet"):
+        return {"model": model, "setting": setting, "seed": seed, "AP": ap, "steps": steps}
+
+    rows = [row("teacher", 0, 0.5, 3770, model="demo"),
+            row("baseline", 0, 0.1, 500), row("feature", 0, 0.2, 500),
+            row("baseline s1", 1, 0.0, 500), row("feature s1", 1, 0.25, 500),
+            row("fpd", 0, 0.45, 500),                                   # another recipe: not counted
+            row("feature-beta=0.25", 0, 0.45, 500),                     # a tuning tag: not counted
+            row("baseline", 0, 0.0, 500, model="mobilenetv3"),          # another student
+            row("baseline_2000", 0, 0.3, 2000), row("feature_2000", 0, 0.4, 2000),
+            row("baseline_2000 s1", 1, 0.3, 2000),                      # its KD run is missing
+            row("feature_4000", 0, 0.5, 4000)]                          # its baseline is missing
+    trend = experiments.budget_trend(rows, "squeezenet", teacher_ap=0.5)
+    assert [t["steps"] for t in trend] == [500, 2000]
+    t500, t2000 = trend
+    assert t500["seeds"] == [0, 1] and t2000["seeds"] == [0]
+    assert t500["baseline_AP"] == pytest.approx(0.05) and t500["baseline_AP_pm"] == pytest.approx(0.05)
+    assert t500["kd_AP"] == pytest.approx(0.225) and t500["kd_AP_pm"] == pytest.approx(0.025)
+    # per seed against its own baseline: 0.1 / 0.4 and 0.25 / 0.5, not the gap of the means
+    assert t500["closed"] == pytest.approx((0.25 + 0.5) / 2) and t500["closed_pm"] == pytest.approx(0.125)
+    assert t2000["closed"] == pytest.approx(0.5) and t2000["closed_pm"] == 0.0
+    assert experiments.budget_trend(rows, "squeezenet", 0.5, kd_tag="fpd")[0]["kd_AP"] == 0.45
+    assert experiments.budget_trend(rows, "resnet", 0.5) == []
+    with pytest.raises(KeyError, match="baseline_1000"):
+        experiments.budget_trend([{**row("baseline_1000", 0, 0.1, 1000), "steps": None}], "squeezenet", 0.5)
