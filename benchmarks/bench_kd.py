@@ -112,9 +112,10 @@ def main(argv=None) -> int:
         locs = [localization_summary(r.results, val, size) for r in rs]
         print(f"{tag:14s}" + "".join(f"{_cell([x[k] for x in locs]):>16s}" for k in loc_keys))
 
-    rows = ResultsTable(run_paths(mode).results_csv).rows()
+    results_csv = run_paths(mode).results_csv
+    rows = ResultsTable(results_csv).rows()
     for tag in [t for t in runs if t != "baseline"]:
-        print(f"\n{tag} vs baseline at every budget in {run_paths(mode).results_csv.name} (mean ± half the range):")
+        print(f"\n{tag} vs baseline at every budget in {results_csv.name} (mean ± half the range):")
         print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{tag + ' AP':>20s}{'gap closed':>18s}")
         for b in budget_trend(rows, args.student, t_ap, tag):
             print(f"{b['steps']:7d}{len(b['seeds']):8d}{b['baseline_AP']:11.4f} ± {b['baseline_AP_pm']:.4f}"

@@ -21,6 +21,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,8 +205,6 @@ def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag:
     ``kd_AP`` and ``closed`` (``evaluation.gap_closed`` per seed against that seed's baseline), each
     a mean over the seeds with ``<key>_pm``, half the range.
     """
-    import re
-
     from .evaluation import gap_closed
 
     pattern = re.compile(rf"(baseline|{re.escape(kd_tag)})(?:_\d+)?(?: s\d+)?")
