@@ -4,6 +4,7 @@
     python benchmarks/bench_kd.py --seeds 0 1 2 --student mobilenetv3
     python benchmarks/bench_kd.py --settings feature --set beta=0.25 --seeds 0   # tuning: own tag
     python benchmarks/bench_kd.py --settings feature --steps 1000 --seeds 0      # a longer budget
+    python benchmarks/bench_kd.py --settings feature --labelled 0.1 --unlabelled  # few labels, teacher labels the rest
     python benchmarks/bench_kd.py --mode quick             # seconds: checks that everything runs
 
 Every setting (``baseline`` and the tags of ``experiments.KD_SETTINGS``) is trained with the
@@ -20,6 +21,9 @@ the AP if every person were ranked by its true OKS -- the most that better score
 and ``rank_corr``, the Spearman correlation of each model's own person scores with that OKS.
 ``--set key=value`` overrides a recipe entry (values are JSON: ``beta=0.25``,
 ``pairs='{"neck.2": "stage3"}'``) and trains under its own tag, e.g. ``feature-beta=0.25``.
+``--labelled F`` keeps the keypoints of a fraction F of the training images for every run (tags get
+``_l<percent>``); with ``--unlabelled`` the distilled runs also see the other images' persons without
+keypoints, which only the teacher labels (tags get ``_l<percent>u``); the baseline cannot use them.
 """
 from __future__ import annotations
 
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=list(KD_SETTINGS), help=f"of {list(KD_SETTINGS)}")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe entries")
     ap.add_argument("--steps", type=int, default=None, help="another budget for every run (tags get _<steps>)")
+    ap.add_argument("--labelled", type=float, default=1.0, help="fraction of training images with keypoints")
+    ap.add_argument("--unlabelled", action="store_true", help="distilled runs also train on the other images")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
@@ -73,6 +79,9 @@ def main(argv=None) -> int:
     suffix = "".join(f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
                      for k, v in overrides.items())
     steps = "" if args.steps is None else f"_{args.steps}"
+    if args.unlabelled and args.labelled >= 1:
+        ap.error("--unlabelled needs --labelled below 1")
+    labels = "" if args.labelled >= 1 else f"_l{100 * args.labelled:g}"
     torch.set_num_threads(args.threads)
 
     t = evaluate_teacher(mode, progress=False)
@@ -80,12 +89,13 @@ def main(argv=None) -> int:
     freeze(teacher)
     runs: dict[str, list] = {"baseline": []}
     for seed in args.seeds:
-        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + steps,
-                                              steps=args.steps, progress=False))
+        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + steps + labels,
+                                              steps=args.steps, progress=False, labelled=args.labelled))
         for tag in args.settings:
             name = tag + suffix
             runs.setdefault(name, []).append(train_student(
-                args.student, mode=mode, seed=seed, tag=name + steps, steps=args.steps, progress=False,
+                args.student, mode=mode, seed=seed, tag=name + steps + labels + ("u" if args.unlabelled else ""),
+                steps=args.steps, progress=False, labelled=args.labelled, unlabelled=args.unlabelled,
                 kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)
 
@@ -93,7 +103,9 @@ def main(argv=None) -> int:
     size = runs["baseline"][0].budget.input_size
     t_ap = t.metrics["AP"]
     t_loc = localization_summary(t.results, val, size)
-    print(f"mode {mode}, student {args.student}, {runs['baseline'][0].row['steps']} steps, seeds {args.seeds}; "
+    print(f"mode {mode}, student {args.student}, {runs['baseline'][0].row['steps']} steps, seeds {args.seeds}, "
+          f"keypoints of {100 * args.labelled:g} % of the training images"
+          f"{' (KD runs also see the rest, unlabelled)' if args.unlabelled else ''}; "
           f"teacher {t.name} AP {t_ap:.4f} "
           f"(AP50 {t.metrics['AP50']:.3f}, PCK@0.2 {t.metrics['PCK@0.2']:.3f})")
     print(f"{'setting':14s}" + "".join(f"{m:>16s}" for m in METRICS) + f"{'gap closed':>18s}")

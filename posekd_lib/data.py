@@ -7,6 +7,7 @@ normalised with the ImageNet mean/std as the official HRNet pipeline does.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import Counter
@@ -300,6 +301,29 @@ class TopDownDataset(Dataset):
                 "rotation": float(rot), "area": s["area"], "score": s["score"], "flipped": flipped,
             },
         }
+
+
+def split_labelled(ds: TopDownDataset, fraction: float, seed: int = 0) -> tuple[TopDownDataset, TopDownDataset]:
+    """Keep the keypoints of ``fraction`` of the images and hide the rest: ``(labelled, unlabelled)``.
+
+    The scenario of KD on extra unlabelled images: an annotation budget labels whole images, so
+    images (not persons) are drawn, reproducibly for a ``seed``. ``unlabelled`` keeps each person's
+    box (what a person detector would give) with no keypoints, so its samples come with
+    ``target_weight`` 0: the ground-truth loss ignores them and only a teacher can label them. Both
+    are shallow copies of ``ds`` (same images, crop and augmentation) with their own ``samples``.
+    """
+    if not isinstance(ds, TopDownDataset):
+        raise TypeError(f"split_labelled needs a TopDownDataset, got {type(ds).__name__}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"split_labelled: fraction must be in (0, 1], got {fraction}")
+    image_ids = sorted({s["image_id"] for s in ds.samples})
+    n_keep = max(1, round(fraction * len(image_ids)))
+    keep = set(np.random.default_rng(seed).permutation(image_ids)[:n_keep].tolist())
+    labelled, unlabelled = copy.copy(ds), copy.copy(ds)
+    labelled.samples = [s for s in ds.samples if s["image_id"] in keep]
+    unlabelled.samples = [{**s, "ann_id": -1, "joints": np.zeros_like(s["joints"])}
+                          for s in ds.samples if s["image_id"] not in keep]
+    return labelled, unlabelled
 
 
 # --------------------------------------------------------------------------- bottom-up dataset

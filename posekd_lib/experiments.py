@@ -282,14 +282,27 @@ def _add_row(mode: str, row: dict) -> None:
 
 
 # --------------------------------------------------------------------------- data
-def training_set(mode: str | None = None, input_size=None, heatmap_size=None):
-    """The mode's training persons with augmentation, at the budget's crop/heatmap size (or the given)."""
-    from .data import TopDownDataset, dataset_splits
+def training_set(mode: str | None = None, input_size=None, heatmap_size=None, labelled: float = 1.0,
+                 unlabelled: bool = False):
+    """The mode's training persons with augmentation, at the budget's crop/heatmap size (or the given).
+
+    ``labelled < 1`` keeps the keypoints of that fraction of the training images only
+    (:func:`~posekd_lib.data.split_labelled`, the same images for every seed); ``unlabelled`` then
+    adds the other images' persons without keypoints, for a teacher to label.
+    """
+    from .data import TopDownDataset, dataset_splits, split_labelled
 
     b = budget(mode)
     split = dataset_splits(b.mode).train
-    return TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
-                          b.sigma, train=True)
+    ds = TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
+                        b.sigma, train=True)
+    if labelled >= 1:
+        if unlabelled:
+            raise ValueError("training_set(unlabelled=True) needs labelled < 1: with every image labelled "
+                             "there are no unlabelled ones")
+        return ds
+    kept, hidden = split_labelled(ds, labelled, seed=0)
+    return torch.utils.data.ConcatDataset([kept, hidden]) if unlabelled else kept
 
 
 def example_batch(mode: str | None = None, batch_size: int = 8, seed: int = 0) -> dict:
@@ -301,12 +314,13 @@ def example_batch(mode: str | None = None, batch_size: int = 8, seed: int = 0) -
 # --------------------------------------------------------------------------- students
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
-                  steps: int | None = None) -> Run:
+                  steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False) -> Run:
     """Train (or load) one student with the mode's :class:`Budget`, evaluate it and record its row.
 
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps) ->
     loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
-    the budget's step count. The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
+    the budget's step count. ``labelled`` and ``unlabelled`` choose the training data as
+    :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
     its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
     :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
     the same tag is an error rather than a silent mix (a hand-written ``kd`` factory cannot be
@@ -324,6 +338,13 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     recipe = {"student": student_name, "loss": "kd" if kd is not None else loss, "steps": total,
               "batch_size": b.batch_size, "lr": b.lr, "input_size": list(b.input_size),
               "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed}
+    if not 0 < labelled <= 1:
+        raise ValueError(f"train_student: labelled must be a fraction in (0, 1], got {labelled}")
+    if unlabelled and kd is None:
+        raise ValueError("train_student(unlabelled=True) needs kd: without a teacher, crops without keypoints "
+                         "carry no training signal")
+    if labelled < 1:  # only then, so the recipes of runs on every label stay as they were
+        recipe.update(labelled=labelled, unlabelled=bool(unlabelled))
     if getattr(kd, "recipe", None) is not None:  # a kd_recipe: its settings are part of the run's recipe
         recipe["kd"] = kd.recipe
     info_file = run_dir / "run_info.json"
@@ -347,7 +368,11 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     if hasattr(loss_fn, "set_step"):
         loss_fn.set_step(done_before)
 
-    loader = torch.utils.data.DataLoader(training_set(mode), batch_size=b.batch_size, shuffle=True, drop_last=True,
+    train_ds = training_set(mode, labelled=labelled, unlabelled=unlabelled)
+    if len(train_ds) < b.batch_size:
+        raise ValueError(f"train_student: {len(train_ds)} training persons (labelled={labelled}) make no batch of "
+                         f"{b.batch_size}; label a larger fraction")
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
                                          num_workers=b.num_workers)
     _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()

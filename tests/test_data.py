@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from posekd_lib.codecs import HeatmapCodec
 from posekd_lib.data import (AugConfig, BottomUpDataset, TopDownDataset, load_coco_person_keypoints,
-                             predict_topdown, to_tensor_normalized)
+                             predict_topdown, split_labelled, to_tensor_normalized)
 from posekd_lib.keypoints import COCO_FLIP_INDEX, COCO_JOINTS_WEIGHT, COCO_KEYPOINTS
 from posekd_lib.transforms import affine_points, crop, get_affine_transform
 
@@ -99,6 +99,32 @@ def test_skips_are_counted_by_reason(tmp_path):
             _ann(3, 1, SPREAD, [80, 20, 80, 170], iscrowd=1), _ann(4, 1, SPREAD, [80, 20, 0, 170])]
     ds = TopDownDataset(*_write_coco(tmp_path, anns))
     assert len(ds) == 1 and ds.skipped == {"no_keypoints": 1, "crowd": 1, "empty_box": 1}
+
+
+def test_split_labelled_hides_the_keypoints_of_whole_images(tmp_path):
+    left = {k: (x - 40, y) for k, (x, y) in SPREAD.items()}
+    anns = [_ann(1, 1, SPREAD, [80, 20, 80, 170]), _ann(2, 1, left, [40, 20, 80, 170])]
+    anns += [_ann(i + 1, i, SPREAD, [80, 20, 80, 170]) for i in range(2, 9)]
+    ds = TopDownDataset(*_write_coco(tmp_path, anns, n_images=8), input_size=(96, 128), heatmap_size=(24, 32))
+    kept, hidden = split_labelled(ds, 0.5, seed=3)
+    kept_ids, hidden_ids = ({s["image_id"] for s in d.samples} for d in (kept, hidden))
+    assert len(kept_ids) == 4 and kept_ids | hidden_ids == set(range(1, 9)) and not kept_ids & hidden_ids
+    assert len(kept) + len(hidden) == len(ds) == 9        # both persons of image 1 go the same way
+    assert [s["ann_id"] for s in kept.samples] == [s["ann_id"] for s in ds.samples if s["image_id"] in kept_ids]
+    assert {s["ann_id"] for s in hidden.samples} == {-1} and len(ds.samples) == 9  # ds itself untouched
+    assert ds.samples[0]["joints"][:, 2].sum() > 0
+    for k, h in enumerate(hidden.samples):  # the same box, no keypoints
+        orig = next(s for s in ds.samples if s["image_id"] == h["image_id"] and np.allclose(s["box"], h["box"]))
+        assert np.array_equal(h["center"], orig["center"]) and not h["joints"].any()
+        assert hidden[k]["target_weight"].sum() == 0 and hidden[k]["target"].abs().sum() == 0
+    i = next(j for j, s in enumerate(ds.samples) if s["image_id"] in kept_ids)
+    k = next(j for j, s in enumerate(kept.samples) if s["ann_id"] == ds.samples[i]["ann_id"])
+    torch.testing.assert_close(kept[k]["target"], ds[i]["target"])
+    assert [s["ann_id"] for s in split_labelled(ds, 0.5, seed=3)[0].samples] == [s["ann_id"] for s in kept.samples]
+    assert len(split_labelled(ds, 1.0)[1]) == 0 and len(split_labelled(ds, 0.01)[0].samples) >= 1
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            split_labelled(ds, bad)
 
 
 # --------------------------------------------------------------------------- real COCO sample

@@ -88,6 +88,36 @@ def test_kd_hook_trains_the_loss_parameters():
     assert run.row["setting"] == "kdhook"
 
 
+def test_few_labels_and_unlabelled_crops_for_the_teacher():
+    full = experiments.training_set()
+    kept = experiments.training_set(labelled=0.5)
+    both = experiments.training_set(labelled=0.5, unlabelled=True)
+    assert 0 < len(kept) < len(full) == len(both)
+    hidden = both.datasets[1]
+    assert all(not s["joints"].any() for s in hidden.samples) and all(s["joints"].any() for s in kept.samples)
+    with pytest.raises(ValueError, match="labelled < 1"):
+        experiments.training_set(unlabelled=True)
+    with pytest.raises(ValueError, match="needs kd"):
+        train_student("squeezenet", steps=1, tag="unl", labelled=0.5, unlabelled=True, progress=False)
+    with pytest.raises(ValueError, match="labelled must be"):
+        train_student("squeezenet", steps=1, tag="unl", labelled=0.0, progress=False)
+
+    seen = []
+
+    def kd(student, total_steps):
+        def loss_fn(outputs, batch):
+            seen.append(batch["target_weight"].flatten(1).sum(1) > 0)   # which crops have keypoints
+            return {"loss": joints_mse(outputs, batch["target"], batch["target_weight"])}
+        return loss_fn
+
+    run = train_student("squeezenet", steps=2, tag="unl", labelled=0.5, unlabelled=True, kd=kd, progress=False)
+    stored = experiments._read_json(run.run_dir / "run_info.json")["recipe"]
+    assert stored["labelled"] == 0.5 and stored["unlabelled"] is True
+    assert any((~s).any() for s in seen)                 # crops without keypoints reach the loss
+    plain = train_student("squeezenet", steps=1, tag="t_all", progress=False)
+    assert "labelled" not in experiments._read_json(plain.run_dir / "run_info.json")["recipe"]
+
+
 def test_unknown_names_fail_early():
     with pytest.raises(KeyError, match="squeezenet"):
         experiments.build_student_model("resnet")
