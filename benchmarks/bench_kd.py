@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")
     labels = "" if args.labelled >= 1 else f"_l{100 * args.labelled:g}"
+    data = labels + ("u" if args.unlabelled else "")        # tag suffix of the distilled runs' data
     torch.set_num_threads(args.threads)
 
     t = evaluate_teacher(mode, progress=False)
@@ -92,9 +93,8 @@ def main(argv=None) -> int:
         runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + steps + labels,
                                               steps=args.steps, progress=False, labelled=args.labelled))
         for tag in args.settings:
-            name = tag + suffix
-            runs.setdefault(name, []).append(train_student(
-                args.student, mode=mode, seed=seed, tag=name + steps + labels + ("u" if args.unlabelled else ""),
+            runs.setdefault(tag + suffix + data, []).append(train_student(
+                args.student, mode=mode, seed=seed, tag=tag + suffix + steps + data,
                 steps=args.steps, progress=False, labelled=args.labelled, unlabelled=args.unlabelled,
                 kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     results_csv = run_paths(mode).results_csv
     rows = ResultsTable(results_csv).rows()
-    for tag in [t for t in runs if t != "baseline"]:
+    for tag in [t for t in runs if t != "baseline" and not labels]:  # the budget trend is for runs on every label
         print(f"\n{tag} vs baseline at every budget in {results_csv.name} (mean ± half the range):")
         print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{tag + ' AP':>20s}{'gap closed':>18s}")
         for b in budget_trend(rows, args.student, t_ap, tag):

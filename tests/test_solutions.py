@@ -68,3 +68,15 @@ def test_mcu_solutions_without_training():
     grouped = sol5.exercise_4()
     assert grouped["MAX78000"].startswith("rejected") and grouped["MAX78002"] == "accepted"
     assert "state-dict order" in _load("06_export_solutions").exercise_3()
+
+
+def test_unlabelled_control_solution_trains_on_the_labelled_images_only():
+    import json
+
+    from posekd_lib.config import run_paths
+
+    out = _load("07_unlabelled_kd_solutions").exercise_1(mode="quick", steps=2)
+    assert set(out["hints_labelled_only"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
+    info = json.loads((run_paths("quick").checkpoints / "feature_l10_2_squeezenet_s0" / "run_info.json").read_text())
+    assert (info["recipe"]["labelled"], info["recipe"]["unlabelled"], info["recipe"]["kd"]["setting"]) == \
+        (0.1, False, "feature")
