@@ -42,7 +42,7 @@ from posekd_lib.data import dataset_splits  # noqa: E402
 from posekd_lib.distill import freeze  # noqa: E402
 from posekd_lib.evaluation import ResultsTable, gap_closed  # noqa: E402
 from posekd_lib.experiments import (KD_SETTINGS, budget_trend, evaluate_teacher, kd_recipe,  # noqa: E402
-                                   localization_summary, train_student)
+                                   label_tag, localization_summary, train_student)
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     steps = "" if args.steps is None else f"_{args.steps}"
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")
-    labels = "" if args.labelled >= 1 else f"_l{100 * args.labelled:g}"
-    data = labels + ("u" if args.unlabelled else "")        # tag suffix of the distilled runs' data
+    labels = label_tag(args.labelled)                        # the baseline's data
+    data = label_tag(args.labelled, args.unlabelled)         # the distilled runs' data
     torch.set_num_threads(args.threads)
 
     t = evaluate_teacher(mode, progress=False)

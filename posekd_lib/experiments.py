@@ -305,6 +305,12 @@ def training_set(mode: str | None = None, input_size=None, heatmap_size=None, la
     return torch.utils.data.ConcatDataset([kept, hidden]) if unlabelled else kept
 
 
+def label_tag(labelled: float = 1.0, unlabelled: bool = False) -> str:
+    """The run-tag suffix of a label budget: ``""`` on every label, ``"_l10"`` for 10 %, ``"_l10u"``
+    when the other images' persons are added unlabelled (``benchmarks/bench_kd.py``, notebook 07)."""
+    return "" if labelled >= 1 else f"_l{100 * labelled:g}" + ("u" if unlabelled else "")
+
+
 def example_batch(mode: str | None = None, batch_size: int = 8, seed: int = 0) -> dict:
     """One augmented training batch (``image``, ``target``, ``target_weight``, ``meta``), the same for a seed."""
     torch.manual_seed(seed)
@@ -320,7 +326,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps) ->
     loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
     the budget's step count. ``labelled`` and ``unlabelled`` choose the training data as
-    :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
+    :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
+    ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
     its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
     :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
     the same tag is an error rather than a silent mix (a hand-written ``kd`` factory cannot be

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.experiments import kd_recipe, train_student  # noqa: E402
+from posekd_lib.experiments import kd_recipe, label_tag, train_student  # noqa: E402
 from posekd_lib.teachers import load_teacher  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
@@ -22,10 +22,8 @@ STUDENT = "squeezenet"
 
 def _train(setting: str | None, labelled: float, unlabelled: bool, mode, steps) -> dict:
     """One run under the tag ``bench_kd.py --labelled`` gives it (``_<steps>`` added for another budget)."""
-    teacher, _ = load_teacher(mode=mode)
-    freeze(teacher)
-    tag = (setting or "baseline") + f"_l{100 * labelled:g}" + ("u" if unlabelled else "")
-    kd = None if setting is None else kd_recipe(setting, teacher, STUDENT, mode)
+    kd = None if setting is None else kd_recipe(setting, freeze(load_teacher(mode=mode)[0]), STUDENT, mode)
+    tag = (setting or "baseline") + label_tag(labelled, unlabelled)
     m = train_student(STUDENT, mode=mode, tag=tag + ("" if steps is None else f"_{steps}"), steps=steps,
                       labelled=labelled, unlabelled=unlabelled, kd=kd, progress=False).metrics
     return {k: m[k] for k in KEYS}
