@@ -108,27 +108,28 @@ def main(argv=None) -> int:
           f"{' (KD runs also see the rest, unlabelled)' if args.unlabelled else ''}; "
           f"teacher {t.name} AP {t_ap:.4f} "
           f"(AP50 {t.metrics['AP50']:.3f}, PCK@0.2 {t.metrics['PCK@0.2']:.3f})")
-    print(f"{'setting':14s}" + "".join(f"{m:>16s}" for m in METRICS) + f"{'gap closed':>18s}")
+    w = max(14, *(len(tag) + 2 for tag in runs))   # the setting column fits the longest tag
+    print(f"{'setting':{w}s}" + "".join(f"{m:>18s}" for m in METRICS) + f"{'gap closed':>18s}")
     for tag, rs in runs.items():
         ms = [r.metrics for r in rs]
         closed = np.array([gap_closed(x["AP"], b.metrics["AP"], t_ap) for x, b in zip(ms, runs["baseline"])])
         gc = "" if tag == "baseline" else f"{100 * closed.mean():7.1f} % ± {50 * np.ptp(closed):.1f}"
-        print(f"{tag:14s}" + "".join(f"{_cell([x[m] for x in ms]):>16s}" for m in METRICS) + f"{gc:>18s}")
+        print(f"{tag:{w}s}" + "".join(f"{_cell([x[m] for x in ms]):>18s}" for m in METRICS) + f"{gc:>18s}")
     print("per seed AP: " + "; ".join(f"{tag} " + ", ".join(f"{r.metrics['AP']:.4f}" for r in rs)
                                       for tag, rs in runs.items()))
 
     loc_keys = ("mean_OKS", "OKS>=0.5", "AP_oracle", "rank_corr")
     print(f"\nplacement vs ranking (teacher: " + ", ".join(f"{k} {t_loc[k]:.3f}" for k in loc_keys) + ")")
-    print(f"{'setting':14s}" + "".join(f"{k:>16s}" for k in loc_keys))
+    print(f"{'setting':{w}s}" + "".join(f"{k:>18s}" for k in loc_keys))
     for tag, rs in runs.items():
         locs = [localization_summary(r.results, val, size) for r in rs]
-        print(f"{tag:14s}" + "".join(f"{_cell([x[k] for x in locs]):>16s}" for k in loc_keys))
+        print(f"{tag:{w}s}" + "".join(f"{_cell([x[k] for x in locs]):>18s}" for k in loc_keys))
 
     results_csv = run_paths(mode).results_csv
     rows = ResultsTable(results_csv).rows()
     for tag in [t for t in runs if t != "baseline" and not labels]:  # the budget trend is for runs on every label
         print(f"\n{tag} vs baseline at every budget in {results_csv.name} (mean ± half the range):")
-        print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{tag + ' AP':>20s}{'gap closed':>18s}")
+        print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{'KD AP':>20s}{'gap closed':>18s}")
         for b in budget_trend(rows, args.student, t_ap, tag):
             print(f"{b['steps']:7d}{len(b['seeds']):8d}{b['baseline_AP']:11.4f} ± {b['baseline_AP_pm']:.4f}"
                   f"{b['kd_AP']:11.4f} ± {b['kd_AP_pm']:.4f}{100 * b['closed']:9.1f} % ± {100 * b['closed_pm']:.1f}")

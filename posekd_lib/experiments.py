@@ -418,9 +418,10 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 #: pairs (neck.0/2/4 to stage4's branches) at 0.05 / 0.25 per pair; hints alone (α 0) 0.0055; the
 #: teacher's heatmaps alone as target (α 1) 0.0044; baseline 0.0003. Hints with the KL (T 0.5)
 #: instead of FPD, seeds 0 and 1: 0.0062 / 0.0051 against this recipe's 0.0053 / 0.0045, a lead
-#: within the seed spread, so FPD stays (notebook 04, exercise 6). At 2000 steps (seeds 0 and 1)
-#: hints alone beat the recipe, 0.0222 / 0.0238 against 0.0193 / 0.0225 (34.2 % against 29.3 % of the
-#: gap), and β 4 matched β 1 (seed 0); the recipe stays, shared by every budget's runs (README).
+#: within the seed spread, so FPD stays (notebook 04, exercise 6). At 2000 steps (seeds 0, 1, 2)
+#: hints alone beat the recipe, 0.0222 / 0.0238 / 0.0258 against 0.0193 / 0.0225 / 0.0226 (36.8 %
+#: against 30.9 % of the gap); β 4 matched β 1 and a linearly decaying hint weight did worse (seed 0);
+#: the recipe stays, shared by every budget's runs (README).
 KD_SETTINGS: dict[str, dict] = {
     "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5},
     "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5},

@@ -1,6 +1,8 @@
 """Budgets per mode and cached student runs (quick mode, a couple of steps)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -268,3 +270,26 @@ def test_budget_trend_pairs_runs_by_budget_and_seed():
     assert experiments.budget_trend(rows, "resnet", 0.5) == []
     with pytest.raises(KeyError, match="baseline_1000"):
         experiments.budget_trend([{**row("baseline_1000", 0, 0.1, 1000), "steps": None}], "squeezenet", 0.5)
+
+
+@pytest.mark.slow  # trains three quick-mode students and evaluates the teacher: ~1 min
+def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
+    import importlib.util
+
+    from posekd_lib.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_kd", REPO_ROOT / "benchmarks" / "bench_kd.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_overrides(["beta=0.25", "kind=kl", 'pairs={"a": "b"}']) == {
+        "beta": 0.25, "kind": "kl", "pairs": {"a": "b"}}
+    with pytest.raises(ValueError, match="key=value"):
+        bench.parse_overrides(["beta"])
+
+    assert bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "alpha_logits=0"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("setting") and "gap closed" in line)
+    row = next(line for line in out.splitlines() if line.startswith("feature-alpha_logits=0 "))
+    assert len(row) == len(header), "the KD row is not aligned with the header"
+    assert re.search(r"(-?\d+\.\d|nan) % ± (\d+\.\d|nan)$", row), row   # the gap it closed, last column
+    assert "vs baseline at every budget" in out
