@@ -90,11 +90,11 @@ def main(argv=None) -> int:
     freeze(teacher)
     runs: dict[str, list] = {"baseline": []}
     for seed in args.seeds:
-        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + steps + labels,
+        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + labels + steps,
                                               steps=args.steps, progress=False, labelled=args.labelled))
         for tag in args.settings:
             runs.setdefault(tag + suffix + data, []).append(train_student(
-                args.student, mode=mode, seed=seed, tag=tag + suffix + steps + data,
+                args.student, mode=mode, seed=seed, tag=tag + suffix + data + steps,
                 steps=args.steps, progress=False, labelled=args.labelled, unlabelled=args.unlabelled,
                 kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)

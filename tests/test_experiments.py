@@ -272,7 +272,7 @@ def test_budget_trend_pairs_runs_by_budget_and_seed():
         experiments.budget_trend([{**row("baseline_1000", 0, 0.1, 1000), "steps": None}], "squeezenet", 0.5)
 
 
-@pytest.mark.slow  # trains three quick-mode students and evaluates the teacher: ~1 min
+@pytest.mark.slow  # trains two quick-mode students and evaluates the teacher: ~20 s
 def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     import importlib.util
 
