@@ -21,6 +21,8 @@ the AP if every person were ranked by its true OKS -- the most that better score
 and ``rank_corr``, the Spearman correlation of each model's own person scores with that OKS.
 ``--set key=value`` overrides a recipe entry (values are JSON: ``beta=0.25``,
 ``pairs='{"neck.2": "stage3"}'``) and trains under its own tag, e.g. ``feature-beta=0.25``.
+``--name hints2`` names the overrides instead (``feature-hints2``), for values such as ``pairs``
+that make poor folder names.
 ``--labelled F`` keeps the keypoints of a fraction F of the training images for every run (tags get
 ``_l<percent>``); with ``--unlabelled`` the distilled runs also see the other images' persons without
 keypoints, which only the teacher labels (tags get ``_l<percent>u``); the baseline cannot use them.
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--settings", nargs="+", default=list(KD_SETTINGS), help=f"of {list(KD_SETTINGS)}")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe entries")
+    ap.add_argument("--name", default=None,
+                    help="name the overrides in tags (feature-<name>) instead of spelling them out")
     ap.add_argument("--steps", type=int, default=None, help="another budget for every run (tags get _<steps>)")
     ap.add_argument("--labelled", type=float, default=1.0, help="fraction of training images with keypoints")
     ap.add_argument("--unlabelled", action="store_true", help="distilled runs also train on the other images")
@@ -78,6 +82,10 @@ def main(argv=None) -> int:
     overrides = parse_overrides(args.set)
     suffix = "".join(f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
                      for k, v in overrides.items())
+    if args.name is not None:
+        if not args.name.replace("_", "").replace("-", "").isalnum():
+            ap.error(f"--name {args.name!r}: use letters, digits, '-' and '_' (it becomes part of a folder name)")
+        suffix = f"-{args.name}"
     steps = "" if args.steps is None else f"_{args.steps}"
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")

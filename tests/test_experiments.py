@@ -272,7 +272,7 @@ def test_budget_trend_pairs_runs_by_budget_and_seed():
         experiments.budget_trend([{**row("baseline_1000", 0, 0.1, 1000), "steps": None}], "squeezenet", 0.5)
 
 
-@pytest.mark.slow  # trains two quick-mode students and evaluates the teacher: ~20 s
+@pytest.mark.slow  # trains three quick-mode students and evaluates the teacher: ~30 s
 def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     import importlib.util
 
@@ -293,3 +293,12 @@ def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     assert len(row) == len(header), "the KD row is not aligned with the header"
     assert re.search(r"(-?\d+\.\d|nan) % ± (\d+\.\d|nan)$", row), row   # the gap it closed, last column
     assert "vs baseline at every budget" in out
+
+    with pytest.raises(SystemExit):      # a name that would not make a plain folder name
+        bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--name", "a/b"])
+    capsys.readouterr()
+    assert bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "alpha_logits=0",
+                       'pairs={"neck.4": "stage4"}', "--name", "hints_only"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("feature-hints_only ") for line in out.splitlines()), out
+    assert not any("pairs" in line for line in out.splitlines())
