@@ -80,12 +80,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
     overrides = parse_overrides(args.set)
-    suffix = "".join(f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
-                     for k, v in overrides.items())
-    if args.name is not None:
-        if not args.name.replace("_", "").replace("-", "").isalnum():
-            ap.error(f"--name {args.name!r}: use letters, digits, '-' and '_' (it becomes part of a folder name)")
-        suffix = f"-{args.name}"
+    if args.name is not None and not args.name.replace("_", "").replace("-", "").isalnum():
+        ap.error(f"--name {args.name!r}: use letters, digits, '-' and '_' (it becomes part of a folder name)")
+    suffix = f"-{args.name}" if args.name is not None else "".join(
+        f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items())
     steps = "" if args.steps is None else f"_{args.steps}"
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")
