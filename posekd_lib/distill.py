@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .codecs import flip_test_average
+from .keypoints import COCO_FLIP_PAIRS
 from .losses import joints_mse
 
 SCHEDULES = ("constant", "linear_decay")
@@ -171,13 +173,18 @@ class _Teacher:
 
     On the CPU the teacher runs in channels-last (NHWC) memory format: PyTorch's CPU convolutions
     are ~25 % faster that way for HRNet, and the teacher's forward is a third of a KD step.
+    With ``flip_pairs`` the heatmaps are the official flip test's (the teacher as it is evaluated):
+    the mirrored input's output, flipped back, shifted one cell and averaged in. The mirrored pass
+    runs first, so hooks on the teacher keep the features of the images themselves.
     """
 
-    def __init__(self, model: nn.Module, input_size=None, output_fn: Callable | None = None):
+    def __init__(self, model: nn.Module, input_size=None, output_fn: Callable | None = None,
+                 flip_pairs: Sequence[tuple[int, int]] | None = None):
         self.model = freeze(model)
         self.nhwc = False
         self.input_size = None if input_size is None else _spatial_size(input_size)
         self.output_fn = output_fn
+        self.flip_pairs = None if flip_pairs is None else tuple(tuple(p) for p in flip_pairs)
 
     def __call__(self, images: torch.Tensor):
         self.model.eval()   # cheap, and survives a caller's .train() on a module that holds the teacher
@@ -192,7 +199,14 @@ class _Teacher:
                 self.nhwc = True
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            out = self.model(images)
+            mirrored = self._output(self.model(images.flip(-1))) if self.flip_pairs is not None else None
+            out = self._output(self.model(images))
+        if mirrored is None:
+            return out
+        _check_heatmaps(out)
+        return flip_test_average(out, mirrored, self.flip_pairs)
+
+    def _output(self, out):
         return self.output_fn(out) if self.output_fn is not None else out
 
     def heatmaps(self, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -202,14 +216,18 @@ class _Teacher:
     @staticmethod
     def heatmaps_from(hm, like: torch.Tensor) -> torch.Tensor:
         """Check the teacher's output ``hm`` against the student heatmaps ``like`` and resize it."""
-        if not torch.is_tensor(hm) or hm.ndim != 4:
-            got = tuple(hm.shape) if torch.is_tensor(hm) else type(hm).__name__
-            raise TypeError(f"teacher returned {got}, not heatmaps (N, K, h, w); pass teacher_output= "
-                            "to pick them from its output (e.g. lambda out: out[-1])")
+        _check_heatmaps(hm)
         if hm.shape[:2] != like.shape[:2]:
             raise ValueError(f"teacher heatmaps {tuple(hm.shape)} and student heatmaps {tuple(like.shape)} "
                              "differ in batch or joint count; map the joints first (teacher_output=)")
         return resize_heatmaps(hm, like).to(like.dtype)
+
+
+def _check_heatmaps(hm) -> None:
+    if not torch.is_tensor(hm) or hm.ndim != 4:
+        got = tuple(hm.shape) if torch.is_tensor(hm) else type(hm).__name__
+        raise TypeError(f"teacher returned {got}, not heatmaps (N, K, h, w); pass teacher_output= "
+                        "to pick them from its output (e.g. lambda out: out[-1])")
 
 
 def _logit_kd_term(kind: str, student_hm, teacher_hm, target_weight, temperature, teacher_weight):
@@ -263,7 +281,9 @@ class LogitsKD(_StepCounter):
     the first call); ``teacher_input_size``
     (w, h) resizes the images for a teacher trained at another size, and its heatmaps are resized
     to the student's. ``teacher_output(out) -> heatmaps`` picks the heatmaps from a teacher that
-    returns something else. ``teacher_weight`` as in :func:`fpd_loss`.
+    returns something else. ``teacher_weight`` as in :func:`fpd_loss`. ``teacher_flip_test=True``
+    makes the target the teacher's flip-test heatmaps (``flip_pairs``: the joints' left/right
+    pairs), the output it is evaluated with, at the cost of a second teacher forward.
 
     ``cache=True`` keeps each sample's teacher heatmaps on the CPU, keyed by
     ``batch["meta"]["index"]`` (or ``batch["index"]``), and runs the teacher only on samples not
@@ -274,11 +294,12 @@ class LogitsKD(_StepCounter):
 
     def __init__(self, teacher: nn.Module, kind: str = "mse", alpha: float = 0.5, temperature: float = 1.0,
                  schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
-                 teacher_weight: str = "ones", teacher_output: Callable | None = None, cache: bool = False):
+                 teacher_weight: str = "ones", teacher_output: Callable | None = None, cache: bool = False,
+                 teacher_flip_test: bool = False, flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS):
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
         kd_weight_schedule(0, total_steps, schedule)
-        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output)
+        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output, flip_pairs if teacher_flip_test else None)
         self.kind, self.alpha, self.temperature = kind, float(alpha), float(temperature)
         self.schedule, self.total_steps, self.step = schedule, total_steps, 0
         self.teacher_weight = teacher_weight
@@ -529,6 +550,8 @@ class FeatureKD(_StepCounter):
     The feature loss is :func:`feature_kd_loss` (mean over pairs); a teacher layer returning a list
     (HRNet stages) contributes its first, highest-resolution branch. α_t and β_t follow
     ``schedule`` like :class:`LogitsKD`; ``alpha_logits=0`` (default) leaves the logits term out.
+    ``teacher_flip_test`` as in :class:`LogitsKD` (the logits term only: the hints always use the
+    features of the unmirrored images).
     Returns ``{"loss", "gt", "feat"}`` (+ ``"kd"`` with a logits term). ``fit`` saves only the
     student: to resume exactly, save ``kd.adapters.state_dict()`` yourself. Under DDP the adapters'
     gradients are not averaged across ranks. ``remove()`` takes the hooks off both nets.
@@ -538,18 +561,22 @@ class FeatureKD(_StepCounter):
                  alpha_logits: float = 0.0, kind: str = "mse", temperature: float = 1.0,
                  schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
                  normalize: str = "channel", input_size=(192, 256), teacher_weight: str = "ones",
-                 teacher_output: Callable | None = None):
+                 teacher_output: Callable | None = None, teacher_flip_test: bool = False,
+                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS):
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("normalize", normalize, FEATURE_NORMS)
         _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
         kd_weight_schedule(0, total_steps, schedule)
         if not pairs:
             raise ValueError("FeatureKD needs at least one {student_layer: teacher_layer} pair")
+        if teacher_flip_test and not alpha_logits:
+            raise ValueError("teacher_flip_test=True averages the teacher's heatmaps for the logits term, "
+                             "but alpha_logits=0 leaves that term out; the hints use unflipped features")
         self.pairs = dict(pairs)
         self.beta, self.alpha, self.kind, self.temperature = float(beta), float(alpha_logits), kind, float(temperature)
         self.schedule, self.total_steps, self.step = schedule, total_steps, 0
         self.normalize, self.teacher_weight = normalize, teacher_weight
-        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output)
+        self.teacher = _Teacher(teacher, teacher_input_size, teacher_output, flip_pairs if teacher_flip_test else None)
         self.adapters = self._build_adapters(teacher, student, _spatial_size(input_size),
                                              _spatial_size(teacher_input_size or input_size))
         self.student_hooks = FeatureHooks(student, list(self.pairs))

@@ -215,6 +215,47 @@ def test_logits_kd_rejects_mismatched_outputs():
         LogitsKD(teacher)([student(batch["image"])], batch)
 
 
+PAIRS5 = ((1, 2), (3, 4))   # left/right pairs of the tests' 5 joints
+
+
+def _official_flip_test(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The flip test written out: mirrored input, mirror the maps back, swap pairs, shift a cell, average."""
+    with torch.no_grad():
+        out, back = teacher(x), teacher(x.flip(-1)).flip(-1)
+    back = back[:, [0, 2, 1, 4, 3]]
+    back = torch.cat([back[..., :1], back[..., :-1]], dim=-1)
+    return (out + back) / 2
+
+
+def test_logits_kd_flip_test_target_is_the_teachers_flip_test():
+    teacher, student = nets()
+    teacher.eval()
+    batch = make_batch()
+    s = student(batch["image"]).detach()
+    kd = LogitsKD(teacher, alpha=1.0, teacher_flip_test=True, flip_pairs=PAIRS5)
+    target = _official_flip_test(teacher, batch["image"])
+    torch.testing.assert_close(kd.teacher_heatmaps(batch, s), resize_heatmaps(target, s))
+    torch.testing.assert_close(kd(s, batch)["kd"], joints_mse(s, resize_heatmaps(target, s)))
+    plain = LogitsKD(teacher, alpha=1.0).teacher_heatmaps(batch, s)
+    assert (plain - kd.teacher_heatmaps(batch, s)).abs().max() > 1e-3   # the mirrored pass changes the target
+
+
+def test_feature_kd_flip_test_keeps_the_unmirrored_features():
+    teacher, student = nets()
+    batch = make_batch()
+    with FeatureKD(teacher, student, {"stem.2": "body"}, alpha_logits=0.5, input_size=(24, 32),
+                   teacher_flip_test=True, flip_pairs=PAIRS5) as kd:
+        out = kd(student(batch["image"]), batch)
+        _, (t_feat,) = kd.features()
+        with torch.no_grad():
+            torch.testing.assert_close(t_feat, teacher.body(teacher.stem(batch["image"])))
+        s = student(batch["image"])
+        target = resize_heatmaps(_official_flip_test(teacher, batch["image"]), s)
+        torch.testing.assert_close(out["kd"], joints_mse(s, target))
+    with pytest.raises(ValueError, match="alpha_logits=0"):
+        FeatureKD(teacher, student, {"stem.2": "body"}, alpha_logits=0.0, input_size=(24, 32), teacher_flip_test=True)
+
+
 # --------------------------------------------------------------------------- hooks
 def _no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
