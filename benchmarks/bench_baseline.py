@@ -8,8 +8,9 @@ runs as the notebooks (``experiments.train_student`` / ``evaluate_teacher``; a m
 trained first, which in workshop mode takes minutes); the teacher is also scored in one pass, without
 the flip test, as a distillation target computed in one forward sees it. Training speed times real
 steps (data loading with augmentation, forward, joints MSE, backward, Adam) on the mode's training
-loader after one warm-up step; the epoch time is the training persons divided by that rate. Inference is eval-mode
-images/s on random crops at ``--batch`` (default 32). Figures depend on the machine and its load.
+loader after one warm-up step; the epoch time is the training persons divided by that rate.
+Inference is eval-mode images/s on random crops at ``--batch`` (default 32). Figures depend on the
+machine and its load.
 """
 from __future__ import annotations
 
@@ -87,17 +88,20 @@ def main(argv=None) -> int:
     print(f"mode {mode}, {args.threads} threads, crop {b.input_size[0]}x{b.input_size[1]} (w x h), "
           f"train batch {b.batch_size}, inference batch {args.batch}")
 
+    splits = dataset_splits(mode)
+    try:
+        teacher, t_info = load_teacher(mode=mode)   # on the CPU, for its input size and the timings
+    except FileNotFoundError as e:
+        teacher = None
+        print(f"teacher skipped: {e}")
     ap_rows = {}
     if not args.no_ap:
-        try:
+        if teacher is not None:
             t = evaluate_teacher(mode, progress=False)
             ap_rows[t.name] = t.metrics
-            info = load_teacher(mode=mode)[1]
-            ap_rows[f"{t.name}, 1 pass"] = evaluate_topdown(t.model, dataset_splits(mode).val, info.input_size,
-                                                            info.heatmap_size, info.sigma, flip_test=False,
-                                                            batch_size=b.eval_batch_size)
-        except FileNotFoundError as e:
-            print(f"teacher skipped: {e}")
+            ap_rows[f"{t.name}, 1 pass"] = evaluate_topdown(   # t.model sits on the budget's device
+                t.model, splits.val, t_info.input_size, t_info.heatmap_size, t_info.sigma, flip_test=False,
+                batch_size=b.eval_batch_size, device=next(t.model.parameters()).device)
         for name in STUDENTS[:2]:
             ap_rows[name] = train_student(name, mode=mode, progress=False).metrics
             torch.set_num_threads(args.threads)
@@ -106,15 +110,12 @@ def main(argv=None) -> int:
             pck = f"{m['PCK@0.2']:8.3f}" if "PCK@0.2" in m else f"{'-':>8s}"
             print(f"{name:24s} {m['AP']:6.3f} {m['AP50']:6.3f} {m['AP75']:6.3f} {pck}")
 
-    splits = dataset_splits(mode)
     train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, b.input_size, b.heatmap_size, b.sigma,
                               train=True)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True)
     models = {name: build_student_model(name) for name in STUDENTS}
-    try:
-        models["teacher"] = load_teacher(mode=mode)[0] if mode != "full" else None
-    except FileNotFoundError:
-        pass
+    if mode != "full":
+        models["teacher"] = teacher
     print(f"\n{'model':16s} {'train crops/s':>13s} {'epoch (s)':>10s} {'infer img/s':>12s}   "
           f"({len(train_ds)} training persons)")
     for name, model in models.items():
