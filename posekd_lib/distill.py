@@ -39,6 +39,10 @@ from .losses import joints_mse
 SCHEDULES = ("constant", "linear_decay")
 LOGIT_KINDS = ("mse", "kl")
 FEATURE_NORMS = ("channel", "none")
+#: What a layer returning a list of branches (an HRNet stage) contributes to feature KD: its first,
+#: highest-resolution branch, or every branch resized to the first's size and concatenated along
+#: channels (HRNetV2's representation, Wang et al. 2019).
+FEATURE_BRANCHES = ("first", "concat")
 
 
 # --------------------------------------------------------------------------- logits (response) KD
@@ -431,10 +435,19 @@ def _version(out):
     return None
 
 
-def _feature_tensor(out, name: str) -> torch.Tensor:
-    """A captured output as one (N, C, H, W) tensor: lists (HRNet stages) give their first, highest-resolution branch."""
+def _feature_tensor(out, name: str, branches: str = "first") -> torch.Tensor:
+    """A captured output as one (N, C, H, W) tensor; lists (HRNet stages) as ``branches`` says.
+
+    ``"first"``: the first, highest-resolution branch. ``"concat"``: every branch resized to the
+    first's size (:func:`resize_heatmaps`' grid) and concatenated along channels.
+    """
     if isinstance(out, (list, tuple)) and out:
-        out = out[0]
+        maps = list(out)
+        for i, m in enumerate(maps):
+            if not torch.is_tensor(m) or m.ndim != 4:
+                got = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
+                raise TypeError(f"layer {name!r} branch {i} outputs {got}; feature KD needs (N, C, H, W) maps")
+        out = maps[0] if branches == "first" else torch.cat([maps[0], *(_resample(m, maps[0]) for m in maps[1:])], 1)
     if not torch.is_tensor(out) or out.ndim != 4:
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise TypeError(f"layer {name!r} outputs {got}; feature KD needs an (N, C, H, W) map")
@@ -547,8 +560,9 @@ class FeatureKD(_StepCounter):
         opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=1e-3)
         fit(student, loader, loss_fn=kd, optimizer=opt, ...)
 
-    The feature loss is :func:`feature_kd_loss` (mean over pairs); a teacher layer returning a list
-    (HRNet stages) contributes its first, highest-resolution branch. α_t and β_t follow
+    The feature loss is :func:`feature_kd_loss` (mean over pairs); a layer returning a list (HRNet
+    stages) contributes its first, highest-resolution branch, or with ``branches="concat"`` all its
+    branches resized to the first's size and concatenated (HRNetV2's representation). α_t and β_t follow
     ``schedule`` like :class:`LogitsKD`; ``alpha_logits=0`` (default) leaves the logits term out.
     ``teacher_flip_test`` as in :class:`LogitsKD` (the logits term only: the hints always use the
     features of the unmirrored images).
@@ -562,9 +576,10 @@ class FeatureKD(_StepCounter):
                  schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
                  normalize: str = "channel", input_size=(192, 256), teacher_weight: str = "ones",
                  teacher_output: Callable | None = None, teacher_flip_test: bool = False,
-                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS):
+                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS, branches: str = "first"):
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("normalize", normalize, FEATURE_NORMS)
+        _check_choice("branches", branches, FEATURE_BRANCHES)
         _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
         kd_weight_schedule(0, total_steps, schedule)
         if not pairs:
@@ -575,7 +590,7 @@ class FeatureKD(_StepCounter):
         self.pairs = dict(pairs)
         self.beta, self.alpha, self.kind, self.temperature = float(beta), float(alpha_logits), kind, float(temperature)
         self.schedule, self.total_steps, self.step = schedule, total_steps, 0
-        self.normalize, self.teacher_weight = normalize, teacher_weight
+        self.normalize, self.teacher_weight, self.branches = normalize, teacher_weight, branches
         self.teacher = _Teacher(teacher, teacher_input_size, teacher_output, flip_pairs if teacher_flip_test else None)
         self.adapters = self._build_adapters(teacher, student, _spatial_size(input_size),
                                              _spatial_size(teacher_input_size or input_size))
@@ -591,8 +606,8 @@ class FeatureKD(_StepCounter):
             for name, shapes, net in ((s_name, s_shapes, "student"), (t_name, t_shapes, "teacher")):
                 if name not in shapes:
                     raise ValueError(f"{net} layer {name!r} did not run in a forward pass")
-            s_c = _channels(s_shapes[s_name], s_name)
-            t_c = _channels(t_shapes[t_name], t_name)
+            s_c = _channels(s_shapes[s_name], s_name, self.branches)
+            t_c = _channels(t_shapes[t_name], t_name, self.branches)
             adapters[_adapter_key(s_name)] = FeatureAdapter(s_c, t_c).to(_device_of(student))
         return adapters
 
@@ -602,8 +617,8 @@ class FeatureKD(_StepCounter):
 
     def features(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The captured (student, teacher) feature maps of the last forward, in ``pairs`` order."""
-        s = [_feature_tensor(self.student_hooks[n], n) for n in self.pairs]
-        t = [_feature_tensor(self.teacher_hooks[n], n) for n in self.pairs.values()]
+        s = [_feature_tensor(self.student_hooks[n], n, self.branches) for n in self.pairs]
+        t = [_feature_tensor(self.teacher_hooks[n], n, self.branches) for n in self.pairs.values()]
         return s, t
 
     def __call__(self, outputs: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
@@ -642,9 +657,11 @@ class FeatureKD(_StepCounter):
         self.remove()
 
 
-def _channels(shape, name: str) -> int:
-    if isinstance(shape, list) and shape:
-        shape = shape[0]
-    if not isinstance(shape, tuple) or len(shape) != 4:
-        raise ValueError(f"layer {name!r} outputs shape {shape}; feature KD needs an (N, C, H, W) map")
-    return shape[1]
+def _channels(shape, name: str, branches: str = "first") -> int:
+    shapes = shape if isinstance(shape, list) and shape else [shape]
+    if branches == "first":
+        shapes = shapes[:1]
+    for sh in shapes:
+        if not isinstance(sh, tuple) or len(sh) != 4:
+            raise ValueError(f"layer {name!r} outputs shape {shape}; feature KD needs an (N, C, H, W) map")
+    return sum(sh[1] for sh in shapes)

@@ -359,6 +359,39 @@ def test_feature_kd_training_reduces_feature_loss():
     assert _no_hooks(teacher) and _no_hooks(student)
 
 
+class TwoBranches(nn.Module):
+    """An HRNet-like stage: returns [x, x at half resolution with 2x the channels]."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.low = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return [x, self.low(x)]
+
+
+def test_feature_kd_branches_first_or_concatenated():
+    teacher, student = nets()
+    teacher.body.append(TwoBranches(12))
+    teacher.head = nn.Sequential()
+    teacher.forward = lambda x: teacher.body(teacher.stem(x))[0]   # the head reads branch 0
+    batch = make_batch()
+    with FeatureKD(teacher, student, {"body": "body"}, input_size=(24, 32)) as kd:
+        assert kd.adapters["body"].proj.out_channels == 12
+        kd(student(batch["image"]), batch)
+        branches = kd.teacher_hooks["body"]
+        assert [tuple(b.shape) for b in branches] == [(4, 12, 16, 12), (4, 24, 8, 6)]
+        torch.testing.assert_close(kd.features()[1][0], branches[0])
+    with FeatureKD(teacher, student, {"body": "body"}, input_size=(24, 32), branches="concat") as kd:
+        assert kd.adapters["body"].proj.out_channels == 12 + 24
+        out = kd(student(batch["image"]), batch)
+        b0, b1 = kd.teacher_hooks["body"]
+        torch.testing.assert_close(kd.features()[1][0], torch.cat([b0, resize_heatmaps(b1, (12, 16))], 1))
+        assert torch.isfinite(out["feat"])
+    with pytest.raises(ValueError, match="branches"):
+        FeatureKD(teacher, student, {"body": "body"}, input_size=(24, 32), branches="all")
+
+
 def test_feature_kd_logits_term_and_errors():
     teacher, student = nets()
     batch = make_batch()
