@@ -47,8 +47,16 @@ def exercise_2(mode: str | None = None, steps: int | None = None, labelled: floa
     Each labelled person is now seen over 100 times in 500 steps. Compare the baseline's training
     loss with its validation AP for overfitting, and the hinted run with the unlabelled crops against
     the one without them: where the labelled set runs out, the teacher's labels on new images are
-    what the student can still learn from. (Not measured for the committed outputs: three runs,
-    about 15 minutes on 2 cores.)
+    what the student can still learn from.
+
+    Measured in workshop mode, two seeds (``benchmarks/bench_kd.py --settings feature --labelled
+    0.01``, then ``... --unlabelled``; 37 images, 106 persons, each seen about 150 times): the
+    baseline gets AP 0.0002 ± 0.0001 as on every label (mean OKS 0.232 against 0.244), and its
+    training loss at the end (about 0.0048) is no lower than the full baseline's (0.0046): it does
+    not overfit yet. The hinted student gets AP 0.0056 ± 0.0008 (mean OKS 0.312) on the 1 % alone
+    and 0.0054 ± 0.0002 with the unlabelled crops (mean OKS 0.319, PCK@0.2 0.758 against 0.740, AP
+    with oracle ranking 0.029 against 0.024): they begin to help the placement, not yet the AP. The
+    hint needs no labels, so 37 labelled images keep the distilled student where all of them put it.
     """
     return {"baseline": _train(None, labelled, False, mode, steps),
             "hints_labelled_only": _train("feature", labelled, False, mode, steps),
