@@ -435,23 +435,25 @@ def _version(out):
     return None
 
 
+def _branches_used(items: list, branches: str) -> list:
+    """The branches of an HRNet-stage output (maps or their shapes) that feature KD uses."""
+    return items if branches == "concat" else items[:1]
+
+
 def _feature_tensor(out, name: str, branches: str = "first") -> torch.Tensor:
     """A captured output as one (N, C, H, W) tensor; lists (HRNet stages) as ``branches`` says.
 
     ``"first"``: the first, highest-resolution branch. ``"concat"``: every branch resized to the
     first's size (:func:`resize_heatmaps`' grid) and concatenated along channels.
     """
-    if isinstance(out, (list, tuple)) and out:
-        maps = list(out) if branches == "concat" else [out[0]]
-        for i, m in enumerate(maps):
-            if not torch.is_tensor(m) or m.ndim != 4:
-                got = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
-                raise TypeError(f"layer {name!r} branch {i} outputs {got}; feature KD needs (N, C, H, W) maps")
-        out = torch.cat([maps[0], *(_resample(m, maps[0]) for m in maps[1:])], 1) if len(maps) > 1 else maps[0]
-    if not torch.is_tensor(out) or out.ndim != 4:
-        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise TypeError(f"layer {name!r} outputs {got}; feature KD needs an (N, C, H, W) map")
-    return out
+    is_list = isinstance(out, (list, tuple)) and len(out) > 0
+    maps = _branches_used(list(out), branches) if is_list else [out]
+    for i, m in enumerate(maps):
+        if not torch.is_tensor(m) or m.ndim != 4:
+            got = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
+            where = f" branch {i}" if is_list else ""
+            raise TypeError(f"layer {name!r}{where} outputs {got}; feature KD needs an (N, C, H, W) map")
+    return torch.cat([maps[0], *(_resample(m, maps[0]) for m in maps[1:])], 1) if len(maps) > 1 else maps[0]
 
 
 def _shapes(out):
@@ -660,9 +662,7 @@ class FeatureKD(_StepCounter):
 
 
 def _channels(shape, name: str, branches: str = "first") -> int:
-    shapes = shape if isinstance(shape, list) and shape else [shape]
-    if branches == "first":
-        shapes = shapes[:1]
+    shapes = _branches_used(shape, branches) if isinstance(shape, list) and shape else [shape]
     for sh in shapes:
         if not isinstance(sh, tuple) or len(sh) != 4:
             raise ValueError(f"layer {name!r} outputs shape {shape}; feature KD needs an (N, C, H, W) map")
