@@ -39,6 +39,10 @@ from .losses import joints_mse
 SCHEDULES = ("constant", "linear_decay")
 LOGIT_KINDS = ("mse", "kl")
 FEATURE_NORMS = ("channel", "none")
+#: How an adapted student feature is compared with the teacher's: FitNets' MSE, or channel-wise
+#: distillation (CWD, Shu et al., ICCV 2021): each channel's map a softmax over its pixels, then
+#: :func:`spatial_kl_loss`, so the student learns *where* each teacher channel fires.
+FEATURE_LOSSES = ("mse", "cwd")
 #: What a layer returning a list of branches (an HRNet stage) contributes to feature KD: its first,
 #: highest-resolution branch, or every branch resized to the first's size and concatenated along
 #: channels (HRNetV2's representation, Wang et al. 2019).
@@ -515,7 +519,8 @@ def standardize_channels(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (feat - mean) / (std + eps)
 
 
-def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "channel") -> torch.Tensor:
+def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "channel", loss: str = "mse",
+                    temperature: float = 1.0) -> torch.Tensor:
     """Mean over layer pairs of ``MSE(adapter(S), norm(T))``; adapters may be ``None`` (resize only).
 
     ``normalize="channel"`` standardises every teacher channel over the batch before the MSE.
@@ -524,9 +529,12 @@ def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "ch
     choice, does not change when the teacher's features are multiplied by a constant, and no
     channel dominates just by being large, so one β carries over between layer choices. The
     adapter absorbs the scale on the student side. ``"none"`` is the plain FitNets / DWPose MSE.
+    ``loss="cwd"`` replaces the MSE by channel-wise distillation: :func:`spatial_kl_loss` at
+    ``temperature`` between the two maps of every (sample, channel), after the same normalisation.
     Inputs are tensors or equal-length sequences of tensors and adapters.
     """
     _check_choice("normalize", normalize, FEATURE_NORMS)
+    _check_choice("loss", loss, FEATURE_LOSSES)
     if torch.is_tensor(student_feats):
         student_feats, teacher_feats, adapters = [student_feats], [teacher_feats], [adapters]
     if not (len(student_feats) == len(teacher_feats) == len(adapters)) or not student_feats:
@@ -541,7 +549,7 @@ def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "ch
                              f"{tuple(t.shape)}; check the adapter's channels")
         if normalize == "channel":
             t = standardize_channels(t)
-        losses.append(F.mse_loss(s.float(), t))
+        losses.append(F.mse_loss(s.float(), t) if loss == "mse" else spatial_kl_loss(s, t, temperature))
     return torch.stack(losses).mean()
 
 
@@ -568,6 +576,8 @@ class FeatureKD(_StepCounter):
     04, its 120 channels as the hint for a 32-channel student layer did worse than no hint).
     α_t and β_t follow ``schedule`` like :class:`LogitsKD`; ``alpha_logits=0`` (default) leaves
     the logits term out.
+    ``feature_loss="cwd"`` compares the maps by channel-wise distillation at ``feature_temperature``
+    instead of the MSE (:func:`feature_kd_loss`).
     ``teacher_flip_test`` as in :class:`LogitsKD` (the logits term only: the hints always use the
     features of the unmirrored images).
     Returns ``{"loss", "gt", "feat"}`` (+ ``"kd"`` with a logits term). ``fit`` saves only the
@@ -580,9 +590,13 @@ class FeatureKD(_StepCounter):
                  schedule: str = "constant", total_steps: int | None = None, teacher_input_size=None,
                  normalize: str = "channel", input_size=(192, 256), teacher_weight: str = "ones",
                  teacher_output: Callable | None = None, teacher_flip_test: bool = False,
-                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS, branches: str = "first"):
+                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS, branches: str = "first",
+                 feature_loss: str = "mse", feature_temperature: float = 1.0):
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("normalize", normalize, FEATURE_NORMS)
+        _check_choice("feature_loss", feature_loss, FEATURE_LOSSES)
+        if feature_temperature <= 0:
+            raise ValueError(f"feature_temperature must be > 0, got {feature_temperature}")
         _check_choice("branches", branches, FEATURE_BRANCHES)
         _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
         kd_weight_schedule(0, total_steps, schedule)
@@ -595,6 +609,7 @@ class FeatureKD(_StepCounter):
         self.beta, self.alpha, self.kind, self.temperature = float(beta), float(alpha_logits), kind, float(temperature)
         self.schedule, self.total_steps, self.step = schedule, total_steps, 0
         self.normalize, self.teacher_weight, self.branches = normalize, teacher_weight, branches
+        self.feature_loss, self.feature_temperature = feature_loss, float(feature_temperature)
         self.teacher = _Teacher(teacher, teacher_input_size, teacher_output, flip_pairs if teacher_flip_test else None)
         self.adapters = self._build_adapters(teacher, student, _spatial_size(input_size),
                                              _spatial_size(teacher_input_size or input_size))
@@ -641,7 +656,7 @@ class FeatureKD(_StepCounter):
         a, b = self.alpha * w, self.beta * w
         out = {"gt": joints_mse(student, batch["target"], batch.get("target_weight")),
                "feat": feature_kd_loss(s_feats, t_feats, [self.adapters[_adapter_key(n)] for n in self.pairs],
-                                       self.normalize)}
+                                       self.normalize, self.feature_loss, self.feature_temperature)}
         loss = (1 - a) * out["gt"] + b * out["feat"]
         if self.alpha > 0:
             t_hm = self.teacher.heatmaps_from(teacher_out, student)

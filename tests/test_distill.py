@@ -9,7 +9,7 @@ from torch import nn
 from posekd_lib.codecs import HeatmapCodec
 from posekd_lib.distill import (FeatureAdapter, FeatureHooks, FeatureKD, LogitsKD, feature_kd_loss, fpd_loss,
                                 kd_weight_schedule, list_feature_shapes, resize_heatmaps, resize_input,
-                                spatial_kl_loss)
+                                spatial_kl_loss, standardize_channels)
 from posekd_lib.losses import joints_mse
 from posekd_lib.train import fit
 
@@ -334,6 +334,28 @@ def test_feature_loss_channel_normalisation():
     torch.testing.assert_close(feature_kd_loss(s, t, adapter), torch.tensor(1.0), atol=1e-4, rtol=0)
 
 
+def test_feature_loss_channel_wise_distillation():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 6, 8, 6), torch.randn(4, 12, 16, 12) * 3 + 1
+    adapter = FeatureAdapter(6, 12)
+    got = feature_kd_loss(s, t, adapter, loss="cwd", temperature=0.5)
+    # CWD written out: every (sample, channel) map a softmax over its pixels, KL(T || S) times T^2
+    a = adapter(s, t).flatten(2) / 0.5
+    b = standardize_channels(t).flatten(2) / 0.5
+    kl = (b.softmax(-1) * (b.log_softmax(-1) - a.log_softmax(-1))).sum(-1)
+    torch.testing.assert_close(got, kl.mean() * 0.25)
+    torch.testing.assert_close(feature_kd_loss(s, 40.0 * t, adapter, loss="cwd", temperature=0.5), got)
+    # only where a channel fires counts: a constant added to a whole student map changes nothing
+    shifted = FeatureAdapter(6, 12)
+    shifted.load_state_dict(adapter.state_dict())
+    with torch.no_grad():
+        shifted.proj.bias += torch.randn(12)
+    torch.testing.assert_close(feature_kd_loss(s, t, shifted, loss="cwd", temperature=0.5), got)
+    assert not torch.isclose(feature_kd_loss(s, t, shifted), feature_kd_loss(s, t, adapter))
+    with pytest.raises(ValueError, match="loss"):
+        feature_kd_loss(s, t, adapter, loss="kl")
+
+
 def test_feature_kd_training_reduces_feature_loss():
     teacher, student = nets()
     kd = FeatureKD(teacher, student, {"stem": "stem"}, beta=1.0, input_size=(24, 32))
@@ -404,6 +426,23 @@ def test_feature_kd_logits_term_and_errors():
             kd(student(batch["image"])[:3], {k: v[:3] for k, v in batch.items() if k != "meta"})
     with pytest.raises(KeyError, match="stem"):
         FeatureKD(teacher, student, {"stem.9": "body"}, input_size=(24, 32))
+    with pytest.raises(ValueError, match="feature_loss"):
+        FeatureKD(teacher, student, {"stem.2": "body"}, input_size=(24, 32), feature_loss="kl")
+    with pytest.raises(ValueError, match="feature_temperature"):
+        FeatureKD(teacher, student, {"stem.2": "body"}, input_size=(24, 32), feature_loss="cwd",
+                  feature_temperature=0)
+
+
+def test_feature_kd_channel_wise_term():
+    teacher, student = nets()
+    batch = make_batch()
+    with FeatureKD(teacher, student, {"stem.2": "body"}, input_size=(24, 32), feature_loss="cwd",
+                   feature_temperature=2.0) as kd:
+        out = kd(student(batch["image"]), batch)
+        s, t = kd.features()
+        torch.testing.assert_close(out["feat"], feature_kd_loss(s, t, [kd.adapters["stem/2"]], loss="cwd",
+                                                                temperature=2.0))
+        torch.testing.assert_close(out["loss"], out["gt"] + out["feat"])
 
 
 class DictDataset(torch.utils.data.Dataset):
