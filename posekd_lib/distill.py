@@ -11,7 +11,8 @@ softmax distributions (Hinton's KD applied to heatmaps; DWPose does the same on 
 
 Feature KD: FitNets-style hints. Forward hooks capture named intermediate outputs of both nets;
 a 1x1 conv "adapter" on the student side maps its channels to the teacher's, a resize matches the
-spatial size, and an MSE on channel-standardised teacher features pulls them together.
+spatial size, and an MSE on channel-standardised teacher features pulls them together (or a
+per-channel spatial KL, channel-wise distillation, which matches where each channel fires).
 
 Sizes follow the project convention: ``size`` / ``input_size`` arguments are ``(w, h)`` like
 :class:`posekd_lib.codecs.HeatmapCodec`; tensor shapes are ``(N, C, H, W)``.
@@ -521,7 +522,7 @@ def standardize_channels(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def feature_kd_loss(student_feats, teacher_feats, adapters, normalize: str = "channel", loss: str = "mse",
                     temperature: float = 1.0) -> torch.Tensor:
-    """Mean over layer pairs of ``MSE(adapter(S), norm(T))``; adapters may be ``None`` (resize only).
+    """Mean over layer pairs of ``MSE(adapter(S), norm(T))`` (or CWD); adapters may be ``None`` (resize only).
 
     ``normalize="channel"`` standardises every teacher channel over the batch before the MSE.
     Teacher features of different layers and nets differ in scale by orders of magnitude (post-ReLU

@@ -203,7 +203,7 @@ def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag:
     ``steps`` column. Baseline and KD runs are paired by (steps, seed) and only complete pairs count.
     One dict per budget, fewest steps first: ``steps``, ``seeds`` (list), ``baseline_AP``,
     ``kd_AP`` and ``closed`` (``evaluation.gap_closed`` per seed against that seed's baseline), each
-    a mean over the seeds with ``<key>_pm``, half the range.
+    a mean over the seeds with ``<key>_pm``, half the range; ``closed_per_seed`` in ``seeds`` order.
     """
     from .evaluation import gap_closed
 
@@ -224,7 +224,7 @@ def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag:
         base = np.array([ap["baseline", steps, sd] for sd in seeds])
         kd = np.array([ap[kd_tag, steps, sd] for sd in seeds])
         closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
-        row = {"steps": steps, "seeds": seeds}
+        row = {"steps": steps, "seeds": seeds, "closed_per_seed": [float(c) for c in closed]}
         for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
             row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
         out.append(row)

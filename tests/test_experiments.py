@@ -265,6 +265,7 @@ def test_budget_trend_pairs_runs_by_budget_and_seed():
     assert t500["kd_AP"] == pytest.approx(0.225) and t500["kd_AP_pm"] == pytest.approx(0.025)
     # per seed against its own baseline: 0.1 / 0.4 and 0.25 / 0.5, not the gap of the means
     assert t500["closed"] == pytest.approx((0.25 + 0.5) / 2) and t500["closed_pm"] == pytest.approx(0.125)
+    assert t500["closed_per_seed"] == pytest.approx([0.25, 0.5])
     assert t2000["closed"] == pytest.approx(0.5) and t2000["closed_pm"] == 0.0
     assert experiments.budget_trend(rows, "squeezenet", 0.5, kd_tag="fpd")[0]["kd_AP"] == 0.45
     assert experiments.budget_trend(rows, "resnet", 0.5) == []

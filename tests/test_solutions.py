@@ -60,6 +60,18 @@ def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
     assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, KD_SETTINGS["feature"]["beta"])
 
 
+def test_cwd_hint_solution_trains_the_hint_alone_with_cwd():
+    import json
+
+    from posekd_lib.config import run_paths
+
+    out = _load("04_feature_kd_solutions").exercise_7(mode="quick", steps=2)
+    assert set(out["hints_cwd"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
+    info = json.loads((run_paths("quick").checkpoints / "hints_cwd_2_squeezenet_s0" / "run_info.json").read_text())
+    kd = info["recipe"]["kd"]
+    assert (kd["alpha_logits"], kd["feature_loss"], kd["feature_temperature"]) == (0.0, "cwd", 2.0)
+
+
 def test_mcu_solutions_without_training():
     sol5 = _load("05_ai8x_student_qat_solutions")
     pruned = sol5.exercise_3()
