@@ -45,30 +45,30 @@ def test_unnormalised_feature_loss_solution():
     assert out["none"]["feat"] != pytest.approx(out["channel"]["feat"], rel=0.1)
 
 
-def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
+def _quick_recipe(run: str) -> dict:
+    """The training recipe a quick-mode run stored with its checkpoint."""
     import json
 
     from posekd_lib.config import run_paths
 
+    return json.loads((run_paths("quick").checkpoints / run / "run_info.json").read_text())["recipe"]
+
+
+def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
     out = _load("04_feature_kd_solutions").exercise_6(mode="quick", steps=2)
     assert set(out["hints_kl"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
-    info = json.loads((run_paths("quick").checkpoints / "hints_kl_2_squeezenet_s0" / "run_info.json").read_text())
-    assert info["recipe"]["steps"] == 2
+    recipe = _quick_recipe("hints_kl_2_squeezenet_s0")
+    assert recipe["steps"] == 2
     from posekd_lib.experiments import KD_SETTINGS
 
-    kd = info["recipe"]["kd"]
+    kd = recipe["kd"]
     assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, KD_SETTINGS["feature"]["beta"])
 
 
 def test_cwd_hint_solution_trains_the_hint_alone_with_cwd():
-    import json
-
-    from posekd_lib.config import run_paths
-
     out = _load("04_feature_kd_solutions").exercise_7(mode="quick", steps=2)
     assert set(out["hints_cwd"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
-    info = json.loads((run_paths("quick").checkpoints / "hints_cwd_2_squeezenet_s0" / "run_info.json").read_text())
-    kd = info["recipe"]["kd"]
+    kd = _quick_recipe("hints_cwd_2_squeezenet_s0")["kd"]
     assert (kd["alpha_logits"], kd["feature_loss"], kd["feature_temperature"]) == (0.0, "cwd", 2.0)
 
 
@@ -83,12 +83,7 @@ def test_mcu_solutions_without_training():
 
 
 def test_unlabelled_control_solution_trains_on_the_labelled_images_only():
-    import json
-
-    from posekd_lib.config import run_paths
-
     out = _load("07_unlabelled_kd_solutions").exercise_1(mode="quick", steps=2)
     assert set(out["hints_labelled_only"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
-    info = json.loads((run_paths("quick").checkpoints / "feature_l10_2_squeezenet_s0" / "run_info.json").read_text())
-    assert (info["recipe"]["labelled"], info["recipe"]["unlabelled"], info["recipe"]["kd"]["setting"]) == \
-        (0.1, False, "feature")
+    recipe = _quick_recipe("feature_l10_2_squeezenet_s0")
+    assert (recipe["labelled"], recipe["unlabelled"], recipe["kd"]["setting"]) == (0.1, False, "feature")
