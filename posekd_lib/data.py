@@ -114,7 +114,8 @@ _NORM_SUB = (IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1)
 # --------------------------------------------------------------------------- augmentation
 @dataclass
 class AugConfig:
-    """Training augmentation (HRNet COCO defaults plus a light colour jitter)."""
+    """Training augmentation of a top-down crop; the defaults are HRNet's COCO recipe plus a light
+    colour jitter. Pick a preset by name with :func:`augmentation` (:data:`AUGMENTATIONS`)."""
 
     scale_factor: float = 0.35
     rotation: float = 45.0
@@ -127,9 +128,33 @@ class AugConfig:
     saturation: float = 0.2
 
     @classmethod
+    def hrnet(cls) -> "AugConfig":
+        """HRNet's COCO recipe (scale ±35 %, rotation ±45° at p 0.6, half-body 0.3): made for 210
+        epochs on GPUs, it slows a model that sees the data only a few times."""
+        return cls()
+
+    @classmethod
     def light(cls) -> "AugConfig":
+        """For short budgets (a few epochs): scale ±15 %, rotation ±15° at p 0.3, no half-body crops."""
+        return cls(scale_factor=0.15, rotation=15.0, rotation_prob=0.3, half_body_prob=0.0)
+
+    @classmethod
+    def whole_image(cls) -> "AugConfig":
         """Milder settings for whole-image (bottom-up) training."""
         return cls(scale_factor=0.2, rotation=10.0, rotation_prob=0.5, half_body_prob=0.0)
+
+
+#: Augmentation presets by name (what recipes and ``benchmarks/bench_learning.py`` refer to).
+AUGMENTATIONS = {"hrnet": AugConfig.hrnet, "light": AugConfig.light, "whole_image": AugConfig.whole_image}
+
+
+def augmentation(name_or_config: "str | AugConfig | None") -> AugConfig:
+    """An :class:`AugConfig` from a preset name of :data:`AUGMENTATIONS` (or the config itself)."""
+    if name_or_config is None or isinstance(name_or_config, AugConfig):
+        return name_or_config or AugConfig()
+    if name_or_config not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name_or_config!r}; choose one of {sorted(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name_or_config]()
 
 
 def colour_jitter(rgb: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
@@ -175,7 +200,7 @@ class TopDownDataset(Dataset):
     """
 
     def __init__(self, ann_file, img_dir, input_size=(192, 256), heatmap_size=(48, 64), sigma: float = 2.0,
-                 train: bool = False, aug: AugConfig | None = None, use_gt_boxes: bool = True,
+                 train: bool = False, aug: AugConfig | str | None = None, use_gt_boxes: bool = True,
                  det_file=None, det_score_thr: float = 0.0, use_joints_weight: bool = False,
                  flip_pairs=COCO_FLIP_PAIRS):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
@@ -184,7 +209,7 @@ class TopDownDataset(Dataset):
         self.aspect_ratio = self.input_size[0] / self.input_size[1]
         self.codec = HeatmapCodec(self.input_size, heatmap_size, sigma)
         self.train = train
-        self.aug = (aug or AugConfig()) if train else None
+        self.aug = augmentation(aug) if train else None
         self.use_joints_weight = use_joints_weight
         self.flip_pairs = flip_pairs
         self.images = {img["id"]: img for img in self.coco["images"]}
@@ -332,7 +357,7 @@ class BottomUpDataset(Dataset):
 
     The mask (1, h, w) is 0 over crowd regions and people without labelled keypoints, so a model is
     not punished for finding people nobody annotated. Augmentation (``train``): random zoom, small
-    rotation, horizontal flip, colour jitter (``AugConfig.light()`` by default).
+    rotation, horizontal flip, colour jitter (``AugConfig.whole_image()`` by default).
     """
 
     def __init__(self, ann_file, img_dir, input_size=(128, 128), stride: int = 8, train: bool = False,
@@ -342,7 +367,7 @@ class BottomUpDataset(Dataset):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.codec = PafCodec(self.input_size, stride, sigma, paf_thickness)
         self.train = train
-        self.aug = (aug or AugConfig.light()) if train else None
+        self.aug = (aug or AugConfig.whole_image()) if train else None
         cat = self.coco["_person_category_id"]
         self.anns: dict[int, list] = {img["id"]: [] for img in self.coco["images"]}
         for ann in self.coco["annotations"]:

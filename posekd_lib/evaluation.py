@@ -85,13 +85,14 @@ def coco_evaluate(gt, results, img_ids=None, sigmas=None, verbose: bool = False)
 
 def evaluate_topdown(model, split, input_size, heatmap_size, sigma: float = 2.0, flip_test: bool = True,
                      decode: str = "official", batch_size: int = 64, device="cpu", det_file=None,
-                     results_file=None, progress: bool = False, return_results: bool = False):
+                     results_file=None, progress: bool = False, return_results: bool = False, img_ids=None):
     """COCO keypoint AP of a top-down heatmap model on a split (``.ann_file`` + ``.img_dir``).
 
     Ground-truth person boxes by default, detector boxes with ``det_file``. Builds the evaluation
     ``TopDownDataset``, runs ``predict_topdown`` (flip test, decoding, inverse affine) and scores the
     results with ``coco_evaluate``. Returns the metrics (and the results list with ``return_results``);
-    ``results_file`` also writes them in COCO results format.
+    ``results_file`` also writes them in COCO results format. ``img_ids`` restricts the evaluation
+    to those images (a fixed subset, for learning curves).
     """
     import torch
 
@@ -99,6 +100,9 @@ def evaluate_topdown(model, split, input_size, heatmap_size, sigma: float = 2.0,
 
     ds = TopDownDataset(split.ann_file, split.img_dir, input_size, heatmap_size, sigma, train=False,
                         use_gt_boxes=det_file is None, det_file=det_file)
+    if img_ids is not None:
+        keep = {int(i) for i in img_ids}
+        ds.samples = [s for s in ds.samples if s["image_id"] in keep]
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = model.training
     results = predict_topdown(model, loader, ds.codec, flip_test=flip_test, decode=decode, device=device,
@@ -106,8 +110,43 @@ def evaluate_topdown(model, split, input_size, heatmap_size, sigma: float = 2.0,
     model.train(was_training)
     if results_file is not None:
         write_coco_results(results, results_file)
-    metrics = coco_evaluate(split.ann_file, results)
+    metrics = coco_evaluate(split.ann_file, results, img_ids=img_ids)
     return (metrics, results) if return_results else metrics
+
+
+def first_images(ann_file, n_images: int) -> list[int]:
+    """The ids of the first ``n_images`` images (by id) of a COCO file that hold labelled persons:
+    a fixed validation subset, so learning curves of different recipes score the same images."""
+    from .data import load_coco_person_keypoints
+
+    coco = load_coco_person_keypoints(ann_file)
+    labelled = {a["image_id"] for a in coco["annotations"] if a.get("num_keypoints", 0) > 0}
+    return sorted(labelled)[:n_images]
+
+
+def curve_evaluator(split, img_ids, input_size, heatmap_size, sigma: float = 2.0, flip_test: bool = True):
+    """``fit``'s ``evaluate_fn`` for a learning curve: COCO metrics on the images ``img_ids`` of
+    ``split`` (GT boxes, flip test) plus ``mean_OKS``, each person's OKS with its own GT person,
+    which moves before AP does while a model learns to place keypoints."""
+    import time
+
+    from .data import TopDownDataset
+
+    keep = {int(i) for i in img_ids}
+    gts = [s for s in TopDownDataset(split.ann_file, split.img_dir, input_size, heatmap_size, sigma).samples
+           if s["image_id"] in keep]
+
+    def evaluate(model) -> dict:
+        t0 = time.perf_counter()
+        metrics, results = evaluate_topdown(model, split, input_size, heatmap_size, sigma, flip_test=flip_test,
+                                            device=next(model.parameters()).device, img_ids=img_ids,
+                                            return_results=True)
+        pred = np.asarray([r["keypoints"] for r in results], dtype=np.float64).reshape(len(results), -1, 3)
+        metrics["mean_OKS"] = float(np.mean([oks(p[:, :2], g["joints"], g["area"]) for p, g in zip(pred, gts)]))
+        metrics["eval_s"] = round(time.perf_counter() - t0, 1)
+        return metrics
+
+    return evaluate
 
 
 def _round(obj, ndigits: int):

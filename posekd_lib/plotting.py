@@ -216,3 +216,25 @@ def training_curves(history: dict, xlabel: str = "epoch"):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def learning_curves(curves: list[dict], title: str | None = None):
+    """COCO AP and mean OKS against training samples, one line per curve.
+
+    ``curves``: dicts with a ``name`` and ``points`` (``samples``, ``AP``, ``mean_OKS``), as
+    ``benchmarks/bench_learning.py`` stores them and teacher cards hold them.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for c in curves:
+        x = [p["samples"] / 1000 for p in c["points"]]
+        for ax, key in zip(axes, ("AP", "mean_OKS")):
+            ax.plot(x, [p[key] for p in c["points"]], marker="o", ms=3, label=c["name"])
+    for ax, label in zip(axes, ("COCO AP", "mean OKS")):
+        ax.set(xlabel="training samples (thousands)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

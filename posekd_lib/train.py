@@ -233,19 +233,29 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
 def _resolve_amp(amp, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``fit(amp=...)`` on ``device``, or None for float32.
+
+    ``"auto"``: bf16 (or fp16) on CUDA, float32 on the CPU. ``"bf16"`` also runs on the CPU, where
+    oneDNN's bf16 kernels make convolutions much faster on processors with AMX or AVX512-BF16
+    (``benchmarks/bench_learning.py`` measures speed and accuracy); fp16 is CUDA only.
+    """
     if amp in (None, False, "off", "none"):
         return None
+    if amp != "auto" and amp not in _AMP_DTYPES:
+        raise ValueError(f"amp={amp!r}: use 'auto', 'bf16', 'fp16' or None")
     if device.type != "cuda":
+        if amp in ("bf16", "bfloat16") and device.type == "cpu":
+            return torch.bfloat16
         if amp != "auto":
-            print(f"fit: amp={amp!r} ignored on {device.type}; mixed precision runs on CUDA only")
+            print(f"fit: amp={amp!r} ignored on {device.type}; only bf16 runs on the CPU")
         return None
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"amp={amp!r}: use 'auto', 'bf16', 'fp16' or None")
-    return dtypes[amp]
+    return _AMP_DTYPES[amp]
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
@@ -323,14 +333,15 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
         save_every_steps: int | None = None, evaluate_fn: Callable[[nn.Module], dict] | None = None,
         best_metric: str = "AP", best_mode: str = "max", resume: bool = True, seed: int = 0,
         log_every: int = 10, extra_loss_fn: Callable | None = None, grad_clip: float | None = None,
-        threads: int | None = None, progress: bool = True, channels_last: bool = False) -> History:
+        threads: int | None = None, progress: bool = True, channels_last: bool = False,
+        eval_every_steps: int | None = None) -> History:
     """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
 
     ``loss_fn`` defaults to JointsMSE on ``batch["target"]``; see the module docstring for the loss
     and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
     (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``optimizer`` defaults to Adam(lr);
-    ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch and
-    at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
+    ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch,
+    every ``eval_every_steps`` steps when given (a learning curve) and at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
     continues from ``latest.pt`` at the exact step and batch it saved; a run that already finished
     loads its final weights and returns its history at once. Under ``torchrun`` the same call
     trains with DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and saves, and
@@ -347,7 +358,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
 
 def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, scheduler, amp, out_dir, run_name,
            save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every, extra_loss_fn,
-           grad_clip, progress, rank, world, device, channels_last=False, **_) -> History:
+           grad_clip, progress, rank, world, device, channels_last=False, eval_every_steps=None, **_) -> History:
     """The body of :func:`fit`, once the process's rank, world size and device are known."""
     from tqdm.auto import tqdm
 
@@ -466,7 +477,8 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     sums, count = defaultdict(float), 0
                 if epoch_end:
                     epoch, batch_in_epoch = epoch + 1, 0
-                if evaluate_fn is not None and (epoch_end or step == total_steps):
+                if evaluate_fn is not None and (epoch_end or step == total_steps
+                                                or (eval_every_steps and step % eval_every_steps == 0)):
                     metrics = evaluate()
                     history.evals.append(metrics)
                     if is_better(metrics[best_metric]):

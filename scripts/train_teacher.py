@@ -1,12 +1,16 @@
 """Train the shipped demo teacher (an HRNet on the embedded dataset) reproducibly, with resume.
 
-    python scripts/train_teacher.py                       # defaults below: W8 at 128x96
-    python scripts/train_teacher.py --config w16_128x96 --epochs 30 --device cuda
+    python scripts/train_teacher.py --config w16_128x96 --epochs 40 --aug light --amp bf16
+    python scripts/train_teacher.py --config w16_128x96 --epochs 40 --device cuda
 
 Checkpoints go to ``--run-dir`` (default ``~/.cache/posekd/teacher-runs/<name>``, outside the
-clone, so an interrupted run resumes from there in a later session). At the end the best
-checkpoint (by validation AP, flip test) is exported in fp16 to ``hrnet_pose/weights/<name>.pt``
-with a ``<name>.json`` card: config, command, seed, epochs, train time and validation AP.
+clone, so an interrupted run resumes from there in a later session). Every ``--eval-every``
+steps the model is scored on a fixed validation subset (the learning curve of
+``benchmarks/bench_learning.py``: COCO AP with flip test and mean OKS on the first
+``--val-images`` images); the best of those checkpoints is exported in fp16 to
+``hrnet_pose/weights/<name>.pt`` with a ``<name>.json`` card (config, recipe, command, seed, train
+time, the curve and the AP on the whole validation split) and the curve is drawn into
+``images/<name>_curve.png``.
 """
 from __future__ import annotations
 
@@ -28,16 +32,21 @@ def main(argv=None) -> int:
     from hrnet_pose.configs import load_configs
     from hrnet_pose.hrnetpose_model import get_pose_net
     from posekd_lib.data import TopDownDataset, dataset_splits
-    from posekd_lib.evaluation import evaluate_topdown
+    from posekd_lib.evaluation import curve_evaluator, evaluate_topdown, first_images
     from posekd_lib.train import History, fit, load_checkpoint
+    from posekd_lib.plotting import learning_curves
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="w8_128x96")
+    ap.add_argument("--config", default="w16_128x96")
     ap.add_argument("--name", default=None, help="weights name (default demo_<config>)")
     ap.add_argument("--mode", default="workshop", help="which embedded dataset to train on")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--aug", default="light", help="augmentation preset (posekd_lib.data.AUGMENTATIONS)")
+    ap.add_argument("--amp", default=None, help="bf16: autocast on the CPU (AMX / AVX512-BF16) or the GPU")
+    ap.add_argument("--eval-every", type=int, default=500, help="steps between learning-curve points")
+    ap.add_argument("--val-images", type=int, default=150, help="images of the curve's validation subset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
@@ -51,22 +60,22 @@ def main(argv=None) -> int:
     cfg = load_configs(args.config)
     input_size, heatmap_size, sigma = tuple(cfg.MODEL.IMAGE_SIZE), tuple(cfg.MODEL.HEATMAP_SIZE), cfg.MODEL.SIGMA
     splits = dataset_splits(args.mode)
-    train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, input_size, heatmap_size, sigma, train=True)
+    train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, input_size, heatmap_size, sigma, train=True,
+                              aug=args.aug)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
     print(f"{name}: {args.config}, {len(train_ds)} training persons, {len(loader)} steps/epoch", flush=True)
 
     torch.manual_seed(args.seed)
     model = get_pose_net(cfg, is_train=True)
-
-    def evaluate(m):  # every epoch, without flip test to halve its cost; the final number uses flip
-        return evaluate_topdown(m, splits.val, input_size, heatmap_size, sigma, flip_test=False,
-                                device=next(m.parameters()).device)
+    img_ids = first_images(splits.val.ann_file, args.val_images)
+    evaluate = curve_evaluator(splits.val, img_ids, input_size, heatmap_size, sigma)
 
     steps_before = History.steps_done(run_root / name)
     t0 = time.perf_counter()
     history = fit(model, loader, epochs=args.epochs, lr=args.lr, out_dir=run_root, run_name=name,
                   save_every_steps=100, evaluate_fn=evaluate, best_metric="AP", seed=args.seed,
-                  device=args.device, threads=args.threads, log_every=20,
+                  device=args.device, threads=args.threads, log_every=20, amp=args.amp,
+                  eval_every_steps=args.eval_every,
                   channels_last=args.device in ("cpu", "auto") and not torch.cuda.is_available())
     wall = time.perf_counter() - t0
     history.save(run_root / name / "history.json")
@@ -88,9 +97,13 @@ def main(argv=None) -> int:
         "name": name, "config": args.config, "input_size_wh": list(input_size), "heatmap_size_wh": list(heatmap_size),
         "sigma": sigma, "dataset": f"posekd embedded ({args.mode}) train split", "train_persons": len(train_ds),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "aug": args.aug, "amp": args.amp,
         "best_step": extras.get("step") if isinstance(extras, dict) else None,
-        "best_step_val_AP_no_flip": round(float(extras["metrics"]["AP"]), 4)
+        "best_step_val_subset_AP": round(float(extras["metrics"]["AP"]), 4)
         if isinstance(extras, dict) and "metrics" in extras else None,
+        "curve": {"val_images": len(img_ids), "points": [
+            {"step": e["step"], "samples": e["step"] * args.batch_size,
+             **{k: round(float(e[k]), 4) for k in ("AP", "AP50", "AP75", "mean_OKS")}} for e in history.evals]},
         "command": "python scripts/train_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "val_metrics_flip_gt_boxes": {k: round(float(v), 4) for k, v in metrics.items()},
         "train_wall_time_s_this_session": round(wall, 1), "device": str(next(reloaded.parameters()).device),
@@ -100,6 +113,9 @@ def main(argv=None) -> int:
     if args.note:
         card["note"] = args.note
     out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    learning_curves([{"name": name, "points": card["curve"]["points"]}],
+                    f"{name}: learning curve on {len(img_ids)} validation images").savefig(
+        REPO / "images" / f"{name}_curve.png", dpi=110)
     print(json.dumps(card, indent=1))
     return 0
 
