@@ -1,0 +1,86 @@
+"""The teacher cache: exact without augmentation, and its warp puts each joint where the crop moved it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from posekd_lib.data import AugConfig, TopDownDataset, dataset_splits
+from posekd_lib.teacher_cache import TeacherCache, cached_teacher
+
+
+def _dataset(train: bool, aug=None, size=(48, 64), hm=(12, 16)):
+    split = dataset_splits("quick").train
+    return TopDownDataset(split.ann_file, split.img_dir, size, hm, 2.0, train=train, aug=aug)
+
+
+def _targets_cache(ds_plain: TopDownDataset) -> TeacherCache:
+    """A cache whose "teacher" output is the plain crops' ground-truth heatmaps."""
+    hm = torch.stack([ds_plain[i]["target"] for i in range(len(ds_plain))]).to(torch.float16)
+    s = ds_plain.samples
+    return TeacherCache(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s],
+                        [ds_plain.images[x["image_id"]]["width"] for x in s], ds_plain.input_size)
+
+
+def _batch(ds, n: int = 16, seed: int = 0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return next(iter(torch.utils.data.DataLoader(ds, batch_size=n, shuffle=False)))
+
+
+def test_cache_without_augmentation_is_the_teachers_output():
+    ds = _dataset(train=False)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    cache = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False)
+    batch = _batch(ds)
+    with torch.no_grad():
+        live = teacher(batch["image"]).to(torch.float16).float()
+    torch.testing.assert_close(cache.for_batch(batch), live, rtol=0, atol=0)
+
+
+def test_warp_moves_each_joint_with_the_augmented_crop():
+    """Warped plain-crop targets peak where the augmented crop's own targets peak (within a cell)."""
+    cache = _targets_cache(_dataset(train=False))
+    aug = AugConfig(scale_factor=0.3, rotation=30.0, rotation_prob=1.0, flip_prob=0.5, half_body_prob=0.0)
+    ds = _dataset(train=True, aug=aug)
+    batch = _batch(ds, n=32)
+    assert batch["meta"]["flipped"].any() and not batch["meta"]["flipped"].all()
+    warped = cache.for_batch(batch)
+    target = batch["target"]
+    weight = batch["target_weight"].reshape(target.shape[:2])
+    w = target.shape[-1]
+    # compare only joints whose peak lies well inside both maps (the warp zero-fills what the plain crop lacks)
+    peak_t, peak_w = target.flatten(2).argmax(-1), warped.flatten(2).argmax(-1)
+    inside = (weight > 0) & (target.flatten(2).amax(-1) > 0.9) & (warped.flatten(2).amax(-1) > 0.5)
+    assert inside.sum() > 50
+    dx = (peak_t % w - peak_w % w).abs()[inside]
+    dy = (peak_t // w - peak_w // w).abs()[inside]
+    assert (torch.maximum(dx, dy) <= 1).float().mean() > 0.97, (dx.float().mean(), dy.float().mean())
+
+
+def test_output_size_and_mismatched_dataset():
+    ds = _dataset(train=False)
+    cache = _targets_cache(ds)
+    batch = _batch(ds, n=4)
+    assert cache.for_batch(batch, out_size=(6, 8)).shape == (4, 17, 8, 6)
+    batch["meta"]["ann_id"] = batch["meta"]["ann_id"] + 1
+    with pytest.raises(KeyError, match="another dataset"):
+        cache.for_batch(batch)
+
+
+def test_teacher_input_size_must_keep_the_aspect_ratio():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        TeacherCache.build(lambda x: x, _dataset(train=False), input_size=(64, 64), progress=False)
+
+
+def test_save_load_round_trip_and_bad_file(tmp_path):
+    ds = _dataset(train=False)
+    built = []
+    cache = cached_teacher(tmp_path / "c.pt", lambda: built.append(1) or _targets_cache(ds))
+    again = cached_teacher(tmp_path / "c.pt", lambda: built.append(1) or _targets_cache(ds))
+    assert built == [1]
+    batch = _batch(ds, n=4)
+    torch.testing.assert_close(again.for_batch(batch), cache.for_batch(batch), rtol=0, atol=0)
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="bad.pt"):
+        TeacherCache.load(tmp_path / "bad.pt")
