@@ -633,6 +633,69 @@ def _render_chunk(args) -> list[list[dict]]:
     return out
 
 
+_UNGUARDED = ("the script that calls it has no `if __name__ == \"__main__\":` guard, so every spawned "
+              "worker re-runs the script from the top")
+
+
+def _refuse_in_spawn_bootstrap() -> None:
+    """Fail at once in a spawn worker that is re-importing an unguarded main script.
+
+    Under the spawn start method each worker imports the parent's main script as ``__mp_main__``;
+    without a ``__main__`` guard that import reaches the generator call again. Raising here ends
+    the worker before it renders anything or starts workers of its own, and the parent (see
+    :func:`_render_in_workers`) falls back to rendering in its own process.
+    """
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise RuntimeError(f"posekd_lib.synth: called while a spawned worker starts up: {_UNGUARDED}. "
+                           "Put the call under `if __name__ == \"__main__\":` (or pass num_workers=1).")
+
+
+def _called_from_main_script() -> bool:
+    """Whether this call runs inside the top-level code of a ``python script.py`` main module."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) is None:  # Jupyter, python -c, the REPL: nothing to re-run
+        return False
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "<module>" and f.f_globals is vars(main):
+            return True
+        f = f.f_back
+    return False
+
+
+def _render_in_workers(chunks: list, num_workers: int, bar) -> list[list[dict]]:
+    """Render ``chunks`` in spawned worker processes, in order; in this process if the workers cannot start.
+
+    Spawn, never fork: a fork after torch/OpenCV started their thread pools can deadlock the
+    children (seen under pytest). A ``ProcessPoolExecutor``, not a ``Pool``: a worker that dies
+    breaks the executor at once instead of being replaced over and over, which is what made an
+    unguarded script hang for minutes. When that happens to a call from a main script's top-level
+    code (the missing ``__main__`` guard), the chunks are rendered here instead, with a warning.
+    """
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    results: list[list[dict]] = []
+    try:
+        with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=mp.get_context("spawn")) as pool:
+            for c, res in zip(chunks, pool.map(_render_chunk, chunks)):
+                results.append(res)
+                bar.update(len(c[2]))
+    except BrokenProcessPool:
+        if not _called_from_main_script():
+            raise
+        warnings.warn(f"posekd_lib.synth: the worker processes could not start because {_UNGUARDED}; "
+                      f"rendering in this process instead (slower). Put the call under "
+                      f"`if __name__ == \"__main__\":` to use {num_workers} workers.", RuntimeWarning, stacklevel=3)
+        for c in chunks[len(results):]:
+            results.append(_render_chunk(c))
+            bar.update(len(c[2]))
+    return [anns for res in results for anns in res]
+
+
 def _file_name(index: int) -> str:
     return f"{index + 1:012d}.jpg"
 
@@ -658,6 +721,7 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
     """
     from tqdm.auto import tqdm
 
+    _refuse_in_spawn_bootstrap()
     out_dir = Path(out_dir)
     w, h = (int(s) for s in image_size)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}")
@@ -673,13 +737,7 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
                     results += _render_chunk(c)
                     bar.update(len(c[2]))
             else:
-                # spawn, never fork: a fork after torch/OpenCV started their thread pools can deadlock
-                # the children (seen under pytest). Scripts that generate need a __main__ guard.
-                ctx = mp.get_context("spawn")
-                with ctx.Pool(min(num_workers, len(chunks))) as pool:
-                    for c, res in zip(chunks, pool.imap(_render_chunk, chunks)):
-                        results += res
-                        bar.update(len(c[2]))
+                results = _render_in_workers(chunks, num_workers, bar)
         coco = _coco_header({"seed": int(seed), "difficulty": float(difficulty), "image_size": [w, h],
                              "num_images": int(num_images)})
         coco["images"], coco["annotations"] = [], []
@@ -692,6 +750,49 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CocoSplit(out_dir / ANN_FILE_NAME, out_dir / "images")
+
+
+def _repair_cache(ds: EmbeddedDataset, seed: int, difficulty: float, image_size) -> bool:
+    """Check a cached set whose manifest matches: re-render its broken images in place, with a
+    warning naming them. False (after a warning) when it cannot be repaired and must be regenerated."""
+    import warnings
+
+    from .images import image_problem
+
+    for split_name in ("train", "val"):
+        split = getattr(ds, split_name)
+        try:
+            images = json.loads(split.ann_file.read_text())["images"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"embedded dataset cache {ds.root}: {split.ann_file} is unreadable ({e}); "
+                          "regenerating the whole set", RuntimeWarning, stacklevel=3)
+            return False
+        bad = []
+        for img in images:
+            path = split.img_dir / img["file_name"]
+            try:
+                problem = image_problem(path)
+            except FileNotFoundError:
+                problem = "missing"
+            if problem:
+                bad.append((int(img["id"]) - 1, path, problem))
+        if not bad:
+            continue
+        shown = "; ".join(f"{p} (image id {i + 1}): {why}" for i, p, why in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        warnings.warn(f"embedded dataset cache {ds.root}: {len(bad)} corrupt {split_name} image(s): "
+                      f"{shown}{more}; re-rendering them from the seed", RuntimeWarning, stacklevel=3)
+        tmp = split.img_dir.with_name(f".{split.img_dir.name}.repair-{os.getpid()}-{time.time_ns()}")
+        tmp.mkdir(parents=True)
+        try:
+            _render_chunk((str(tmp), seed * 2**20 + _SPLIT_OFFSET[split_name], [i for i, _, _ in bad],
+                           float(difficulty), tuple(int(v) for v in image_size)))
+            split.img_dir.mkdir(parents=True, exist_ok=True)
+            for i, path, _ in bad:
+                os.replace(tmp / _file_name(i), path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def _replace_dir(src: Path, dst: Path):
@@ -713,6 +814,12 @@ def ensure_embedded_dataset(mode: str | None = None, root: Path | None = None, s
     ``root`` defaults to ``run_paths(mode).data / "embedded"``. A ``manifest.json`` records the
     generator version and a hash of the parameters; the set is regenerated only when it is missing
     or either changed. ``sizes`` (``{"train": n, "val": n}`` images) overrides the mode's sizes.
+
+    A reused set is checked first (cheaply: each JPEG's first and last bytes, see
+    ``images.image_problem``). Cached images that are missing, empty or truncated (an interrupted
+    copy, a full disk) are re-rendered from the seed with a warning that names them (generation
+    is deterministic, so they come back byte-identical); a missing or unreadable annotation file
+    regenerates the whole set, also with a warning.
     """
     sizes = dict(sizes) if sizes is not None else sizes_for_mode(mode)
     root = Path(root) if root is not None else run_paths(mode).data / "embedded"
@@ -723,10 +830,12 @@ def ensure_embedded_dataset(mode: str | None = None, root: Path | None = None, s
     manifest = root / "manifest.json"
     if manifest.exists():
         try:
-            if json.loads(manifest.read_text()).get("params_hash") == digest:
-                return ds
+            cached = json.loads(manifest.read_text()).get("params_hash") == digest
         except json.JSONDecodeError:
-            pass
+            cached = False
+        if cached and _repair_cache(ds, seed, difficulty, image_size):
+            return ds
+    _refuse_in_spawn_bootstrap()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}-{time.time_ns()}")
     try:
