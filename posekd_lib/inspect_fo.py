@@ -125,12 +125,12 @@ def build_fo_dataset(ann_file, img_dir, name: str, overwrite: bool = False):
         if a.get("category_id") in person_ids:
             by_image.setdefault(a["image_id"], []).append(a)
     samples, missing = [], []
-    for k, img in enumerate(coco.get("images", [])):
+    for index, img in enumerate(coco.get("images", [])):
         path = img_dir / img["file_name"]
         if not path.is_file():
             missing.append(img["file_name"])
             continue
-        check_image(path, f"sample {k}, image id {img['id']}")
+        check_image(path, f"sample {index}, image id {img['id']}")
         w, h = float(img["width"]), float(img["height"])
         anns = by_image.get(img["id"], [])
         boxes = [fo.Detection(label="person", bounding_box=[a["bbox"][0] / w, a["bbox"][1] / h,

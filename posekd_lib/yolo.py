@@ -49,7 +49,7 @@ def coco_to_yolo(ann_file, out_dir, num_keypoints: int = 17, single_person: bool
             by_image.setdefault(ann["image_id"], []).append(ann)
 
     stats = Counter(images=0, persons=0)
-    for k, img in enumerate(coco["images"]):
+    for index, img in enumerate(coco["images"]):
         anns = by_image.get(img["id"], [])
         if not anns:
             continue
@@ -79,7 +79,7 @@ def coco_to_yolo(ann_file, out_dir, num_keypoints: int = 17, single_person: bool
             stats["skipped_no_keypoints"] += 1
             continue
         if img_dir is not None:
-            check_image(Path(img_dir) / img["file_name"], f"sample {k}, image id {img['id']}")
+            check_image(Path(img_dir) / img["file_name"], f"sample {index}, image id {img['id']}")
         (out / (Path(img["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
         if img_dir is not None:
             shutil.copyfile(Path(img_dir) / img["file_name"], out / Path(img["file_name"]).name)
