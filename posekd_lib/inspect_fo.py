@@ -307,8 +307,12 @@ def app_command(name: str, port: int = 5151) -> str:
     command of this interpreter's environment (the venv is not on a new shell's PATH).
     """
     env = fo_env()
-    if "fiftyone" in sys.modules:  # set in code after import: the config is what the datasets used
-        env["FIFTYONE_DATABASE_DIR"] = str(sys.modules["fiftyone"].config.database_dir)
+    fo = sys.modules.get("fiftyone")
+    if fo is not None and hasattr(fo, "config"):  # what the datasets of this process really use
+        db_dir = str(fo.config.database_dir)
+        default = getattr(sys.modules.get("fiftyone.constants"), "DEFAULT_DB_DIR", None)
+        if "FIFTYONE_DATABASE_DIR" in env or os.path.abspath(db_dir) != os.path.abspath(default or db_dir):
+            env["FIFTYONE_DATABASE_DIR"] = db_dir
     exe = Path(sys.executable).parent / "fiftyone"
     parts = [f"{k}={shlex.quote(env[k])}" for k in ("FIFTYONE_DATABASE_DIR", "FIFTYONE_DATABASE_VALIDATION")
              if k in env]
