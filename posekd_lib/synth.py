@@ -641,13 +641,14 @@ def _refuse_in_spawn_bootstrap() -> None:
     """Fail at once in a spawn worker that is re-importing an unguarded main script.
 
     Under the spawn start method each worker imports the parent's main script as ``__mp_main__``;
-    without a ``__main__`` guard that import reaches the generator call again. Raising here ends
+    without a ``__main__`` guard that import reaches the generator call again. Exiting here ends
     the worker before it renders anything or starts workers of its own, and the parent (see
     :func:`_render_in_workers`) falls back to rendering in its own process.
     """
     if getattr(mp.current_process(), "_inheriting", False):
-        raise RuntimeError(f"posekd_lib.synth: called while a spawned worker starts up: {_UNGUARDED}. "
-                           "Put the call under `if __name__ == \"__main__\":` (or pass num_workers=1).")
+        # SystemExit with a one-line message, not a traceback per worker: the parent explains
+        raise SystemExit(f"posekd_lib.synth: spawned worker {os.getpid()} stops: it was re-running the main "
+                         "script, which has no `if __name__ == \"__main__\":` guard")
 
 
 def _called_from_main_script() -> bool:
