@@ -501,10 +501,10 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
         return (f"the last good checkpoint is {last_good}" if last_good is not None
                 else "no checkpoint of this run was saved")
 
-    def diverged(what: str, cls=TrainingDivergedError, samples: str = "", updated: bool = False):
+    def diverged(what: str, detail: str, cls=TrainingDivergedError, samples: str = "", updated: bool = False):
         done = ("the update was not saved (the model in memory holds it)" if updated
                 else "weights were not updated")
-        raise cls(f"{run_name}: {what} at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}); "
+        raise cls(f"{run_name}: {what} at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): {detail}; "
                   + (f"{samples}; " if samples else "") + f"{done} and {good()}")
 
     def check_savable():
@@ -565,13 +565,13 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     values /= world
                 values = dict(zip(comps, values.tolist()))
                 if not all(math.isfinite(v) for v in values.values()):
-                    diverged(f"non-finite loss {values}", NonFiniteLossError, _batch_samples(batch))
+                    diverged("non-finite loss", str(values), NonFiniteLossError, _batch_samples(batch))
                 if step < LOSS_REFERENCE_STEPS:
                     guard["loss"] = max(guard["loss"], values["loss"])
                 elif guard["loss"] > 0 and values["loss"] > LOSS_GROWTH_LIMIT * guard["loss"]:
-                    diverged(f"the loss exploded to {values['loss']:.4g}, over {LOSS_GROWTH_LIMIT:g}x the "
-                             f"largest of the first {LOSS_REFERENCE_STEPS} steps ({guard['loss']:.4g}); lower the "
-                             f"learning rate (lr {optimizer.param_groups[0]['lr']:.3g})", samples=_batch_samples(batch))
+                    diverged("the loss exploded", f"{values['loss']:.4g}, over {LOSS_GROWTH_LIMIT:g}x the largest of "
+                             f"the first {LOSS_REFERENCE_STEPS} steps ({guard['loss']:.4g}); lower the learning rate "
+                             f"(lr {optimizer.param_groups[0]['lr']:.3g})", samples=_batch_samples(batch))
 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
@@ -580,7 +580,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                 if not scaler.is_enabled():  # fp16: the scaler itself skips steps with inf/nan gradients
                     bad = _non_finite((n, p.grad) for n, p in params)
                     if bad:
-                        diverged(f"non-finite gradients in {_names(bad)} although the loss was finite ({values})",
+                        diverged("non-finite gradients", f"in {_names(bad)}, although the loss was finite ({values})",
                                  samples=_batch_samples(batch))
                 if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -592,11 +592,11 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                 norm = _weight_norm(params)
                 if not math.isfinite(norm) or norm > WEIGHT_GROWTH_LIMIT * max(guard["weight_norm"], 1e-12):
                     bad = _non_finite(params)
-                    diverged((f"the update made weights non-finite ({_names(bad)})" if bad else
-                              f"the weights exploded: their norm grew from {guard['weight_norm']:.4g} to {norm:.4g}, "
-                              f"over {WEIGHT_GROWTH_LIMIT:g}x its start")
-                             + f"; lower the learning rate (lr {lr_used:.3g})", samples=_batch_samples(batch),
-                             updated=True)
+                    what, detail = (("the update made weights non-finite", f"in {_names(bad)}") if bad else
+                                    ("the weights exploded", f"their norm grew from {guard['weight_norm']:.4g} to "
+                                     f"{norm:.4g}, over {WEIGHT_GROWTH_LIMIT:g}x its start"))
+                    diverged(what, f"{detail}; lower the learning rate (lr {lr_used:.3g})",
+                             samples=_batch_samples(batch), updated=True)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 bar.update(1)
                 for k, v in values.items():
