@@ -719,6 +719,9 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
 
     Written to a temporary sibling folder first and renamed at the end, so an interrupted run never
     leaves a half split. Output is byte-identical for a given seed whatever ``num_workers`` is.
+    ``num_workers`` > 1 renders in spawned processes, which re-import the main script: called from
+    a script without an ``if __name__ == "__main__":`` guard, it renders in this process instead,
+    with a warning saying to add the guard (it used to hang for minutes).
     """
     from tqdm.auto import tqdm
 
