@@ -651,49 +651,87 @@ def _refuse_in_spawn_bootstrap() -> None:
                          "script, which has no `if __name__ == \"__main__\":` guard")
 
 
-def _called_from_main_script() -> bool:
-    """Whether this call runs inside the top-level code of a ``python script.py`` main module."""
+def _main_module_frame():
+    """The frame running a ``python script.py`` main module's top-level code, if this call is inside it."""
     import sys
 
     main = sys.modules.get("__main__")
     if getattr(main, "__file__", None) is None:  # Jupyter, python -c, the REPL: nothing to re-run
-        return False
+        return None
     f = sys._getframe(1)
     while f is not None:
         if f.f_code.co_name == "<module>" and f.f_globals is vars(main):
-            return True
+            return f
         f = f.f_back
-    return False
+    return None
+
+
+def _is_main_guard(test) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+            and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+
+def _unguarded_main_call() -> bool:
+    """Whether this call comes from a main script's top-level code outside ``if __name__ == "__main__":``
+    (so spawned workers, which re-import the script, would make the call again)."""
+    import ast
+
+    frame = _main_module_frame()
+    if frame is None:
+        return False
+    try:
+        tree = ast.parse(Path(frame.f_code.co_filename).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False  # cannot tell: spawn, and let _render_in_workers's fallback catch it
+    line = frame.f_lineno
+    return not any(isinstance(n, ast.If) and _is_main_guard(n.test)
+                   and n.body[0].lineno <= line <= (n.body[-1].end_lineno or n.body[-1].lineno)
+                   for n in ast.walk(tree))
 
 
 def _render_in_workers(chunks: list, num_workers: int, bar) -> list[list[dict]]:
-    """Render ``chunks`` in spawned worker processes, in order; in this process if the workers cannot start.
+    """Render ``chunks`` in spawned worker processes, in order; in this process when they would not start.
 
     Spawn, never fork: a fork after torch/OpenCV started their thread pools can deadlock the
-    children (seen under pytest). A ``ProcessPoolExecutor``, not a ``Pool``: a worker that dies
-    breaks the executor at once instead of being replaced over and over, which is what made an
-    unguarded script hang for minutes. When that happens to a call from a main script's top-level
-    code (the missing ``__main__`` guard), the chunks are rendered here instead, with a warning.
+    children (seen under pytest). A spawned worker re-imports the main script, so a call from a
+    script's top-level code outside an ``if __name__ == "__main__":`` guard would be made again in
+    every worker (with ``Pool``, which replaces dead workers, that hung for minutes): such a call
+    (found from the caller's frame and the script's syntax tree) renders here, with a warning. As
+    a safety net, a ``ProcessPoolExecutor`` breaks at once when its workers die at start-up
+    (:func:`_refuse_in_spawn_bootstrap`), and a call from a main script then also renders here.
     """
     import warnings
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    results: list[list[dict]] = []
-    try:
-        with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=mp.get_context("spawn")) as pool:
-            for c, res in zip(chunks, pool.map(_render_chunk, chunks)):
-                results.append(res)
-                bar.update(len(c[2]))
-    except BrokenProcessPool:
-        if not _called_from_main_script():
-            raise
-        warnings.warn(f"posekd_lib.synth: the worker processes could not start because {_UNGUARDED}; "
-                      f"rendering in this process instead (slower). Put the call under "
-                      f"`if __name__ == \"__main__\":` to use {num_workers} workers.", RuntimeWarning, stacklevel=3)
+    def here(results: list, why: str) -> list:
+        warnings.warn(f"posekd_lib.synth: {why}; rendering in this process instead (slower). Put the call "
+                      f"under `if __name__ == \"__main__\":` to use {num_workers} workers.", RuntimeWarning,
+                      stacklevel=4)
         for c in chunks[len(results):]:
             results.append(_render_chunk(c))
             bar.update(len(c[2]))
+        return results
+
+    results: list[list[dict]] = []
+    if _unguarded_main_call():
+        results = here(results, f"not starting worker processes: {_UNGUARDED}")
+    else:
+        try:
+            with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=mp.get_context("spawn")) as pool:
+                for c, res in zip(chunks, pool.map(_render_chunk, chunks)):
+                    results.append(res)
+                    bar.update(len(c[2]))
+        except BrokenProcessPool:
+            if _main_module_frame() is None:
+                raise
+            results = here(results, "the worker processes stopped at start-up (what a main script without an "
+                                    "`if __name__ == \"__main__\":` guard makes them do)")
     return [anns for res in results for anns in res]
 
 

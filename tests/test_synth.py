@@ -263,13 +263,34 @@ def test_unguarded_script_falls_back_to_one_process_fast(tmp_path):
         pytest.fail(f"an unguarded script still hangs: {e}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "generated in" in r.stdout
-    assert "no `if __name__ == \"__main__\":` guard" in r.stderr and "rendering in this process" in r.stderr
+    assert "not starting worker processes" in r.stderr and "rendering in this process" in r.stderr
+    assert "no `if __name__ == \"__main__\":` guard" in r.stderr
+    assert r.stdout.count("top of script") == 1  # no worker re-ran the user's script
     ref = synth.generate_split(tmp_path / "ref", 4, seed=3, num_workers=1, progress=False)
     out = tmp_path / "out"
     assert (out / synth.ANN_FILE_NAME).read_bytes() == ref.ann_file.read_bytes()
     assert [p.read_bytes() for p in sorted((out / "images").iterdir())] == \
         [p.read_bytes() for p in sorted(ref.img_dir.iterdir())]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_workers_dying_at_start_up_fall_back_too(tmp_path):
+    """The safety net when the script's guard cannot be read: workers re-running it exit at once
+    (one line each), the executor breaks, and the parent renders the split itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    body = UNGUARDED.format(repo=repo, out=str(tmp_path / "out")).replace(
+        "from posekd_lib.synth import generate_split",
+        "from posekd_lib import synth\nsynth._unguarded_main_call = lambda: False\nfrom posekd_lib.synth import generate_split")
+    script = tmp_path / "make_data.py"
+    script.write_text(body)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "generated in" in r.stdout and "stopped at start-up" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 4
 
 
 def test_guarded_script_still_uses_workers(tmp_path):
@@ -286,4 +307,34 @@ def test_guarded_script_still_uses_workers(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "generated in" in r.stdout and "guard" not in r.stderr
+    assert r.stdout.count("top of script") == 1  # workers import the script without running the guarded part
     assert len(list((tmp_path / "out" / "images").iterdir())) == 4
+
+
+def test_main_guard_detection(tmp_path, monkeypatch):
+    """Calls outside the guard (and in its else branch, which spawned workers run) count as unguarded."""
+    import sys
+    import types
+
+    script = tmp_path / "s.py"
+    script.write_text("call()\nif __name__ == '__main__':\n    call()\nelse:\n    call()\n"
+                      "if '__main__' == __name__:\n    call()\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    seen = {}
+
+    def call():
+        seen[sys._getframe(1).f_lineno] = synth._unguarded_main_call()
+
+    code = compile(script.read_text(), str(script), "exec")
+    main.__dict__.update(call=call, __name__="__main__")
+    exec(code, vars(main))
+    assert seen == {1: True, 3: False, 7: False}
+    seen.clear()
+    main.__dict__["__name__"] = "__mp_main__"  # how a spawned worker runs the script
+    exec(code, vars(main))
+    assert seen == {1: True, 5: True}
+    seen.clear()
+    call()  # not from the main module's top-level code
+    assert list(seen.values()) == [False]
