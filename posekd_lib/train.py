@@ -508,7 +508,8 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                   + (f"{samples}; " if samples else "") + f"{done} and {good()}")
 
     def check_savable():
-        """Refuse to write a checkpoint holding non-finite weights, buffers or optimizer state."""
+        """Refuse to write a checkpoint holding non-finite weights, buffers or optimizer state (run on
+        every rank, whose state equals rank 0's, so all of them stop together under DDP)."""
         bad = _non_finite(model.state_dict().items()) + _non_finite(_optimizer_tensors(optimizer))
         if bad:
             raise TrainingDivergedError(f"{run_name}: not saving step {step}: non-finite values in "
@@ -516,7 +517,6 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
 
     def save_latest():
         nonlocal last_good
-        check_savable()
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history.to_dict(),
@@ -589,8 +589,8 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                 scaler.update()
                 if sched is not None:
                     sched.step()
-                norm = _weight_norm(params)
-                if not math.isfinite(norm) or norm > WEIGHT_GROWTH_LIMIT * max(guard["weight_norm"], 1e-12):
+                norm = _weight_norm(params)  # a start norm of 0 (all-zero init) only gets the finiteness check
+                if not math.isfinite(norm) or 0 < WEIGHT_GROWTH_LIMIT * guard["weight_norm"] < norm:
                     bad = _non_finite(params)
                     what, detail = (("the update made weights non-finite", f"in {_names(bad)}") if bad else
                                     ("the weights exploded", f"their norm grew from {guard['weight_norm']:.4g} to "
@@ -617,14 +617,15 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     history.evals.append(metrics)
                     if is_better(metrics[best_metric]):
                         best = {"metric": best_metric, "value": metrics[best_metric], "step": step, "epoch": epoch}
+                        check_savable()
                         if rank == 0:
-                            check_savable()
                             atomic_save({"model": model.state_dict(), "metrics": metrics, "step": step}, best_path)
                     say(f"{run_name} step {step}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-                if rank == 0 and (epoch_end or step == total_steps
-                                  or (save_every_steps and step % save_every_steps == 0)):
-                    save_latest()
+                if epoch_end or step == total_steps or (save_every_steps and step % save_every_steps == 0):
+                    check_savable()
+                    if rank == 0:
+                        save_latest()
                 if step >= total_steps:
                     break
     if world > 1:
