@@ -319,10 +319,12 @@ def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 # --------------------------------------------------------------------------- divergence checks
 def _trained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every parameter the optimizer updates (adapters outside ``model`` included)."""
+    """(name, tensor) of every floating-point parameter the optimizer updates (adapters outside
+    ``model`` included; integer ones, such as ai8x's, cannot go non-finite)."""
     names = {id(p): n for n, p in model.named_parameters()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    return [(names.get(id(p), f"optimizer parameter {i}"), p) for i, p in enumerate(params)]
+    return [(names.get(id(p), f"optimizer parameter {i}"), p) for i, p in enumerate(params)
+            if p.is_floating_point() or p.is_complex()]
 
 
 def _weight_norm(params) -> float:

@@ -197,6 +197,17 @@ def test_a_checkpoint_with_non_finite_state_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "latest.pt").exists()
 
 
+def test_integer_parameters_pass_the_divergence_checks(tmp_path):
+    """ai8x models hand the optimizer integer parameters (bit widths, shifts): they are not normed."""
+    torch.manual_seed(0)
+    model = smoke.tiny_posenet()
+    model.register_parameter("shift", torch.nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False))
+    loader = DataLoader(smoke.BlobPoseDataset(n=8), batch_size=4)
+    hist = fit(model, loader, loss_fn=mse, epochs=1, out_dir=tmp_path, run_name="r", log_every=1, progress=False,
+               threads=1)
+    assert hist.step == [1, 2]
+
+
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "latest.pt"
     atomic_save({"step": 1}, path)
