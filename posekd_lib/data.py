@@ -2,8 +2,8 @@
 and top-down inference to COCO results.
 
 The same code reads real COCO (``person_keypoints_val2017.json`` + ``val2017/``) and the generated
-dataset of ``synth.py`` (same format). Images are decoded with cv2 and converted to RGB, then
-normalised with the ImageNet mean/std as the official HRNet pipeline does.
+dataset of ``synth.py`` (same format). Images are decoded with cv2 (``images.read_rgb``, which
+rejects truncated and corrupt files by name) and converted to RGB, then normalised with the ImageNet mean/std as the official HRNet pipeline does.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .codecs import HeatmapCodec, PafCodec, flip_test_average
+from .images import CorruptImageError, read_rgb  # noqa: F401  (read_rgb is part of this module's API)
 from .keypoints import (COCO_FLIP_INDEX, COCO_FLIP_PAIRS, COCO_JOINTS_WEIGHT, COCO_LOWER_BODY_IDS,
                         COCO_UPPER_BODY_IDS, NUM_COCO_KEYPOINTS)
 from .transforms import (affine_points, box_to_center_scale, fliplr_keypoints, get_affine_transform,
@@ -86,17 +87,6 @@ def _clip_box(box, width: int, height: int) -> list[float] | None:
     if x2 <= x1 or y2 <= y1:
         return None
     return [x1, y1, x2 - x1, y2 - y1]
-
-
-def read_rgb(path, index: int | None = None) -> np.ndarray:
-    """Decode an image file with cv2 and return it as RGB uint8 ``(H, W, 3)``."""
-    where = f" (sample {index})" if index is not None else ""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}{where}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"could not decode image {path}{where}: corrupt or not an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def to_tensor_normalized(rgb: np.ndarray) -> torch.Tensor:
@@ -282,7 +272,7 @@ class TopDownDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        img = read_rgb(self.image_path(index), index)
+        img = read_rgb(self.image_path(index), f"sample {index}, image id {s['image_id']}")
         joints = s["joints"].copy()
         center, scale, rot, flipped = s["center"].copy(), s["scale"].copy(), 0.0, False
 
@@ -400,7 +390,7 @@ class BottomUpDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
         info, anns = self.images[image_id], self.anns[image_id]
-        img = read_rgb(self.img_dir / info["file_name"], index)
+        img = read_rgb(self.img_dir / info["file_name"], f"sample {index}, image id {image_id}")
         h0, w0 = img.shape[:2]
         people = [a for a in anns if not a.get("iscrowd", 0) and a.get("num_keypoints", 1) > 0]
         kpts = np.asarray([a["keypoints"] for a in people], dtype=np.float64).reshape(-1, NUM_COCO_KEYPOINTS, 3)

@@ -9,8 +9,8 @@ stays fast, and ``fo_env`` must run before that import to pick the database fold
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -48,11 +48,12 @@ def _fo():
 
 
 def _load_json(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    with open(path) as f:
-        return json.load(f)
+    """The COCO person-keypoints JSON at ``path``, checked by the data loader's
+    ``load_coco_person_keypoints`` (a missing file, invalid JSON or a file of the wrong shape
+    raises an error naming the file)."""
+    from .data import load_coco_person_keypoints
+
+    return load_coco_person_keypoints(path)
 
 
 def _person_category_ids(coco: dict, source) -> set[int]:
@@ -98,11 +99,15 @@ def build_fo_dataset(ann_file, img_dir, name: str, overwrite: bool = False):
     ``coco_id``, ``area``, ``iscrowd``, ``num_keypoints``) and ``gt_boxes`` (``fo.Detections``).
     Same name and same source (file hash + image folder) reuses the stored dataset;
     ``overwrite=True`` rebuilds it. Only the dataset called ``name`` is ever deleted. Images
-    missing from ``img_dir`` are skipped with a warning.
+    missing from ``img_dir`` are skipped with a warning; an empty, truncated or undecodable one
+    raises ``images.CorruptImageError`` naming the file and the sample (``images.check_image``:
+    the App would show it grey or broken). The annotation file gets the data loader's checks.
     """
-    fo = _fo()
+    from .images import check_image
+
     ann_file, img_dir = Path(ann_file).resolve(), Path(img_dir).resolve()
-    coco = _load_json(ann_file)
+    coco = _load_json(ann_file)  # before starting the database: a bad file fails at once
+    fo = _fo()
     sha1 = _source_sha1(ann_file, img_dir)
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
@@ -120,11 +125,12 @@ def build_fo_dataset(ann_file, img_dir, name: str, overwrite: bool = False):
         if a.get("category_id") in person_ids:
             by_image.setdefault(a["image_id"], []).append(a)
     samples, missing = [], []
-    for img in coco.get("images", []):
+    for index, img in enumerate(coco.get("images", [])):
         path = img_dir / img["file_name"]
         if not path.is_file():
             missing.append(img["file_name"])
             continue
+        check_image(path, f"sample {index}, image id {img['id']}")
         w, h = float(img["width"]), float(img["height"])
         anns = by_image.get(img["id"], [])
         boxes = [fo.Detection(label="person", bounding_box=[a["bbox"][0] / w, a["bbox"][1] / h,
@@ -284,9 +290,32 @@ def launch_app(dataset, port: int = 5151, remote: bool = False, force: bool = Fa
     reason = None if force else _why_not_interactive()
     if reason:
         name = getattr(dataset, "dataset_name", None) or dataset.name  # a view reports its dataset's name
-        print(f"FiftyOne App not launched ({reason}). To browse dataset {name!r}, run:\n"
-              f"    fiftyone app launch {name} --address 127.0.0.1 --port {port}\n"
+        print(f"FiftyOne App not launched ({reason}). To browse dataset {name!r}, run in a shell:\n"
+              f"    {app_command(name, port)}\n"
               f"or in Python: fo.launch_app(fo.load_dataset({name!r}), address='127.0.0.1', port={port})")
         return None
     fo = _fo()
     return fo.launch_app(dataset, port=port, address="127.0.0.1", remote=remote)
+
+
+def app_command(name: str, port: int = 5151) -> str:
+    """A shell command that opens the App on dataset ``name`` from any shell.
+
+    It names this process's database folder (``FIFTYONE_DATABASE_DIR``, set by :func:`fo_env`;
+    quick mode keeps its datasets in a private one under the run folder, which a plain
+    ``fiftyone app launch`` would not look in) and validation setting, and the ``fiftyone``
+    command of this interpreter's environment (the venv is not on a new shell's PATH).
+    """
+    env = fo_env()
+    fo = sys.modules.get("fiftyone")
+    if fo is not None and hasattr(fo, "config"):  # what the datasets of this process really use
+        db_dir = str(fo.config.database_dir)
+        default = getattr(sys.modules.get("fiftyone.constants"), "DEFAULT_DB_DIR", None)
+        if "FIFTYONE_DATABASE_DIR" in env or os.path.abspath(db_dir) != os.path.abspath(default or db_dir):
+            env["FIFTYONE_DATABASE_DIR"] = db_dir
+    exe = Path(sys.executable).parent / "fiftyone"
+    parts = [f"{k}={shlex.quote(env[k])}" for k in ("FIFTYONE_DATABASE_DIR", "FIFTYONE_DATABASE_VALIDATION")
+             if k in env]
+    parts += [shlex.quote(str(exe)) if exe.is_file() else "fiftyone", "app", "launch", shlex.quote(name),
+              "--address", "127.0.0.1", "--port", str(int(port))]
+    return " ".join(parts)

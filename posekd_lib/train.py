@@ -42,8 +42,22 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 from . import config
 
 
-class NonFiniteLossError(FloatingPointError):
+class TrainingDivergedError(FloatingPointError):
+    """Training stopped because it diverged: non-finite gradients or weights, or a loss or weights
+    exploding (see :func:`fit`). The step's update is not saved; no checkpoint with non-finite or
+    exploded weights is ever written."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
     """Raised when a training loss is NaN or infinite (the step's weights are not updated or saved)."""
+
+
+#: ``fit`` stops when the weight norm exceeds this multiple of its norm at the start of the run.
+WEIGHT_GROWTH_LIMIT = 1e3
+#: ``fit`` stops when the loss exceeds this multiple of the largest loss of the run's first steps.
+LOSS_GROWTH_LIMIT = 1e4
+#: How many first steps set the loss reference of ``LOSS_GROWTH_LIMIT``.
+LOSS_REFERENCE_STEPS = 10
 
 
 # --------------------------------------------------------------------------- seeds and RNG state
@@ -303,6 +317,75 @@ def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return total, comps
 
 
+# --------------------------------------------------------------------------- divergence checks
+def _trained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every floating-point parameter the optimizer updates (adapters outside
+    ``model`` included; integer ones, such as ai8x's, cannot go non-finite)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return [(names.get(id(p), f"optimizer parameter {i}"), p) for i, p in enumerate(params)
+            if p.is_floating_point() or p.is_complex()]
+
+
+def _weight_norm(params) -> float:
+    """L2 norm of all ``params`` together (inf or nan when one is non-finite or overflows)."""
+    norms = [torch.linalg.vector_norm(p.detach()).double() for _, p in params]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def _non_finite(named_tensors) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity (one device sync when none does)."""
+    named = [(n, t) for n, t in named_tensors if torch.is_tensor(t) and t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    if bool(finite.all()):
+        return []
+    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer):
+    for i, state in enumerate(optimizer.state.values()):
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                yield f"state[{i}].{k}", v
+
+
+def _names(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _batch_samples(batch) -> str:
+    """Which samples a batch holds, from its ``meta`` (``index``, ``image_id``), and which of them
+    carry non-finite inputs; "" when the batch carries no ids."""
+    meta = batch.get("meta") if isinstance(batch, dict) else None
+    parts = []
+
+    def ids(key):
+        v = meta.get(key) if isinstance(meta, dict) else None
+        if torch.is_tensor(v):
+            v = v.reshape(-1).tolist()
+        return [int(x) for x in v] if isinstance(v, (list, tuple)) else None
+
+    index, image_id = ids("index"), ids("image_id")
+    if index is not None:
+        parts.append(f"the batch holds samples {index[:16]}{' ...' if len(index) > 16 else ''}"
+                     + (f" (image ids {image_id[:16]}{' ...' if len(image_id) > 16 else ''})" if image_id else ""))
+    if isinstance(batch, dict):
+        bad = set()
+        for v in batch.values():
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 and v.numel():
+                rows = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
+                bad |= set(torch.nonzero(rows).reshape(-1).tolist())
+        if bad:
+            rows = sorted(bad)
+            if index is not None and rows[-1] < len(index):
+                parts.append(f"non-finite inputs in samples {[index[r] for r in rows]}")
+            else:
+                parts.append(f"non-finite inputs in batch rows {rows}")
+    return "; ".join(parts)
+
+
 # --------------------------------------------------------------------------- the loop
 @contextmanager
 def _runtime(device, threads: int | None):
@@ -349,6 +432,16 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
     (default: all cores, split between local ranks; 1 is faster for tiny models on a busy machine).
     ``channels_last`` stores the model's weights and the batch images as NHWC, which PyTorch's CPU
     convolutions run ~15-25 % faster for these small nets (same numbers up to float rounding).
+
+    Divergence stops the run with :class:`TrainingDivergedError` (``NonFiniteLossError`` for a NaN
+    or infinite loss), naming the run, step, epoch and batch and, when the batch's ``meta`` has
+    ``index`` / ``image_id``, its samples: a non-finite loss, or a loss over
+    ``LOSS_GROWTH_LIMIT`` (1e4) times the largest of the first ``LOSS_REFERENCE_STEPS`` steps,
+    before the backward pass; non-finite gradients before the optimizer step (without fp16, whose
+    scaler skips such steps itself); non-finite weights, or a weight norm over
+    ``WEIGHT_GROWTH_LIMIT`` (1e3) times the run's start, after it. No checkpoint holding a
+    non-finite weight, buffer or optimizer state is ever written, so the "last good checkpoint"
+    the message names (one saved or resumed by this run) is good.
     """
     if epochs is None and max_steps is None:
         raise ValueError("fit: give epochs, max_steps or both")
@@ -386,8 +479,10 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
             stale.unlink()
     step = epoch = batch_in_epoch = 0
     history, best, running = History(), None, {"sums": {}, "count": 0}
+    guard, last_good = {}, None  # divergence references; the checkpoint an error may call good
     if resume and latest.is_file():
         ck = load_checkpoint(latest, model)
+        guard, last_good = dict(ck.get("guard") or {}), latest
         optimizer.load_state_dict(ck["optimizer"])
         if sched is not None and ck["scheduler"] is not None:
             sched.load_state_dict(ck["scheduler"])
@@ -400,15 +495,38 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
         say(f"{run_name}: already trained for {step} steps")
         return history
     sums, count = defaultdict(float, running["sums"]), running["count"]
+    params = _trained_params(model, optimizer)
+    guard.setdefault("weight_norm", _weight_norm(params))  # at the run's start (resumed: from the checkpoint)
+    guard.setdefault("loss", 0.0)  # the largest loss of the first LOSS_REFERENCE_STEPS steps
+
+    def good() -> str:
+        return (f"the last good checkpoint is {last_good}" if last_good is not None
+                else "no checkpoint of this run was saved")
+
+    def diverged(what: str, detail: str, cls=TrainingDivergedError, samples: str = "", updated: bool = False):
+        done = ("the update was not saved (the model in memory holds it)" if updated
+                else "weights were not updated")
+        raise cls(f"{run_name}: {what} at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): {detail}; "
+                  + (f"{samples}; " if samples else "") + f"{done} and {good()}")
+
+    def check_savable():
+        """Refuse to write a checkpoint holding non-finite weights, buffers or optimizer state (run on
+        every rank, whose state equals rank 0's, so all of them stop together under DDP)."""
+        bad = _non_finite(model.state_dict().items()) + _non_finite(_optimizer_tensors(optimizer))
+        if bad:
+            raise TrainingDivergedError(f"{run_name}: not saving step {step}: non-finite values in "
+                                        f"{_names(bad)}; {good()}")
 
     def save_latest():
+        nonlocal last_good
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history.to_dict(),
                 "best": best, "running": {"sums": dict(sums), "count": count}, "rng": rng_state(),
-                "seed": seed, "run_name": run_name}
+                "seed": seed, "run_name": run_name, "guard": dict(guard)}
         atomic_save(ckpt, latest)
         history.save(run_dir / "history.json")
+        last_good = latest
 
     def evaluate() -> dict:
         metrics = None
@@ -449,20 +567,38 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     values /= world
                 values = dict(zip(comps, values.tolist()))
                 if not all(math.isfinite(v) for v in values.values()):
-                    saved = f"the last good checkpoint is {latest}" if latest.is_file() else "nothing was saved"
-                    raise NonFiniteLossError(
-                        f"{run_name}: non-finite loss at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): "
-                        f"{values}; weights were not updated and {saved}")
+                    diverged("non-finite loss", str(values), NonFiniteLossError, _batch_samples(batch))
+                if step < LOSS_REFERENCE_STEPS:
+                    guard["loss"] = max(guard["loss"], values["loss"])
+                elif guard["loss"] > 0 and values["loss"] > LOSS_GROWTH_LIMIT * guard["loss"]:
+                    diverged("the loss exploded", f"{values['loss']:.4g}, over {LOSS_GROWTH_LIMIT:g}x the largest of "
+                             f"the first {LOSS_REFERENCE_STEPS} steps ({guard['loss']:.4g}); lower the learning rate "
+                             f"(lr {optimizer.param_groups[0]['lr']:.3g})", samples=_batch_samples(batch))
 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if grad_clip is not None:
                     scaler.unscale_(optimizer)
+                if not scaler.is_enabled():  # fp16: the scaler itself skips steps with inf/nan gradients
+                    bad = _non_finite((n, p.grad) for n, p in params)
+                    if bad:
+                        diverged("non-finite gradients", f"in {_names(bad)}, although the loss was finite ({values})",
+                                 samples=_batch_samples(batch))
+                if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                lr_used = optimizer.param_groups[0]["lr"]
                 scaler.step(optimizer)
                 scaler.update()
                 if sched is not None:
                     sched.step()
+                norm = _weight_norm(params)  # a start norm of 0 (all-zero init) only gets the finiteness check
+                if not math.isfinite(norm) or 0 < WEIGHT_GROWTH_LIMIT * guard["weight_norm"] < norm:
+                    bad = _non_finite(params)
+                    what, detail = (("the update made weights non-finite", f"in {_names(bad)}") if bad else
+                                    ("the weights exploded", f"their norm grew from {guard['weight_norm']:.4g} to "
+                                     f"{norm:.4g}, over {WEIGHT_GROWTH_LIMIT:g}x its start"))
+                    diverged(what, f"{detail}; lower the learning rate (lr {lr_used:.3g})",
+                             samples=_batch_samples(batch), updated=True)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 bar.update(1)
                 for k, v in values.items():
@@ -483,13 +619,15 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     history.evals.append(metrics)
                     if is_better(metrics[best_metric]):
                         best = {"metric": best_metric, "value": metrics[best_metric], "step": step, "epoch": epoch}
+                        check_savable()
                         if rank == 0:
                             atomic_save({"model": model.state_dict(), "metrics": metrics, "step": step}, best_path)
                     say(f"{run_name} step {step}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-                if rank == 0 and (epoch_end or step == total_steps
-                                  or (save_every_steps and step % save_every_steps == 0)):
-                    save_latest()
+                if epoch_end or step == total_steps or (save_every_steps and step % save_every_steps == 0):
+                    check_savable()
+                    if rank == 0:
+                        save_latest()
                 if step >= total_steps:
                     break
     if world > 1:

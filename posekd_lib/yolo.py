@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_coco_person_keypoints
+from .images import check_image
 from .keypoints import (COCO_KEYPOINTS, COCO_SKELETON_1BASED, NUM_COCO_KEYPOINTS, STM32_13_KEYPOINTS,
                         STM32_13_SKELETON, coco17_to_stm32_13)
 
@@ -32,7 +33,8 @@ def coco_to_yolo(ann_file, out_dir, num_keypoints: int = 17, single_person: bool
                  img_dir=None) -> dict:
     """Write YOLO-pose label files for a COCO person-keypoints JSON into ``out_dir``.
 
-    With ``img_dir`` the kept images are copied next to their labels (the zoo's layout).
+    With ``img_dir`` the kept images are copied next to their labels (the zoo's layout), each
+    checked first (``images.check_image``: an empty or truncated file raises, naming it).
     Returns counts: ``images`` (label files written), ``persons`` (lines), and the skips
     ``skipped_crowd``, ``skipped_empty_box``, ``skipped_not_single``, ``skipped_no_keypoints``.
     """
@@ -47,7 +49,7 @@ def coco_to_yolo(ann_file, out_dir, num_keypoints: int = 17, single_person: bool
             by_image.setdefault(ann["image_id"], []).append(ann)
 
     stats = Counter(images=0, persons=0)
-    for img in coco["images"]:
+    for index, img in enumerate(coco["images"]):
         anns = by_image.get(img["id"], [])
         if not anns:
             continue
@@ -76,6 +78,8 @@ def coco_to_yolo(ann_file, out_dir, num_keypoints: int = 17, single_person: bool
         if labelled == 0:
             stats["skipped_no_keypoints"] += 1
             continue
+        if img_dir is not None:
+            check_image(Path(img_dir) / img["file_name"], f"sample {index}, image id {img['id']}")
         (out / (Path(img["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
         if img_dir is not None:
             shutil.copyfile(Path(img_dir) / img["file_name"], out / Path(img["file_name"]).name)

@@ -87,11 +87,34 @@ def test_missing_and_corrupt_images_name_the_file_and_sample(tmp_path):
     ann_file, img_dir = _write_coco(tmp_path, [_ann(1, 1, SPREAD, [80, 20, 80, 170])])
     (img_dir / "000001.png").unlink()
     ds = TopDownDataset(ann_file, img_dir)
-    with pytest.raises(FileNotFoundError, match=r"000001\.png \(sample 0\)"):
+    with pytest.raises(FileNotFoundError, match=r"000001\.png \(sample 0, image id 1\)"):
         ds[0]
     (img_dir / "000001.png").write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"000001\.png \(sample 0\)"):
+    with pytest.raises(ValueError, match=r"000001\.png \(sample 0, image id 1\)"):
         ds[0]
+
+
+@pytest.mark.parametrize("dataset", [TopDownDataset, BottomUpDataset])
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "truncated_png", "garbage", "empty"])
+def test_truncated_or_corrupt_images_raise_naming_file_and_sample(tmp_path, dataset, damage):
+    """A JPEG cut to a third decodes in cv2 (grey rows, a stderr line without the file name):
+    both datasets must refuse it, and every other broken file, naming the file and the sample."""
+    anns = [_ann(1, 1, SPREAD, [80, 20, 80, 170]), _ann(2, 2, SPREAD, [80, 20, 80, 170])]
+    ann_file, img_dir = _write_coco(tmp_path, anns, n_images=2)
+    ds = dataset(ann_file, img_dir)
+    assert ds[1]["image"].shape[0] == 3
+    path = img_dir / "000002.png"
+    if damage == "truncated_jpeg":
+        data = cv2.imencode(".jpg", cv2.imread(str(path)))[1].tobytes()
+        path.write_bytes(data[: len(data) // 3])
+        assert cv2.imread(str(path)) is not None  # what cv2 alone lets through
+    elif damage == "truncated_png":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.write_bytes(b"\x00garbage" * 50 if damage == "garbage" else b"")
+    with pytest.raises(ValueError, match=r"corrupt image .*000002\.png \(sample 1, image id 2\)"):
+        ds[1]
+    assert ds[0]["image"].shape[0] == 3  # the other samples still read
 
 
 def test_skips_are_counted_by_reason(tmp_path):

@@ -174,3 +174,21 @@ def test_gap_closed_is_the_share_of_the_teacher_baseline_gap():
     assert gap_closed(0.1, 0.1, 0.6) == 0.0
     assert gap_closed(0.05, 0.1, 0.6) == pytest.approx(-0.1)     # worse than the baseline
     assert math.isnan(gap_closed(0.3, 0.6, 0.6)) and math.isnan(gap_closed(0.3, 0.7, 0.6))  # no gap
+
+
+def test_evaluation_refuses_a_truncated_image_naming_file_and_sample(tmp_path):
+    """A cut-short JPEG used to be scored (grey rows, AP moved silently); evaluation now stops on it."""
+    import torch
+
+    from posekd_lib.evaluation import evaluate_topdown
+    from posekd_lib.synth import generate_split
+
+    split = generate_split(tmp_path / "val", 3, seed=5, num_workers=1, progress=False)
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Conv2d(3, 17, 1))
+    kw = dict(input_size=(48, 64), heatmap_size=(12, 16), flip_test=False)
+    assert 0 <= evaluate_topdown(model, split, **kw)["AP"] <= 1
+    images = json.loads(split.ann_file.read_text())["images"]
+    path = split.img_dir / images[1]["file_name"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ValueError, match=rf"{path.name} \(sample \d+, image id 2\): JPEG truncated"):
+        evaluate_topdown(model, split, **kw)

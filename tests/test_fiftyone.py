@@ -121,7 +121,7 @@ def test_launch_app_stays_off_when_not_interactive(monkeypatch, capsys):
         name = "coco-sample"
 
     assert inspect_fo.launch_app(Named()) is None  # POSEKD_MODE=quick under pytest
-    assert "fiftyone app launch coco-sample --address 127.0.0.1" in capsys.readouterr().out
+    assert "fiftyone app launch coco-sample --address 127.0.0.1 --port 5151" in capsys.readouterr().out
     monkeypatch.setenv("POSEKD_MODE", "workshop")
     monkeypatch.setenv("CI", "1")
     assert inspect_fo.launch_app(Named()) is None
@@ -168,3 +168,68 @@ def test_build_dataset_from_the_embedded_set(fo, tmp_path):
     assert ds.count("ground_truth.keypoints") == len(gt["annotations"]) > 6
     assert (got_vis == 2).sum() == (vis == 2).sum() > 0 and (got_vis == 1).sum() == (vis == 1).sum() > 0
     assert len(inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "embedded-quick-val")) == 6
+
+
+def _tiny_split(root, n=2):
+    from posekd_lib.synth import generate_split
+
+    return generate_split(root, n, seed=11, num_workers=1, progress=False)
+
+
+def test_bad_annotation_files_name_the_file(tmp_path):
+    """Invalid JSON used to give a bare JSONDecodeError, a top-level list an AttributeError."""
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+        inspect_fo.build_fo_dataset(bad, img_dir, "never-built")
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"broken\.json: expected a COCO JSON object, got list"):
+        inspect_fo.build_fo_dataset(bad, img_dir, "never-built")
+    bad.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}')
+    with pytest.raises(ValueError, match=r"broken\.json: no category with 'keypoints'"):
+        inspect_fo.build_fo_dataset(bad, img_dir, "never-built")
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        inspect_fo.build_fo_dataset(tmp_path / "nothing.json", img_dir, "never-built")
+
+
+def test_build_refuses_a_truncated_image_naming_file_and_sample(fo, tmp_path):
+    split = _tiny_split(tmp_path / "val", 3)
+    images = json.loads(split.ann_file.read_text())["images"]
+    path = split.img_dir / images[2]["file_name"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ValueError, match=rf"{path.name} \(sample 2, image id 3\): JPEG truncated"):
+        inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "truncated-val")
+    assert not fo.dataset_exists("truncated-val")
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{path.name} \(sample 2, image id 3\): the file is empty"):
+        inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "truncated-val")
+
+
+def test_app_hint_command_finds_the_dataset_from_a_fresh_shell(fo, tmp_path, capsys):
+    """Quick mode keeps its datasets in a private database: a bare `fiftyone app launch NAME` in a
+    new shell looks in ~/.fiftyone and finds nothing. The printed command must name the database
+    and the venv's CLI; run as `datasets list` from a clean environment, it lists the dataset."""
+    import os
+    import shlex
+    import subprocess
+
+    split = _tiny_split(tmp_path / "val")
+    ds = inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "app-hint-val")
+    assert inspect_fo.launch_app(ds, port=5152) is None
+    line = next(ln.strip() for ln in capsys.readouterr().out.splitlines() if "app launch" in ln)
+    words = shlex.split(line)
+    env_words = [w for w in words if "=" in w and w.split("=")[0].startswith("FIFTYONE_")]
+    cmd = words[len(env_words):]
+    assert cmd[1:] == ["app", "launch", "app-hint-val", "--address", "127.0.0.1", "--port", "5152"]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIFTYONE_", "POSEKD_", "VIRTUAL_ENV"))}
+    env.update(dict(w.split("=", 1) for w in env_words), HOME=str(tmp_path / "home"),
+               PATH="/usr/bin:/bin", FIFTYONE_DO_NOT_TRACK="true")
+    out = subprocess.run([cmd[0], "datasets", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "app-hint-val" in out.stdout.split()
+    assert dict(w.split("=", 1) for w in env_words)["FIFTYONE_DATABASE_DIR"] == str(fo.config.database_dir)
+    assert Path(cmd[0]).is_file()  # the venv's own CLI, not whatever a new shell has on PATH
+    assert line == inspect_fo.app_command("app-hint-val", 5152)

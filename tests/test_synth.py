@@ -202,3 +202,139 @@ def test_quick_mode_dataset(tmp_path):
     assert (ds.train.img_dir / train.dataset["images"][0]["file_name"]).read_bytes() != \
         (ds.val.img_dir / val.dataset["images"][0]["file_name"]).read_bytes()  # different split seeds
     assert sum(a["num_keypoints"] > 0 for a in train.dataset["annotations"]) > 48
+
+
+def test_cache_check_re_renders_truncated_empty_and_missing_images(tmp_path):
+    """A reused set is checked: broken cached images come back byte-identical, with a warning naming them."""
+    kw = dict(root=tmp_path / "embedded", sizes={"train": 4, "val": 2}, num_workers=1, progress=False)
+    ds = synth.ensure_embedded_dataset(**kw)
+    files = {p: p.read_bytes() for split in (ds.train, ds.val) for p in sorted(split.img_dir.iterdir())}
+    train = sorted(ds.train.img_dir.iterdir())
+    train[1].write_bytes(files[train[1]][: len(files[train[1]]) // 3])   # truncated
+    train[3].write_bytes(b"")                                            # empty
+    val = sorted(ds.val.img_dir.iterdir())
+    val[0].unlink()                                                      # missing
+    stamp = ds.train.ann_file.stat().st_mtime_ns
+    with pytest.warns(RuntimeWarning) as record:
+        assert synth.ensure_embedded_dataset(**kw) == ds
+    text = " | ".join(str(w.message) for w in record)
+    assert f"2 corrupt train image(s): {train[1]} (image id 2): JPEG truncated" in text
+    assert f"{train[3]} (image id 4): the file is empty" in text
+    assert f"1 corrupt val image(s): {val[0]} (image id 1): missing" in text
+    assert {p: p.read_bytes() for p in files} == files
+    assert ds.train.ann_file.stat().st_mtime_ns == stamp  # only the images were redone
+    assert not [p for p in (tmp_path / "embedded" / "train").iterdir() if p.name.startswith(".")]
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert synth.ensure_embedded_dataset(**kw) == ds  # whole again: no warning
+    ds.val.ann_file.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="person_keypoints.json is unreadable.*regenerating the whole set"):
+        synth.ensure_embedded_dataset(**kw)
+    assert json.loads(ds.val.ann_file.read_text())["images"]
+
+
+UNGUARDED = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from posekd_lib.synth import generate_split
+print("top of script", flush=True)
+t0 = time.perf_counter()
+generate_split({out!r}, 4, seed=3, num_workers=2, progress=False)
+print(f"generated in {{time.perf_counter() - t0:.1f}} s", flush=True)
+"""
+
+
+def test_unguarded_script_falls_back_to_one_process_fast(tmp_path):
+    """Spawn workers re-run a script with no __main__ guard: it used to hang for minutes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = tmp_path / "make_data.py"
+    script.write_text(UNGUARDED.format(repo=repo, out=str(tmp_path / "out")))
+    try:
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"an unguarded script still hangs: {e}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "generated in" in r.stdout
+    assert "not starting worker processes" in r.stderr and "rendering in this process" in r.stderr
+    assert "no `if __name__ == \"__main__\":` guard" in r.stderr
+    assert r.stdout.count("top of script") == 1  # no worker re-ran the user's script
+    ref = synth.generate_split(tmp_path / "ref", 4, seed=3, num_workers=1, progress=False)
+    out = tmp_path / "out"
+    assert (out / synth.ANN_FILE_NAME).read_bytes() == ref.ann_file.read_bytes()
+    assert [p.read_bytes() for p in sorted((out / "images").iterdir())] == \
+        [p.read_bytes() for p in sorted(ref.img_dir.iterdir())]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_workers_dying_at_start_up_fall_back_too(tmp_path):
+    """The safety net when the script's guard cannot be read: workers re-running it exit at once
+    (one line each), the executor breaks, and the parent renders the split itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    body = UNGUARDED.format(repo=repo, out=str(tmp_path / "out")).replace(
+        "from posekd_lib.synth import generate_split",
+        "from posekd_lib import synth\nsynth._unguarded_main_call = lambda: False\nfrom posekd_lib.synth import generate_split")
+    script = tmp_path / "make_data.py"
+    script.write_text(body)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "generated in" in r.stdout and "stopped at start-up" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 4
+
+
+def test_guarded_script_still_uses_workers(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    body = UNGUARDED.format(repo=repo, out=str(tmp_path / "out")).strip().splitlines()
+    head = [ln for ln in body if ln.startswith(("import", "sys.path", "from"))]
+    rest = [ln for ln in body if ln not in head]
+    script = tmp_path / "make_data.py"
+    script.write_text("\n".join(head + ['if __name__ == "__main__":'] + ["    " + ln for ln in rest]) + "\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "generated in" in r.stdout and "guard" not in r.stderr
+    assert r.stdout.count("top of script") == 1  # workers import the script without running the guarded part
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 4
+
+
+def test_main_guard_detection(tmp_path, monkeypatch):
+    """Calls outside the guard (and in its else branch, which spawned workers run) count as unguarded."""
+    import sys
+    import types
+
+    script = tmp_path / "s.py"
+    script.write_text("call()\nif __name__ == '__main__':\n    call()\nelse:\n    call()\n"
+                      "if '__main__' == __name__:\n    call()\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    seen = {}
+
+    def call():
+        seen[sys._getframe(1).f_lineno] = synth._unguarded_main_call()
+
+    code = compile(script.read_text(), str(script), "exec")
+    main.__dict__.update(call=call, __name__="__main__")
+    exec(code, vars(main))
+    assert seen == {1: True, 3: False, 7: False}
+    seen.clear()
+    main.__dict__["__name__"] = "__mp_main__"  # how a spawned worker runs the script
+    exec(code, vars(main))
+    assert seen == {1: True, 5: True}
+    seen.clear()
+    call()  # not from the main module's top-level code
+    assert list(seen.values()) == [False]

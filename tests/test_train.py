@@ -2,6 +2,7 @@ import importlib.util
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from posekd_lib.losses import joints_mse
 from posekd_lib.models import PoseNet
-from posekd_lib.train import (History, NonFiniteLossError, atomic_save, epoch_batches, fit, load_checkpoint,
-                              rng_state, seed_everything, set_rng_state)
+from posekd_lib.train import (History, NonFiniteLossError, TrainingDivergedError, atomic_save, epoch_batches, fit,
+                              load_checkpoint, rng_state, seed_everything, set_rng_state)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "scripts" / "train_ddp_smoke.py"
@@ -122,6 +123,89 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     model = smoke.tiny_posenet()
     assert load_checkpoint(run_dir / "latest.pt", model)["step"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _all_finite(path) -> list[str]:
+    """Names of the non-finite tensors of a checkpoint (model and optimizer state)."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    tensors = list(ck["model"].items())
+    for i, st in ck.get("optimizer", {}).get("state", {}).items():
+        tensors += [(f"optimizer {i} {k}", v) for k, v in st.items() if torch.is_tensor(v)]
+    return [k for k, v in tensors if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def test_non_finite_gradients_at_a_save_step_are_never_saved(tmp_path):
+    """Finite loss, NaN gradients (sqrt'(0) x 0) at step 4, a save step: the NaN update used to be
+    saved (and the next step's error called that file the last good checkpoint)."""
+    calls = itertools.count(1)
+
+    def loss_fn(outputs, batch):
+        base = mse(outputs, batch)
+        if next(calls) == 4:
+            return base + (outputs.sum() * 0).sqrt()  # value: base (finite); gradient: inf * 0 = nan
+        return base
+
+    with pytest.raises(TrainingDivergedError) as err:
+        run(tmp_path, save_every_steps=2, loss_fn=loss_fn)
+    msg = str(err.value)
+    assert re.search(r"^r: non-finite gradients at step 4 \(epoch 0, batch 3\): in .*, although the loss was finite", msg)
+    assert re.search(r"the batch holds samples \[\d+, \d+, \d+, \d+\]", msg)
+    latest = tmp_path / "r" / "latest.pt"
+    assert f"weights were not updated and the last good checkpoint is {latest}" in msg
+    assert load_checkpoint(latest)["step"] == 2 and _all_finite(latest) == []
+
+
+def test_exploding_learning_rate_stops_with_a_clear_error(tmp_path):
+    """lr=1e6 moved every weight by ~1e6 at step 1 and saved it as a checkpoint like any other."""
+    with pytest.raises(TrainingDivergedError) as err:
+        run(tmp_path, lr=1e6, save_every_steps=1)
+    msg = str(err.value)
+    assert re.search(r"^r: the weights exploded at step 1 \(epoch 0, batch 0\): their norm grew from [\d.]+ to "
+                     r"[\d.e+]+, over 1000x its start; lower the learning rate \(lr 1e\+06\)", msg), msg
+    assert msg.endswith("the update was not saved (the model in memory holds it) and no checkpoint of this run was saved")
+    assert not (tmp_path / "r" / "latest.pt").exists()
+
+    _, hist = run(tmp_path / "ok", lr=1e-2, save_every_steps=1)  # a sane rate is not stopped
+    assert hist.step[-1] == 8
+
+
+def test_an_exploding_loss_stops_before_the_update(tmp_path):
+    calls = itertools.count(1)
+
+    def loss_fn(outputs, batch):
+        return mse(outputs, batch) * (1e6 if next(calls) == 12 else 1.0)
+
+    with pytest.raises(TrainingDivergedError, match=r"the loss exploded at step 12 \(epoch 2, batch 3\): [\d.e+]+, "
+                                                    r"over 10000x the largest of the first 10 steps"):
+        run(tmp_path, epochs=3, save_every_steps=1, loss_fn=loss_fn)
+    assert load_checkpoint(tmp_path / "r" / "latest.pt")["step"] == 11
+
+
+def test_a_checkpoint_with_non_finite_state_is_refused(tmp_path, monkeypatch):
+    """Whatever slipped past the step checks, save_latest itself refuses non-finite optimizer state."""
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        if self.state and next(iter(self.state.values()))["step"] == 2:
+            next(iter(self.state.values()))["exp_avg_sq"].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    with pytest.raises(TrainingDivergedError, match=r"not saving step 2: non-finite values in state\[0\]\.exp_avg_sq"):
+        run(tmp_path, save_every_steps=2)
+    assert not (tmp_path / "r" / "latest.pt").exists()
+
+
+def test_integer_parameters_pass_the_divergence_checks(tmp_path):
+    """ai8x models hand the optimizer integer parameters (bit widths, shifts): they are not normed."""
+    torch.manual_seed(0)
+    model = smoke.tiny_posenet()
+    model.register_parameter("shift", torch.nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False))
+    loader = DataLoader(smoke.BlobPoseDataset(n=8), batch_size=4)
+    hist = fit(model, loader, loss_fn=mse, epochs=1, out_dir=tmp_path, run_name="r", log_every=1, progress=False,
+               threads=1)
+    assert hist.step == [1, 2]
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -108,3 +108,20 @@ def test_bad_labels_and_sizes_are_reported(tmp_path):
         read_yolo_labels(tmp_path / "a.txt")
     with pytest.raises(ValueError, match="num_keypoints"):
         yolo_to_coco(tmp_path, [], num_keypoints=12)
+
+
+def test_copied_images_are_checked_first(tmp_path):
+    import cv2
+
+    ann_file, _, _ = _coco(tmp_path, np.random.default_rng(0))
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    ok, buf = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
+    for i in range(1, 5):
+        (img_dir / f"img_{i}.jpg").write_bytes(buf.tobytes())
+    counts = coco_to_yolo(ann_file, tmp_path / "ok", img_dir=img_dir)
+    assert sorted(p.name for p in (tmp_path / "ok").glob("*.jpg")) == ["img_1.jpg", "img_2.jpg", "img_3.jpg"]
+    assert counts["images"] == 3
+    (img_dir / "img_2.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+    with pytest.raises(ValueError, match=r"img_2\.jpg \(sample 1, image id 2\): JPEG truncated"):
+        coco_to_yolo(ann_file, tmp_path / "bad", img_dir=img_dir)
