@@ -1,0 +1,95 @@
+"""Teacher cache: what a distilled step costs with and without it, and how close its warped maps are.
+
+    python benchmarks/bench_teacher_cache.py                  # the shipped teacher, light augmentation
+    python benchmarks/bench_teacher_cache.py --aug hrnet --batches 8
+
+Prints (1) the seconds per batch of the teacher's forward (flip test, as KD uses it) against the
+cache's warp, and (2) on augmented training batches, how far the cached-and-warped heatmaps are
+from the live teacher's on the same augmented crops: the relative squared error
+``Σ(cached - live)² / Σ live²`` and the share of joints whose peak lands within one heatmap cell
+of the live peak (joints whose live peak is at least 0.2, i.e. the teacher sees them).
+The first pass builds the cache over the whole training split (printed: how long it took).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv=None) -> int:
+    from posekd_lib.codecs import flip_test_average
+    from posekd_lib.config import get_mode, set_torch_threads
+    from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.keypoints import COCO_FLIP_PAIRS
+    from posekd_lib.teacher_cache import TeacherCache
+    from posekd_lib.teachers import load_teacher
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default=None)
+    ap.add_argument("--aug", default="light")
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="cache only the first N training persons")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    set_torch_threads(args.threads)
+    mode = get_mode(args.mode)
+
+    teacher, info = load_teacher(mode=mode)
+    teacher = teacher.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def teacher_fn(x):
+        x = x.contiguous(memory_format=torch.channels_last)
+        return flip_test_average(teacher(x), teacher(x.flip(-1)), COCO_FLIP_PAIRS)
+
+    split = dataset_splits(mode).train
+    kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
+    plain = TopDownDataset(split.ann_file, split.img_dir, **kw, train=False)
+    train = TopDownDataset(split.ann_file, split.img_dir, **kw, train=True, aug=args.aug)
+    if args.limit:
+        plain.samples = plain.samples[:args.limit]
+        train.samples = train.samples[:args.limit]
+    t0 = time.perf_counter()
+    cache = TeacherCache.build(teacher_fn, plain, batch_size=64, source=info.name)
+    build_s = time.perf_counter() - t0
+    print(f"{info.name} on {mode}: cache of {len(cache)} persons built in {build_s:.1f} s "
+          f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16)")
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True)
+    t_live = t_cache = 0.0
+    num = den = 0.0
+    hits = total = 0
+    for i, batch in zip(range(args.batches), loader):
+        t0 = time.perf_counter()
+        live = teacher_fn(batch["image"])
+        t1 = time.perf_counter()
+        cached = cache.for_batch(batch)
+        t2 = time.perf_counter()
+        t_live, t_cache = t_live + t1 - t0, t_cache + t2 - t1
+        num += float(((cached - live) ** 2).sum())
+        den += float((live ** 2).sum())
+        w = live.shape[-1]
+        pl, pc = live.flatten(2).argmax(-1), cached.flatten(2).argmax(-1)
+        seen = live.flatten(2).amax(-1) >= 0.2
+        d = torch.maximum((pl % w - pc % w).abs(), (pl // w - pc // w).abs())
+        hits += int((d[seen] <= 1).sum())
+        total += int(seen.sum())
+    n = max(1, min(args.batches, len(loader)))
+    print(f"aug {args.aug}, {n} batches of {args.batch_size}:")
+    print(f"  teacher forward (flip test): {t_live / n:.3f} s/batch   cache warp: {t_cache / n:.4f} s/batch "
+          f"({t_live / max(t_cache, 1e-9):.0f}x faster)")
+    print(f"  warped vs live heatmaps: relative squared error {num / max(den, 1e-12):.3f}; "
+          f"peaks within one cell {hits / max(total, 1):.1%} of {total} joints the teacher sees")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
