@@ -11,6 +11,8 @@ import yaml
 
 from posekd_lib import ai8x, ai8x_models as am, export, max78000
 
+from conftest import ai8x_qat_is_exact_in_float32
+
 SMALL_IN = (32, 32)                     # (w, h) for fast forward/training tests
 
 
@@ -91,6 +93,7 @@ def test_float_qat_simulate_heatmaps_agree():
         y_sim_raw = sim(x * 128)
         y_sim = am.heatmaps_float(sim, x * 128)
     assert y_qat.shape == y_float.shape == (2, 17, 8, 8)
+    assert ai8x_qat_is_exact_in_float32(m, x)         # so QAT == simulate exactly, on every CPU
     assert torch.equal(y_sim_raw, y_qat_raw * 2 ** 14)                        # Q17.14 wide head
     assert torch.equal(y_sim, y_qat)
     shift = float(m.head.effective_output_shift())
@@ -106,6 +109,7 @@ def test_heatmap_view_feeds_integers_in_simulate():
     with torch.no_grad():
         a = am.HeatmapView(m.eval())(img)
         b = am.HeatmapView(am.simulate_copy(m))(img)
+    assert ai8x_qat_is_exact_in_float32(m, am.to_ai8x_range(img))   # exact on every CPU
     assert torch.equal(a, b)
 
 
