@@ -304,7 +304,8 @@ class QuantizationAwareModule(nn.Module):
 
     def _simulate_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The chip's integer arithmetic, exact whatever kernel torch picks (any CPU ISA, oneDNN
-        or not, any thread count, CUDA): activations, weights and biases are integers, and the
+        or not, any thread count; the same argument holds for float64 on a GPU, where float32
+        convolutions may also run in TF32): activations, weights and biases are integers, and the
         layer computes and returns them in float64. In float32 a convolution is exact only
         while every partial sum of its int8 x int8 products stays within 2**24, which a fan-in
         above 1024 (1024 x 128 x 128 = 2**24) or a wide layer's accumulator (up to 2**29) can
