@@ -358,8 +358,9 @@ class QuantizationAwareModule(nn.Module):
         x = quantize(x, lim.data_bits - wb + 1, True)
         return x.clamp(-(2 ** (lim.full_acc_bits - 1)), 2 ** (lim.full_acc_bits - 1) - 1)
 
-    def check(self, name: str | None = None) -> None:
-        """Re-check the hardware rules of this layer as it is now (see `check_model`)."""
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
+        """Re-check the hardware rules of this layer as it is now, for its own device or for
+        `device` (see `check_model`)."""
         raise NotImplementedError
 
 
@@ -481,10 +482,10 @@ class Conv2d(QuantizationAwareModule):
         if op is None:
             self.hw_op = "passthrough"
 
-    def check(self, name: str | None = None) -> None:
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
         op, pool = self.op, self.pool
         _check_conv(
-            name or self._label(), self.device, transposed=self.transposed,
+            name or self._label(), device or self.device, transposed=self.transposed,
             in_channels=None if op is None else op.in_channels,
             out_channels=None if op is None else op.out_channels,
             k=None if op is None else _square(op.kernel_size, "kernel_size", name or ""),
@@ -538,9 +539,9 @@ class Linear(QuantizationAwareModule):
     def _op_forward(self, x, weight, bias):
         return F.linear(x, weight, bias)
 
-    def check(self, name: str | None = None) -> None:
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
         Linear(self.op.in_features, self.op.out_features, bias=self.op.bias is not None,
-               activation=self.activation, wide=self.wide, device=self.device,
+               activation=self.activation, wide=self.wide, device=device or self.device,
                name=name or self._label())
 
 
@@ -678,13 +679,18 @@ _UNSUPPORTED = (nn.ELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.GELU, nn
                 nn.Hardswish, nn.Softmax, nn.ReLU6, nn.Upsample)
 
 
-def check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module, device: int | Device | None = None) -> None:
     """Re-check every ai8x layer with its module name, and reject plain torch layers the
-    device cannot run (Conv2d, BatchNorm, ELU, sigmoid, ...) outside ai8x layers."""
+    device cannot run (Conv2d, BatchNorm, ELU, sigmoid, ...) outside ai8x layers. Each layer
+    is checked for its own device, or for `device` (85 / 87 or a `Device`) when given; the
+    layers' attributes are read as they are now, so a change made after construction (a
+    stride set on ``op``, another ``op`` swapped in) is caught."""
+    if device is not None and not isinstance(device, Device):
+        device = Device(int(device))
     inner = {id(c) for _, m in ai8x_layers(model) for c in m.modules()}
     for name, m in model.named_modules():
         if isinstance(m, QuantizationAwareModule):
-            m.check(name)
+            m.check(name, device)
         elif id(m) in inner:
             continue
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d,

@@ -156,7 +156,9 @@ def network_yaml(model: nn.Module, input_shape: tuple[int, int, int], arch: str,
     element-wise adds fused into the next layer (with an interleaving pass-through copy of an
     operand that feeds other layers too), ping-pong memory offsets, explicit ``pool_stride``,
     ``output_width: 32`` for wide layers, ``streaming`` on leading layers whose input does
-    not fit one data-memory instance."""
+    not fit one data-memory instance. The model's hardware rules are re-checked for `device`
+    first (`ai8x.check_model`): a layer changed after construction raises `ai8x.Ai8xRuleError`
+    naming it."""
     if data_format.upper() not in ("HWC", "CHW"):
         raise ValueError(f"data_format must be HWC or CHW, got {data_format!r}")
     layers = plan_hardware_layers(model, input_shape, device, data_format)

@@ -239,3 +239,39 @@ def test_max78002_runs_the_add_in_its_own_layer(g):
     assert conv5["name"] == "conv5" and "eltwise" not in conv5 and "pool_first" not in conv5
     rep = max78000.resource_report(m, (3, 64, 64), device=87)
     assert rep.fits and rep.capacity["bias_bytes"] == 4 * 2048 and rep.totals["layers"] == 8
+
+
+def _changed_after_construction(change: str) -> nn.Module:
+    """The legal golden-like net, made illegal after construction."""
+    m = ai8x.ai85poselike()
+    ai8x.check_model(m)
+    if change == "stride 2":
+        m.conv3.op.stride = (2, 2)
+    elif change == "kernel 5x5":
+        m.conv3.op = nn.Conv2d(32, 32, 5, padding=2)
+    elif change == "groups":
+        m.conv3.op = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    return m.eval()
+
+
+@pytest.mark.parametrize("change", ["stride 2", "kernel 5x5", "groups"])
+def test_network_yaml_rechecks_the_model(change):
+    with pytest.raises(ai8x.Ai8xRuleError, match=rf"conv3: .*{change}"):
+        export.network_yaml(_changed_after_construction(change), (3, 64, 64), "a", "d")
+
+
+@pytest.mark.parametrize("change", ["stride 2", "kernel 5x5", "groups"])
+def test_resource_report_rechecks_the_model(change):
+    with pytest.raises(ai8x.Ai8xRuleError, match=rf"conv3: .*{change}"):
+        max78000.resource_report(_changed_after_construction(change), (3, 64, 64))
+
+
+def test_plan_checks_against_the_target_device():
+    """A depthwise conv is legal on the MAX78002 it was built for, not in a MAX78000 plan."""
+    m = nn.Sequential()
+    m.add_module("dw", ai8x.Conv2d(8, 8, 3, padding=1, groups=8, device=ai8x.Device(87)))
+    max78000.resource_report(m, (8, 16, 16), device=87)
+    with pytest.raises(ai8x.Ai8xRuleError, match="dw: groups=8"):
+        max78000.resource_report(m, (8, 16, 16), device=85)
+    with pytest.raises(ai8x.Ai8xRuleError, match="dw: groups=8"):
+        export.network_yaml(m, (8, 16, 16), "a", "d", device=85)
