@@ -370,11 +370,12 @@ def build_izer_venv(synthesis_dir: str | Path | None = None, *, torch_spec: str 
     return py
 
 
-def _pinned_numpy_major(synthesis_dir: Path) -> int | None:
+def _numpy_pin(synthesis_dir: Path) -> tuple[str, int] | None:
+    """(version, major) of the checkout's exact numpy pin, e.g. ('1.26.4', 1)."""
     for line in izer_requirements(synthesis_dir):
-        m = re.fullmatch(r"numpy\s*==\s*(\d+)\.[\d.*]+", line, flags=re.I)
+        m = re.fullmatch(r"numpy\s*==\s*((\d+)\.[\d.*]+)", line, flags=re.I)
         if m:
-            return int(m.group(1))
+            return m.group(1), int(m.group(2))
     return None
 
 
@@ -386,21 +387,24 @@ def izer_python(synthesis_dir: str | Path | None = None) -> str:
     fails under numpy 2: ``np.save(fix_imports=...)``, a uint8 overflow)."""
     d = synthesis_checkout(synthesis_dir)
     chosen = os.environ.get("AI8X_SYNTHESIS_PYTHON")
+    pin = _numpy_pin(d)
     if not chosen:
         venv = izer_venv_dir(d)
         py = venv / "bin" / "python"
         if not ((venv / _STAMP).exists() and py.exists()):
+            why = (f"ai8x-synthesis pins numpy {pin[0]}, so it cannot run in this project's "
+                   f"numpy {np.__version__} venv" if pin and pin[1] != int(np.__version__.split(".")[0])
+                   else "its requirements differ from this project's")
             raise IzerUnavailableError(
-                f"izer's own environment is not built ({venv} is missing; ai8x-synthesis pins "
-                f"numpy 1.26.4, so it cannot run in this project's numpy {np.__version__} venv): "
+                f"izer's own environment is not built ({venv} is missing; {why}): "
                 f"run {_fix_hint(d)}")
         return str(py)
     if not Path(chosen).exists() and not shutil.which(chosen):
         raise IzerUnavailableError(
             f"AI8X_SYNTHESIS_PYTHON={chosen} does not exist: unset it to use the venv "
             f"{_fix_hint(d)} builds, or point it at an interpreter with izer's requirements")
-    want = _pinned_numpy_major(d)
-    if want is not None:
+    if pin is not None:
+        want = pin[1]
         r = subprocess.run([chosen, "-c", "import numpy; print(numpy.__version__)"],
                            capture_output=True, text=True)
         have = r.stdout.strip()
@@ -411,7 +415,7 @@ def izer_python(synthesis_dir: str | Path | None = None) -> str:
         if int(have.split(".")[0]) != want:
             raise IzerUnavailableError(
                 f"AI8X_SYNTHESIS_PYTHON={chosen} has numpy {have}, but ai8x-synthesis pins numpy "
-                f"{want}.x (izer fails under numpy 2: np.save(fix_imports=...), a uint8 overflow): "
+                f"{pin[0]} (izer fails under numpy 2: np.save(fix_imports=...), a uint8 overflow): "
                 f"unset AI8X_SYNTHESIS_PYTHON and run {_fix_hint(d)}")
     return chosen
 
