@@ -14,7 +14,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup run test test-unit test-notebooks notebooks lab bench figures clean-env
+.PHONY: help setup run test test-unit test-notebooks notebooks lab bench figures izer clean-env
 
 help:
 	@echo "make run    - set up (if needed) and execute the notebook series in POSEKD_MODE (default workshop)"
@@ -22,6 +22,7 @@ help:
 	@echo "make lab    - JupyterLab on the notebooks"
 	@echo "make bench  - run the benchmark scripts"
 	@echo "make notebooks - re-execute notebooks in place in workshop mode (what is committed)"
+	@echo "make izer   - build izer's own venv from \$$AI8X_SYNTHESIS_DIR/requirements.txt (FORCE=1 rebuilds)"
 
 setup: $(STAMP)
 
@@ -54,6 +55,11 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	for f in scripts/make_figures_*.py; do $(PY) $$f || exit 1; done
+
+# izer (ai8x-synthesis) pins numpy 1.26.4 and fails under this venv's numpy 2: give it its own venv,
+# ~/.cache/posekd/izer-venv-<hash>, which export.run_izer then uses.
+izer: $(STAMP)
+	$(PY) scripts/build_izer_venv.py $(if $(FORCE),--force)
 
 clean-env:
 	rm -rf $(VENV)

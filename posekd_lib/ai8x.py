@@ -11,7 +11,8 @@ Three numeric modes, picked by the layer's quantization flags and its `Device`:
 - QAT (``quantize_activation`` set, ``simulate`` off): weights and activations rounded to
   their bit widths with straight-through gradients, the output shift recomputed each forward;
 - simulate (``Device(simulate=True)``): integer arithmetic of the chip on a quantized
-  checkpoint (inputs are integers in [-128, 127]).
+  checkpoint (inputs are integers in [-128, 127]), computed and returned in float64 so it is
+  exact whatever convolution kernel torch picks (float32 sums of many int8 products are not).
 
 Device: a `Device` is captured by every layer when it is built (``device=`` argument, else the
 process default from `set_device`), as upstream fixes quantizers at build time. Unlike upstream
@@ -255,22 +256,19 @@ class QuantizationAwareModule(nn.Module):
         return self.op._conv_forward(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.simulate:
+            return self._simulate_forward(x)
         dev = self.device
         lim = dev.limits
-        sim = dev.simulate
         qa = bool(self.quantize_activation.item())
         if self.pool is not None:
             x = self.pool(x)
             if self.pooling == "Avg":
-                if sim:
-                    x = _ste(torch.round if dev.round_avg else _trunc, x)
-                    x = x.clamp(-(2 ** (lim.data_bits - 1)), 2 ** (lim.data_bits - 1) - 1)
-                else:
-                    if qa:
-                        f = 2 ** (lim.activation_bits - 1)
-                        rnd = torch.round if dev.round_avg else _trunc
-                        x = _ste(lambda v: rnd(v.mul(f)).div(f), x)
-                    x = x.clamp(-1.0, 127.0 / 128.0)
+                if qa:
+                    f = 2 ** (lim.activation_bits - 1)
+                    rnd = torch.round if dev.round_avg else _trunc
+                    x = _ste(lambda v: rnd(v.mul(f)).div(f), x)
+                x = x.clamp(-1.0, 127.0 / 128.0)
         if self.op is None:
             return x
 
@@ -282,13 +280,7 @@ class QuantizationAwareModule(nn.Module):
         if weight_scale is not None:
             w = w.mul(weight_scale)
             b = None if b is None else b.mul(weight_scale)
-        if sim:
-            if wb == 0:
-                raise Ai8xRuleError(f"{self._label()}: simulate mode needs quantized weights "
-                                    f"(weight_bits is 0: load a quantized state dict)")
-            w = quantize(w, wb - lim.data_bits + 1, True)
-            b = None if b is None else quantize(b, 2 * (wb - lim.data_bits) + 1, True)
-        elif wb or bb:
+        if wb or bb:
             w = quantize(w, wb, False).clamp(-1.0, (2 ** (wb - 1) - 1) / 2 ** (wb - 1))
             if b is not None:
                 b = quantize(b, bb, False).clamp(-1.0, (2 ** (bb - 1) - 1) / 2 ** (bb - 1))
@@ -296,17 +288,11 @@ class QuantizationAwareModule(nn.Module):
         if self.bn is not None:
             x = self.bn(x).div(4.0)
         if not self.wide:
-            x = _ste(torch.floor, x.mul(out_scale)) if sim else x.mul(out_scale)
+            x = x.mul(out_scale)
         if self.activation == "ReLU":
             x = torch.relu(x)
         elif self.activation == "Abs":
             x = torch.abs(x)
-        if sim:
-            if not self.wide:
-                x = quantize(x, lim.data_bits, True)
-                return x.clamp(-(2 ** (lim.activation_bits - 1)), 2 ** (lim.activation_bits - 1) - 1)
-            x = quantize(x, lim.data_bits - wb + 1, True)
-            return x.clamp(-(2 ** (lim.full_acc_bits - 1)), 2 ** (lim.full_acc_bits - 1) - 1)
         if not self.wide:
             if qa:
                 x = quantize(x, lim.activation_bits, False)
@@ -316,8 +302,65 @@ class QuantizationAwareModule(nn.Module):
         bound = 2.0 ** (lim.full_acc_bits - 2 * (lim.data_bits - 1) - 1)
         return x.clamp(-bound, bound)
 
-    def check(self, name: str | None = None) -> None:
-        """Re-check the hardware rules of this layer as it is now (see `check_model`)."""
+    def _simulate_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The chip's integer arithmetic, exact whatever kernel torch picks (any CPU ISA, oneDNN
+        or not, any thread count; the same argument holds for float64 on a GPU, where float32
+        convolutions may also run in TF32): activations, weights and biases are integers, and the
+        layer computes and returns them in float64. In float32 a convolution is exact only
+        while every partial sum of its int8 x int8 products stays within 2**24, which a fan-in
+        above 1024 (1024 x 128 x 128 = 2**24) or a wide layer's accumulator (up to 2**29) can
+        exceed, and then each kernel's summation order rounds differently. float64 holds
+        integers exactly to 2**53: every order gives the exact sum. The convolution's result is
+        also rounded to the integer it must be, which removes the < 0.5 error of any
+        FFT/Winograd algorithm a backend might pick. Inputs must be integers (the device's
+        int8 data: an image in [-1, 1) times 128, see `export.sample_input`)."""
+        dev = self.device
+        lim = dev.limits
+        x = x.to(torch.float64)
+        lo8, hi8 = -(2 ** (lim.data_bits - 1)), 2 ** (lim.data_bits - 1) - 1
+        if self.pool is not None:
+            if self.pooling == "Avg":
+                # the exact integer window sum, then one correctly rounded division: trunc/round
+                # of it equal those of the exact quotient (it is an integer, a .5 with an even
+                # divisor, or at least 1/(2*k*k) away from both)
+                k, stride = self.pool_size_int, self.pool_stride_int
+                total = F.avg_pool2d(x, k, stride, 0, divisor_override=1)
+                x = _ste(torch.round if dev.round_avg else _trunc, total / (k * k)).clamp(lo8, hi8)
+            else:
+                x = self.pool(x)
+        if self.op is None:
+            return x
+        if self.bn is not None:
+            raise Ai8xRuleError(f"{self._label()}: simulate mode needs batch-norm fused into the "
+                                f"convolution (ai8x.fuse_bn_layers, then load the quantized state dict)")
+        wb = int(self.weight_bits.item())
+        if wb == 0:
+            raise Ai8xRuleError(f"{self._label()}: simulate mode needs quantized weights "
+                                f"(weight_bits is 0: load a quantized state dict)")
+        shift = self.effective_output_shift().to(torch.float64)
+        w, b = self.op.weight.to(torch.float64), self.op.bias
+        b = None if b is None else b.to(torch.float64)
+        if bool(self.adjust_output_shift.item()):
+            w = w.mul(torch.exp2(-shift))
+            b = None if b is None else b.mul(torch.exp2(-shift))
+        w = quantize(w, wb - lim.data_bits + 1, True)
+        b = None if b is None else quantize(b, 2 * (wb - lim.data_bits) + 1, True)
+        x = _ste(torch.round, self._op_forward(x, w, b))
+        if not self.wide:
+            x = _ste(torch.floor, x.mul(torch.exp2(shift)))
+        if self.activation == "ReLU":
+            x = torch.relu(x)
+        elif self.activation == "Abs":
+            x = torch.abs(x)
+        if not self.wide:
+            x = quantize(x, lim.data_bits, True)
+            return x.clamp(-(2 ** (lim.activation_bits - 1)), 2 ** (lim.activation_bits - 1) - 1)
+        x = quantize(x, lim.data_bits - wb + 1, True)
+        return x.clamp(-(2 ** (lim.full_acc_bits - 1)), 2 ** (lim.full_acc_bits - 1) - 1)
+
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
+        """Re-check the hardware rules of this layer as it is now, for its own device or for
+        `device` (see `check_model`)."""
         raise NotImplementedError
 
 
@@ -439,10 +482,10 @@ class Conv2d(QuantizationAwareModule):
         if op is None:
             self.hw_op = "passthrough"
 
-    def check(self, name: str | None = None) -> None:
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
         op, pool = self.op, self.pool
         _check_conv(
-            name or self._label(), self.device, transposed=self.transposed,
+            name or self._label(), device or self.device, transposed=self.transposed,
             in_channels=None if op is None else op.in_channels,
             out_channels=None if op is None else op.out_channels,
             k=None if op is None else _square(op.kernel_size, "kernel_size", name or ""),
@@ -496,9 +539,9 @@ class Linear(QuantizationAwareModule):
     def _op_forward(self, x, weight, bias):
         return F.linear(x, weight, bias)
 
-    def check(self, name: str | None = None) -> None:
+    def check(self, name: str | None = None, device: Device | None = None) -> None:
         Linear(self.op.in_features, self.op.out_features, bias=self.op.bias is not None,
-               activation=self.activation, wide=self.wide, device=self.device,
+               activation=self.activation, wide=self.wide, device=device or self.device,
                name=name or self._label())
 
 
@@ -592,9 +635,9 @@ class Eltwise(nn.Module):
         y = xs[0]
         for x in xs[1:]:
             y = self.combine(y, x)
-        if self.device.simulate:
+        if self.device.simulate:                    # integers in float64, as the layers'
             bits = self.device.limits.activation_bits
-            return y.clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+            return y.to(torch.float64).clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         return y.clamp(-1.0, 127.0 / 128.0)
 
 
@@ -636,13 +679,18 @@ _UNSUPPORTED = (nn.ELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.GELU, nn
                 nn.Hardswish, nn.Softmax, nn.ReLU6, nn.Upsample)
 
 
-def check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module, device: int | Device | None = None) -> None:
     """Re-check every ai8x layer with its module name, and reject plain torch layers the
-    device cannot run (Conv2d, BatchNorm, ELU, sigmoid, ...) outside ai8x layers."""
+    device cannot run (Conv2d, BatchNorm, ELU, sigmoid, ...) outside ai8x layers. Each layer
+    is checked for its own device, or for `device` (85 / 87 or a `Device`) when given; the
+    layers' attributes are read as they are now, so a change made after construction (a
+    stride set on ``op``, another ``op`` swapped in) is caught."""
+    if device is not None and not isinstance(device, Device):
+        device = Device(int(device))
     inner = {id(c) for _, m in ai8x_layers(model) for c in m.modules()}
     for name, m in model.named_modules():
         if isinstance(m, QuantizationAwareModule):
-            m.check(name)
+            m.check(name, device)
         elif id(m) in inner:
             continue
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d,

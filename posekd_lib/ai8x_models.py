@@ -139,8 +139,10 @@ def head_layer(model: nn.Module) -> ai8x.QuantizationAwareModule:
 
 
 def heatmaps_float(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's heatmaps at their true scale in float, QAT and simulate mode."""
-    return ai8x.wide_output_to_float(model(x), head_layer(model))
+    """The model's heatmaps at their true scale in float, QAT and simulate mode, in the dtype of
+    `x` (simulate computes its integers in float64; the heatmaps they stand for are floats)."""
+    y = ai8x.wide_output_to_float(model(x), head_layer(model))
+    return y.to(x.dtype) if x.is_floating_point() else y
 
 
 _MEAN = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1)

@@ -4,13 +4,18 @@ Pipeline: `lean_checkpoint` (weights-only loadable, no BN keys) -> `quantize_che
 (the integer weights, biases and output shifts izer consumes, as upstream ``quantize.py``
 computes them) -> `network_yaml` (izer's network description, generated from the model) ->
 `sample_input` / `expected_output` (a known-answer test) -> `izer_command` / `run_izer`.
+
+izer runs in its own virtual environment (`build_izer_venv`, ``make izer``): ai8x-synthesis pins
+numpy 1.26.4 and fails under numpy 2 (this project's), so `run_izer` uses that venv's python.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -156,7 +161,9 @@ def network_yaml(model: nn.Module, input_shape: tuple[int, int, int], arch: str,
     element-wise adds fused into the next layer (with an interleaving pass-through copy of an
     operand that feeds other layers too), ping-pong memory offsets, explicit ``pool_stride``,
     ``output_width: 32`` for wide layers, ``streaming`` on leading layers whose input does
-    not fit one data-memory instance."""
+    not fit one data-memory instance. The model's hardware rules are re-checked for `device`
+    first (`ai8x.check_model`): a layer changed after construction raises `ai8x.Ai8xRuleError`
+    naming it."""
     if data_format.upper() not in ("HWC", "CHW"):
         raise ValueError(f"data_format must be HWC or CHW, got {data_format!r}")
     layers = plan_hardware_layers(model, input_shape, device, data_format)
@@ -254,18 +261,189 @@ def expected_output(model_sim: nn.Module, sample: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# izer's own environment
+
+IZER_TORCH = "torch==2.13.0"
+"""The torch requirement izer's venv gets in place of ai8x-synthesis' pin (``torch==2.3.1``,
+a CUDA build of several GB on PyPI): the CPU build the golden files' izer run used, with
+numpy 1.26.4 as izer pins it. ``$AI8X_SYNTHESIS_TORCH`` overrides it."""
+
+IZER_FIX = "make izer"
+_STAMP = ".posekd-izer-installed"
+
+
+class IzerUnavailableError(RuntimeError):
+    """izer (ai8x-synthesis' ``ai8xize.py``) cannot run here; the message says why and which
+    command fixes it."""
+
+
+def _fix_hint(synthesis_dir: str | Path | None = None, force: bool = False) -> str:
+    where = f"AI8X_SYNTHESIS_DIR={shlex.quote(str(synthesis_dir))} " if synthesis_dir else ""
+    return (f"`{where}{IZER_FIX}{' FORCE=1' if force else ''}` in the posekd clone (or "
+            f"`python scripts/build_izer_venv.py{' --force' if force else ''}`)")
+
+
+def synthesis_checkout(synthesis_dir: str | Path | None = None) -> Path:
+    """The ai8x-synthesis checkout: `synthesis_dir`, else ``$AI8X_SYNTHESIS_DIR``. Raises
+    `IzerUnavailableError` when neither is set or the folder holds no ``ai8xize.py``."""
+    d = synthesis_dir or os.environ.get("AI8X_SYNTHESIS_DIR")
+    clone = "git clone https://github.com/analogdevicesinc/ai8x-synthesis"
+    if not d:
+        raise IzerUnavailableError(
+            f"AI8X_SYNTHESIS_DIR is not set, so izer cannot run: `{clone}`, "
+            f"`export AI8X_SYNTHESIS_DIR=$PWD/ai8x-synthesis`, then {_fix_hint()}")
+    d = Path(d).expanduser()
+    if not (d / "ai8xize.py").is_file():
+        raise IzerUnavailableError(
+            f"{d} (AI8X_SYNTHESIS_DIR) is not an ai8x-synthesis checkout: it has no ai8xize.py; "
+            f"point AI8X_SYNTHESIS_DIR at one (`{clone}`), then {_fix_hint()}")
+    return d
+
+
+def izer_requirements(synthesis_dir: str | Path | None = None,
+                      torch_spec: str | None = None) -> list[str]:
+    """ai8x-synthesis' ``requirements.txt`` lines (comments dropped) with its torch pin
+    replaced by `torch_spec` (default ``$AI8X_SYNTHESIS_TORCH`` or `IZER_TORCH`)."""
+    d = synthesis_checkout(synthesis_dir)
+    path = d / "requirements.txt"
+    if not path.is_file():
+        raise IzerUnavailableError(f"{path} is missing: izer's environment is built from it "
+                                   f"(is {d} a complete ai8x-synthesis checkout?)")
+    torch_spec = torch_spec or os.environ.get("AI8X_SYNTHESIS_TORCH") or IZER_TORCH
+    out, has_torch = [], False
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if re.split(r"[\s=<>!~;\[]", line, maxsplit=1)[0].lower() == "torch":
+            line, has_torch = torch_spec, True
+        out.append(line)
+    if not has_torch:
+        out.append(torch_spec)
+    return out
+
+
+def izer_venv_dir(synthesis_dir: str | Path | None = None, torch_spec: str | None = None) -> Path:
+    """Where `build_izer_venv` puts izer's venv: ``~/.cache/posekd/izer-venv-<hash>``, keyed
+    by the requirements it installs (so a new ai8x-synthesis pin gets a new venv)."""
+    reqs = "\n".join(izer_requirements(synthesis_dir, torch_spec))
+    digest = hashlib.sha256(reqs.encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "posekd" / f"izer-venv-{digest}"
+
+
+def build_izer_venv(synthesis_dir: str | Path | None = None, *, torch_spec: str | None = None,
+                    python: str | None = None, force: bool = False) -> Path:
+    """Build izer's own virtual environment (once; ``force`` rebuilds it) from the checkout's
+    ``requirements.txt`` (`izer_requirements`: its numpy 1.26.4 pin kept, torch taken as
+    `torch_spec`) with the base interpreter `python` (default: the one under this venv), and
+    return its python. pip prints its progress; a failure raises `IzerUnavailableError`."""
+    reqs = izer_requirements(synthesis_dir, torch_spec)
+    venv = izer_venv_dir(synthesis_dir, torch_spec)
+    py = venv / "bin" / "python"
+    if (venv / _STAMP).exists() and py.exists() and not force:
+        print(f"izer venv up to date: {venv}")
+        return py
+    base = python or getattr(sys, "_base_executable", None) or sys.executable
+    print(f">> building izer's venv {venv} with {base}: {' '.join(reqs)}")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    steps = [("create the venv", [base, "-m", "venv", "--clear", str(venv)])]
+    req_file = venv / "requirements-izer.txt"
+    steps.append(("install izer's requirements", [str(py), "-m", "pip", "install", "--no-input",
+                                                 "-r", str(req_file)]))
+    steps.append(("import numpy and torch", [str(py), "-c", "import numpy, torch, yaml; print("
+                                             "'izer venv ok: numpy', numpy.__version__, 'torch', "
+                                             "torch.__version__)"]))
+    for i, (what, cmd) in enumerate(steps):
+        try:
+            rc = subprocess.run(cmd).returncode
+        except OSError as e:
+            rc, what = -1, f"{what} ({e})"
+        if rc != 0:
+            raise IzerUnavailableError(
+                f"building izer's venv {venv} failed: could not {what} (`{shlex.join(cmd)}` "
+                f"exited {rc}; its output is above). Fix the cause (PyPI not reachable, or a torch "
+                f"build this machine cannot install: set AI8X_SYNTHESIS_TORCH to one it can) and "
+                f"rerun {_fix_hint(synthesis_dir)}")
+        if i == 0:
+            req_file.write_text("\n".join(reqs) + "\n")
+    (venv / _STAMP).write_text("\n".join(reqs) + "\n")
+    return py
+
+
+def _numpy_pin(synthesis_dir: Path) -> tuple[str, int] | None:
+    """(version, major) of the checkout's exact numpy pin, e.g. ('1.26.4', 1)."""
+    for line in izer_requirements(synthesis_dir):
+        m = re.fullmatch(r"numpy\s*==\s*((\d+)\.[\d.*]+)", line, flags=re.I)
+        if m:
+            return m.group(1), int(m.group(2))
+    return None
+
+
+def izer_python(synthesis_dir: str | Path | None = None) -> str:
+    """The interpreter `run_izer` runs ai8xize.py with: ``$AI8X_SYNTHESIS_PYTHON`` when set,
+    else the venv `build_izer_venv` (``make izer``) made for this checkout. Raises
+    `IzerUnavailableError`, saying what to run, when that venv is not built, the named
+    interpreter does not exist, or its numpy major version is not the one izer pins (izer
+    fails under numpy 2: ``np.save(fix_imports=...)``, a uint8 overflow)."""
+    d = synthesis_checkout(synthesis_dir)
+    chosen = os.environ.get("AI8X_SYNTHESIS_PYTHON")
+    pin = _numpy_pin(d)
+    if not chosen:
+        venv = izer_venv_dir(d)
+        py = venv / "bin" / "python"
+        if not ((venv / _STAMP).exists() and py.exists()):
+            why = (f"ai8x-synthesis pins numpy {pin[0]}, so it cannot run in this project's "
+                   f"numpy {np.__version__} venv" if pin and pin[1] != int(np.__version__.split(".")[0])
+                   else "its requirements differ from this project's")
+            raise IzerUnavailableError(
+                f"izer's own environment is not built ({venv} is missing; {why}): "
+                f"run {_fix_hint(d)}")
+        return str(py)
+    if not Path(chosen).exists() and not shutil.which(chosen):
+        raise IzerUnavailableError(
+            f"AI8X_SYNTHESIS_PYTHON={chosen} does not exist: unset it to use the venv "
+            f"{_fix_hint(d)} builds, or point it at an interpreter with izer's requirements")
+    if pin is not None:
+        want = pin[1]
+        r = subprocess.run([chosen, "-c", "import numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True)
+        have = r.stdout.strip()
+        if r.returncode != 0 or not have.split(".")[0].isdigit():
+            raise IzerUnavailableError(
+                f"AI8X_SYNTHESIS_PYTHON={chosen} cannot import numpy ({(r.stderr or '').strip()[-300:]}): "
+                f"unset it and run {_fix_hint(d)}")
+        if int(have.split(".")[0]) != want:
+            raise IzerUnavailableError(
+                f"AI8X_SYNTHESIS_PYTHON={chosen} has numpy {have}, but ai8x-synthesis pins numpy "
+                f"{pin[0]} (izer fails under numpy 2: np.save(fix_imports=...), a uint8 overflow): "
+                f"unset AI8X_SYNTHESIS_PYTHON and run {_fix_hint(d)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
 # running izer
 
 def izer_command(checkpoint: str | Path, config: str | Path, sample: str | Path,
                  test_dir: str | Path, prefix: str, device: int = MAX78000,
-                 synthesis_dir: str | Path | None = None, extra: list[str] | tuple = ()) -> list[str]:
+                 synthesis_dir: str | Path | None = None, extra: list[str] | tuple = (),
+                 python: str | None = None) -> list[str]:
     """The ai8xize.py command line (offline: ``--no-version-check``; ``--fifo`` when the
-    network streams); also printed."""
+    network streams); also printed. `python` defaults to ``$AI8X_SYNTHESIS_PYTHON``, else
+    izer's venv when built (``make izer``), else ``python``."""
     script = str(Path(synthesis_dir) / "ai8xize.py") if synthesis_dir else "ai8xize.py"
     if "--fifo" not in extra and Path(config).exists() and \
             re.search(r"^\s*-?\s*streaming:\s*true", Path(config).read_text(), flags=re.M):
         extra = [*extra, "--fifo"]                  # streamed layers read through the FIFOs
-    python = os.environ.get("AI8X_SYNTHESIS_PYTHON", sys.executable if synthesis_dir else "python")
+    if python is None:
+        python = os.environ.get("AI8X_SYNTHESIS_PYTHON")
+    if python is None and synthesis_dir:
+        try:
+            venv = izer_venv_dir(synthesis_dir)
+            if (venv / _STAMP).exists():
+                python = str(venv / "bin" / "python")
+        except IzerUnavailableError:
+            pass
+    python = python or "python"
     cmd = [python, script, "--test-dir", str(test_dir), "--prefix", prefix,
            "--checkpoint-file", str(checkpoint), "--config-file", str(config),
            "--sample-input", str(sample), "--device", limits(device).name, "--timer", "0",
@@ -294,27 +472,50 @@ def parse_izer_log(text: str) -> dict:
     return out
 
 
+_BROKEN_ENV = re.compile(r"^(ModuleNotFoundError|ImportError)\b.*$|"
+                         r"unexpected keyword argument 'fix_imports'.*$|"
+                         r"^OverflowError: Python integer .* out of bounds for uint8.*$", re.M)
+
+
 def run_izer(checkpoint: str | Path, config: str | Path, sample: str | Path, test_dir: str | Path,
              prefix: str, device: int = MAX78000, synthesis_dir: str | Path | None = None,
              extra: list[str] | tuple = (), timeout: float = 900) -> dict | None:
     """Run izer when ``synthesis_dir`` or ``$AI8X_SYNTHESIS_DIR`` points to an ai8x-synthesis
-    checkout (``$AI8X_SYNTHESIS_PYTHON`` picks its interpreter). Returns ``{'log', 'returncode',
-    'out_dir', 'output', 'weight_bytes', 'bias_bytes', 'cycles', 'layer_cycles', ...}`` where
-    ``output`` is izer's own computed output for the sample (int64) and ``log`` its console and
-    ``log.txt`` text. Otherwise prints the command to run and returns None."""
+    checkout, with izer's own venv (``make izer``; `izer_python`). Returns ``{'log',
+    'returncode', 'out_dir', 'output', 'weight_bytes', 'bias_bytes', 'cycles', 'layer_cycles',
+    ...}`` where ``output`` is izer's own computed output for the sample (int64) and ``log`` its
+    console and ``log.txt`` text (a non-zero ``returncode`` is izer rejecting the network).
+    With neither set, prints the command to run and returns None. Raises
+    `IzerUnavailableError`, saying why and what command fixes it, when izer cannot run: the
+    folder is no checkout, its venv is not built, or izer fails to start (missing modules,
+    numpy 2)."""
     synthesis_dir = synthesis_dir or os.environ.get("AI8X_SYNTHESIS_DIR")
     paths = [Path(p).resolve() for p in (checkpoint, config, sample, test_dir)]
     extra = [*extra, "--sample-numpy-filename", "izer_output.npy", "--overwrite"]
-    if not synthesis_dir or not (Path(synthesis_dir) / "ai8xize.py").exists():
+    if not synthesis_dir:
         izer_command(*paths, prefix, device, None, extra)
-        print("(set AI8X_SYNTHESIS_DIR to an ai8x-synthesis checkout to run it from here)")
+        print(f"(set AI8X_SYNTHESIS_DIR to an ai8x-synthesis checkout and run `{IZER_FIX}` "
+              f"once to run it from here)")
         return None
-    cmd = izer_command(*paths, prefix, device, synthesis_dir, extra)
+    synthesis_dir = synthesis_checkout(synthesis_dir)
+    python = izer_python(synthesis_dir)
+    cmd = izer_command(*paths, prefix, device, synthesis_dir, extra, python=python)
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    proc = subprocess.run(cmd, cwd=synthesis_dir, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=synthesis_dir, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except OSError as e:
+        raise IzerUnavailableError(f"izer could not start with {python}: {e}; run "
+                                   f"{_fix_hint(synthesis_dir)}") from e
     out_dir = paths[3] / prefix
     log = proc.stdout + proc.stderr
+    broken = _BROKEN_ENV.search(proc.stderr) if proc.returncode else None
+    if broken:
+        raise IzerUnavailableError(
+            f"izer failed in its environment ({python}): {broken.group(0).strip()}. Its "
+            f"requirements are not what ai8x-synthesis pins; rebuild its venv: "
+            f"{_fix_hint(synthesis_dir, force=True)}\n--- izer's output ---\n"
+            f"{log[-2000:]}")
     if (out_dir / "log.txt").exists():
         log += "\n" + (out_dir / "log.txt").read_text()
     output = np.load(out_dir / "izer_output.npy").astype(np.int64) \

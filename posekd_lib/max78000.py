@@ -153,10 +153,13 @@ def plan_hardware_layers(model, input_shape: tuple[int, int, int], device: int =
     one layer per ai8x layer; an element-wise op is fused into its single consumer
     (``pool_first: false`` when that consumer pools); an operand whose producer feeds anything
     else gets an interleaving pass-through copy. Offsets are assigned by a first-fit ping-pong
-    allocator in 8 KiB steps."""
+    allocator in 8 KiB steps. The model's hardware rules are re-checked for `device` first
+    (`ai8x.check_model`): a layer changed after construction raises `ai8x.Ai8xRuleError`
+    naming it, rather than getting a plan."""
     from posekd_lib import ai8x  # local import: ai8x imports this module's limits
 
     lim = limits(device)
+    ai8x.check_model(model, lim.device)
     graph = ai8x.trace_layers(model, input_shape)
     return _assign_memory(_build_layers(graph, lim, data_format, input_shape), lim, data_format)
 
@@ -498,7 +501,9 @@ def resource_report(model, input_shape: tuple[int, int, int] = (3, 64, 64),
     the bytes one 32 KiB instance holds (HWC: 4 channels per 32-bit word, CHW: 1 per byte,
     32-bit wide outputs x4, interleaved element-wise operands x operands). The cycle count is
     izer's estimate (it is not exact for pool-after-add layers, whose estimate depends on where
-    izer places the kernels)."""
+    izer places the kernels). The hardware rules are re-checked first (see
+    `plan_hardware_layers`): a model that breaks one raises `ai8x.Ai8xRuleError` naming the
+    layer instead of getting a report."""
     lim = limits(device)
     layers = plan_hardware_layers(model, input_shape, device, data_format)
     reasons: list[str] = []

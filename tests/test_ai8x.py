@@ -11,6 +11,8 @@ from torch import nn
 
 from posekd_lib import ai8x
 
+from conftest import ai8x_qat_is_exact_in_float32, assert_float32_close, longest_dot_product
+
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "add", "conv5", "head")
 
 
@@ -79,13 +81,18 @@ def test_state_dict_layout_matches_upstream(g):
 
 
 def test_float_eval_and_train_mode_outputs(g):
+    """Float mode is float32 arithmetic: equal to the golden up to the rounding of the longest
+    sum (conftest.float32_atol). Eval: conv2/conv3/conv5's 3x3 over 32 channels, n = 288, on
+    outputs <= 0.65: atol 2.2e-5. Train mode also sums BatchNorm's batch statistics, over
+    N*H*W = 2*64*64 = 8192 values per channel for conv1: n = 8192, atol 8.2e-4 (outputs <= 0.84)."""
     io = load(g, "float_io.pt")
     m = float_model(g)
     with torch.no_grad():
-        torch.testing.assert_close(m(io["input"]), io["output_eval_float"], rtol=0, atol=1e-6)
+        assert_float32_close(m(io["input"]), io["output_eval_float"], m, what="float eval")
         train = copy.deepcopy(m).train()
-        torch.testing.assert_close(train(io["input"]), io["output_train_mode_batch_stats"],
-                                   rtol=0, atol=1e-6)
+        n, _, h, w = io["input"].shape
+        assert_float32_close(train(io["input"]), io["output_train_mode_batch_stats"],
+                             n=n * h * w, what="float train mode (batch statistics)")
 
 
 def test_bn_fusion_matches_upstream(g):
@@ -93,16 +100,23 @@ def test_bn_fusion_matches_upstream(g):
     ref = load(g, "fused_float_state_dict.pt")
     sd = m.state_dict()
     assert list(sd) == list(ref)
+    # exact by construction on every CPU: the fused weights are elementwise IEEE-754 float32
+    # operations (sub, mul, add and rsqrt, which ATen computes as 1 / sqrt in its scalar and
+    # every vector kernel: each correctly rounded, no reduction), the same operations in the same
+    # order as upstream's fusion, so no kernel choice can change them
     for k in ref:
         assert torch.equal(sd[k], ref[k]), k
     io = load(g, "float_io.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(m(io["input"]), io["output_eval_after_bn_fusion"], rtol=0, atol=1e-6)
+    with torch.no_grad():         # the forward is a float32 conv: n = 288 (see the test above)
+        assert_float32_close(m(io["input"]), io["output_eval_after_bn_fusion"], m,
+                             what="float eval after BN fusion")
 
 
 def test_qat_forward_is_bit_exact(g):
+    """Exact by construction (not float32 noise): see conftest.ai8x_qat_is_exact_in_float32."""
     io = load(g, "qat_io.pt")
     m = qat_model(g)
+    assert ai8x_qat_is_exact_in_float32(m, io["input"])
     assert int(m.conv3.weight_bits) == 4 and int(m.conv3.bias_bits) == 4 and int(m.conv1.weight_bits) == 8
     shifts = {n: float(getattr(m, n).effective_output_shift()) for n in io["computed_output_shift"]}
     assert shifts == io["computed_output_shift"]
@@ -113,11 +127,13 @@ def test_qat_forward_is_bit_exact(g):
 
 
 def test_simulate_forward_is_bit_exact_and_matches_izer(g):
+    """Exact on every CPU: simulate computes with integers in float64 (see the tests below)."""
     io = load(g, "simulate_io.pt")
     y, seen = run_with_hooks(simulate_model(g), io["input_int"])
-    assert torch.equal(y, io["output_simulate"])
+    assert y.dtype == torch.float64
+    assert torch.equal(y, io["output_simulate"].double())
     for n in LAYERS:
-        assert torch.equal(seen[n], io["intermediates"][n]), n
+        assert torch.equal(seen[n], io["intermediates"][n].double()), n
     izer = np.load(g / "izer_expected_output.npy")
     assert np.array_equal(y[0].numpy().astype(np.int64), izer)
 
@@ -133,9 +149,9 @@ def test_apply_device_switches_a_built_model_to_simulate(g):
     io = load(g, "simulate_io.pt")
     with torch.no_grad():
         y = m(io["input_int"])
-    assert torch.equal(y, io["output_simulate"])
-    assert torch.equal(y, y_qat * 2 ** 14)
-    assert torch.equal(ai8x.wide_output_to_float(y, m.head), y_qat / 2)     # head shift is -1
+    assert torch.equal(y, io["output_simulate"].double())
+    assert torch.equal(y, y_qat.double() * 2 ** 14)      # QAT exact by construction (see above)
+    assert torch.equal(ai8x.wide_output_to_float(y, m.head), y_qat.double() / 2)   # head shift -1
 
 
 def test_wide_output_to_float_undoes_the_qat_shift(g):
@@ -213,7 +229,10 @@ def test_check_model_names_the_module():
 
 
 @pytest.mark.parametrize("cls", [ai8x.FusedConvTranspose2dBNReLU, ai8x.FusedConv2dBNReLU])
-def test_bn_fusion_is_exact_in_float(cls):
+def test_bn_fusion_preserves_the_float_output(cls):
+    """Fusion is exact in real arithmetic; in float32 the fused and unfused layers round
+    differently: the conv sums 4 * 3 * 3 = 36 products (conftest.float32_atol), and the BN's
+    scale and shift and the fused weight and bias add one rounding each: n = 36 + 4."""
     torch.manual_seed(0)
     layer = cls(4, 6, 3, padding=1)                     # in != out: catches a wrong BN axis
     layer.train()
@@ -230,7 +249,7 @@ def test_bn_fusion_is_exact_in_float(cls):
         after = layer(x)
     assert layer.bn is None and not any(".bn." in f".{k}" for k in layer.state_dict())
     assert before.abs().max() > 0.05
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert_float32_close(after, before, n=longest_dot_product(layer) + 4, what="fused vs unfused")
 
 
 def test_qat_policy_validation_and_start_epoch(tmp_path):
@@ -260,3 +279,89 @@ def test_qat_policy_validation_and_start_epoch(tmp_path):
     assert int(m.conv3.weight_bits) == 2 and int(m.head.weight_bits) == 8
     assert bool(m.conv1.adjust_output_shift) and bool(m.conv1.quantize_activation)
     assert float(m.conv1.shift_quantile) == pytest.approx(0.99)
+
+
+# --------------------------------------------------------------------------------------------
+# simulate is exact whatever convolution kernel torch picks
+
+def _int_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.ndarray:
+    """Exact reference: an int64 convolution (numpy's integer einsum: no float anywhere)."""
+    k = w.shape[-1]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))   # N,C,H,W,k,k
+    return np.einsum("nchwij,ocij->nohw", win, w, dtype=np.int64) + b[None, :, None, None]
+
+
+def _kernel_variants(x: torch.Tensor):
+    """The same input through different convolution kernels: oneDNN on and off, channels-last
+    memory, one and two threads."""
+    enabled = torch.backends.mkldnn.enabled
+    try:
+        for mkldnn in (True, False):
+            torch.backends.mkldnn.enabled = mkldnn
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    yield (mkldnn, fmt, threads), x.contiguous(memory_format=fmt)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def _wide_simulate_conv(c_in: int, wide: bool, shift: float = 0.0):
+    layer = ai8x.Conv2d(c_in, 8, 3, padding=1, wide=wide, activation=None if wide else "ReLU",
+                        weight_bits=8, quantize_activation=True, name="big",
+                        device=ai8x.Device(85, simulate=True))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():                     # int8 weights, mostly positive: large sums
+        layer.op.weight.copy_(torch.randint(-16, 128, layer.op.weight.shape, generator=g).float())
+        layer.op.bias.copy_(torch.randint(-128, 128, (8,), generator=g).float())
+        layer.output_shift.fill_(shift)
+    x = torch.randint(0, 128, (1, c_in, 6, 6), generator=g).float()    # ReLU outputs: >= 0
+    return layer.eval(), x
+
+
+def test_simulate_wide_output_beyond_float32_range_is_exact_with_any_kernel():
+    """A 1024-channel 3x3 wide conv (fan-in 9216): its int32 accumulator reaches ~5e7 > 2**24,
+    where float32 holds only even (then multiples of 4) integers, so a float32 convolution
+    cannot be exact; the float64 simulate path equals the int64 reference with every kernel."""
+    layer, x = _wide_simulate_conv(1024, wide=True)
+    ref = _int_conv(x.numpy().astype(np.int64), layer.op.weight.detach().numpy().astype(np.int64),
+                    layer.op.bias.detach().numpy().astype(np.int64), 1)
+    ref = np.clip(ref, -2 ** 29, 2 ** 29 - 1)          # the wide output: the accumulator itself
+    assert ref.max() > 2 ** 24
+    assert (ref.astype(np.float32).astype(np.int64) != ref).any()      # float32 cannot hold it
+    for how, xv in _kernel_variants(x):
+        with torch.no_grad():
+            y = layer(xv)
+        assert y.dtype == torch.float64
+        assert np.array_equal(y.numpy().astype(np.int64), ref), how
+
+
+def test_simulate_8bit_output_of_a_large_fan_in_is_exact_with_any_kernel():
+    """The same conv as an 8-bit ReLU layer with output shift -15: floor(acc * 2**-15), ReLU,
+    round half up to 8 bits (/128), clamp to [-128, 127] in integers."""
+    layer, x = _wide_simulate_conv(1024, wide=False, shift=-15.0)
+    acc = _int_conv(x.numpy().astype(np.int64), layer.op.weight.detach().numpy().astype(np.int64),
+                    layer.op.bias.detach().numpy().astype(np.int64), 1)
+    ref = np.clip((np.maximum(acc >> 15, 0) + 64) // 128, -128, 127)
+    assert 0 < ref.max() < 127                              # not all clamped
+    for how, xv in _kernel_variants(x):
+        with torch.no_grad():
+            y = layer(xv)
+        assert np.array_equal(y.numpy().astype(np.int64), ref), how
+
+
+@pytest.mark.parametrize("round_avg", [False, True])
+def test_simulate_avg_pool_3x3_is_exact(round_avg):
+    """Average pooling by 9 (not a power of two): the integer window sum over 9, truncated (or
+    rounded half to even, with ``round_avg``) exactly as integer arithmetic does."""
+    pool = ai8x.AvgPool2d(3, 3, device=ai8x.Device(85, simulate=True, round_avg=round_avg)).eval()
+    x = torch.randint(-128, 128, (2, 64, 30, 30), generator=torch.Generator().manual_seed(1)).float()
+    s = x.numpy().astype(np.int64).reshape(2, 64, 10, 3, 10, 3).sum(axis=(3, 5))
+    if round_avg:
+        ref = np.round(s / 9)            # s/9 is never exactly .5 (9 is odd): plain rounding
+    else:
+        ref = np.sign(s) * (np.abs(s) // 9)
+    with torch.no_grad():
+        y = pool(x)
+    assert y.dtype == torch.float64 and np.array_equal(y.numpy(), ref.astype(np.float64))

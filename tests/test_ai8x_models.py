@@ -11,6 +11,8 @@ import yaml
 
 from posekd_lib import ai8x, ai8x_models as am, export, max78000
 
+from conftest import ai8x_qat_is_exact_in_float32
+
 SMALL_IN = (32, 32)                     # (w, h) for fast forward/training tests
 
 
@@ -91,6 +93,7 @@ def test_float_qat_simulate_heatmaps_agree():
         y_sim_raw = sim(x * 128)
         y_sim = am.heatmaps_float(sim, x * 128)
     assert y_qat.shape == y_float.shape == (2, 17, 8, 8)
+    assert ai8x_qat_is_exact_in_float32(m, x)         # so QAT == simulate exactly, on every CPU
     assert torch.equal(y_sim_raw, y_qat_raw * 2 ** 14)                        # Q17.14 wide head
     assert torch.equal(y_sim, y_qat)
     shift = float(m.head.effective_output_shift())
@@ -106,6 +109,7 @@ def test_heatmap_view_feeds_integers_in_simulate():
     with torch.no_grad():
         a = am.HeatmapView(m.eval())(img)
         b = am.HeatmapView(am.simulate_copy(m))(img)
+    assert ai8x_qat_is_exact_in_float32(m, am.to_ai8x_range(img))   # exact on every CPU
     assert torch.equal(a, b)
 
 
@@ -220,3 +224,20 @@ def test_evaluate_ai8x_simulate_equals_qat_on_coco_sample(coco_sample):
     assert len(sim) == len(qat) > 0
     np.testing.assert_array_equal([r["keypoints"] for r in sim], [r["keypoints"] for r in qat])
     assert all(int(l.weight_bits) == 8 and not l.device.simulate for _, l in ai8x.ai8x_layers(m))
+
+
+def test_simulate_heatmaps_come_back_in_the_input_dtype():
+    """Simulate computes in float64 (exact integers); HeatmapView / heatmaps_float return the
+    heatmaps in the input's dtype, as in float and QAT mode (notebook 06 compares them)."""
+    m = _warmed()
+    ai8x.initiate_qat(m, am.DEFAULT_QAT_POLICY)
+    sim = am.simulate_copy(m)
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert sim(am.to_ai8x_range(img) * 128).dtype == torch.float64
+        hm = am.HeatmapView(sim)(img)
+    assert hm.dtype == torch.float32
+    sample = export.sample_input(am.to_ai8x_range(img))
+    wide = ai8x.wide_output_to_float(torch.from_numpy(export.expected_output(sim, sample)).float()[None],
+                                     am.head_layer(sim))
+    torch.testing.assert_close(wide, hm)                  # notebook 06's check

@@ -3,6 +3,7 @@ YAML, sample input / expected output, resource report, izer command."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,8 @@ def test_izer_command_and_offline_run(g, tmp_path, monkeypatch, capsys):
     assert cmd[cmd.index("--device") + 1] == "MAX78000"
     monkeypatch.delenv("AI8X_SYNTHESIS_DIR", raising=False)
     assert export.run_izer("q.pth.tar", "net.yaml", "s.npy", tmp_path, "poselike") is None
-    assert "ai8xize.py" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ai8xize.py" in out and "make izer" in out
 
 
 class _Residual(nn.Module):
@@ -239,3 +241,145 @@ def test_max78002_runs_the_add_in_its_own_layer(g):
     assert conv5["name"] == "conv5" and "eltwise" not in conv5 and "pool_first" not in conv5
     rep = max78000.resource_report(m, (3, 64, 64), device=87)
     assert rep.fits and rep.capacity["bias_bytes"] == 4 * 2048 and rep.totals["layers"] == 8
+
+
+def _changed_after_construction(change: str) -> nn.Module:
+    """The legal golden-like net, made illegal after construction."""
+    m = ai8x.ai85poselike()
+    ai8x.check_model(m)
+    if change == "stride 2":
+        m.conv3.op.stride = (2, 2)
+    elif change == "kernel 5x5":
+        m.conv3.op = nn.Conv2d(32, 32, 5, padding=2)
+    elif change == "groups":
+        m.conv3.op = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    return m.eval()
+
+
+@pytest.mark.parametrize("change", ["stride 2", "kernel 5x5", "groups"])
+def test_network_yaml_rechecks_the_model(change):
+    with pytest.raises(ai8x.Ai8xRuleError, match=rf"conv3: .*{change}"):
+        export.network_yaml(_changed_after_construction(change), (3, 64, 64), "a", "d")
+
+
+@pytest.mark.parametrize("change", ["stride 2", "kernel 5x5", "groups"])
+def test_resource_report_rechecks_the_model(change):
+    with pytest.raises(ai8x.Ai8xRuleError, match=rf"conv3: .*{change}"):
+        max78000.resource_report(_changed_after_construction(change), (3, 64, 64))
+
+
+def test_plan_checks_against_the_target_device():
+    """A depthwise conv is legal on the MAX78002 it was built for, not in a MAX78000 plan."""
+    m = nn.Sequential()
+    m.add_module("dw", ai8x.Conv2d(8, 8, 3, padding=1, groups=8, device=ai8x.Device(87)))
+    max78000.resource_report(m, (8, 16, 16), device=87)
+    with pytest.raises(ai8x.Ai8xRuleError, match="dw: groups=8"):
+        max78000.resource_report(m, (8, 16, 16), device=85)
+    with pytest.raises(ai8x.Ai8xRuleError, match="dw: groups=8"):
+        export.network_yaml(m, (8, 16, 16), "a", "d", device=85)
+
+
+# --------------------------------------------------------------------------------------------
+# izer's own environment: every way izer cannot run says why and what fixes it (no network)
+
+def _fake_checkout(tmp_path, script="print('izer ran')\n", requirements="numpy==1.26.4\ntorch==2.3.1\nPyYAML==6.0.1\n"):
+    d = tmp_path / "ai8x-synthesis"
+    d.mkdir()
+    (d / "ai8xize.py").write_text(script)
+    (d / "requirements.txt").write_text(requirements)
+    return d
+
+
+@pytest.fixture
+def izer_env(tmp_path, monkeypatch):
+    """No izer configured, and a private HOME so no real izer venv is found."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("AI8X_SYNTHESIS_DIR", "AI8X_SYNTHESIS_PYTHON", "AI8X_SYNTHESIS_TORCH"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def _run(tmp_path):
+    return export.run_izer(tmp_path / "q", tmp_path / "n.yaml", tmp_path / "s.npy", tmp_path / "out", "p")
+
+
+def test_izer_requirements_keep_numpy_and_swap_torch(tmp_path, izer_env):
+    d = _fake_checkout(tmp_path, requirements="# pins\nnumpy==1.26.4  # izer needs 1.x\ntorch==2.3.1\n"
+                                               "torchvision==0.18.1\n")
+    assert export.izer_requirements(d) == ["numpy==1.26.4", export.IZER_TORCH, "torchvision==0.18.1"]
+    assert export.izer_requirements(d, "torch==9.9") [1] == "torch==9.9"
+    izer_env.setenv("AI8X_SYNTHESIS_TORCH", "torch==2.14.1")
+    assert export.izer_requirements(d)[1] == "torch==2.14.1"
+    venv = export.izer_venv_dir(d)
+    assert venv.parent == tmp_path / "home" / ".cache" / "posekd" and venv.name.startswith("izer-venv-")
+    assert export.izer_venv_dir(d, "torch==2.13.0") != venv          # keyed by what it installs
+
+
+def test_run_izer_errors_when_the_folder_is_no_checkout(tmp_path, izer_env):
+    izer_env.setenv("AI8X_SYNTHESIS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(export.IzerUnavailableError) as e:
+        _run(tmp_path)
+    msg = str(e.value)
+    assert "empty" in msg and "no ai8xize.py" in msg and "git clone" in msg and "make izer" in msg
+
+
+def test_run_izer_errors_when_the_venv_is_not_built(tmp_path, izer_env):
+    d = _fake_checkout(tmp_path)
+    izer_env.setenv("AI8X_SYNTHESIS_DIR", str(d))
+    with pytest.raises(export.IzerUnavailableError) as e:
+        _run(tmp_path)
+    msg = str(e.value)
+    assert "not built" in msg and str(export.izer_venv_dir(d)) in msg and "numpy 1.26.4" in msg
+    assert f"AI8X_SYNTHESIS_DIR={d} make izer" in msg
+
+
+def test_izer_python_refuses_a_missing_or_numpy2_interpreter(tmp_path, izer_env):
+    d = _fake_checkout(tmp_path)
+    izer_env.setenv("AI8X_SYNTHESIS_PYTHON", str(tmp_path / "nope" / "python"))
+    with pytest.raises(export.IzerUnavailableError, match=r"nope/python does not exist.*make izer"):
+        export.izer_python(d)
+    izer_env.setenv("AI8X_SYNTHESIS_PYTHON", sys.executable)             # this venv: numpy 2
+    with pytest.raises(export.IzerUnavailableError) as e:
+        export.izer_python(d)
+    assert f"numpy {np.__version__}" in str(e.value) and "pins numpy 1.26.4" in str(e.value)
+    assert "unset AI8X_SYNTHESIS_PYTHON" in str(e.value) and "make izer" in str(e.value)
+
+
+def test_run_izer_uses_the_built_venv_and_reports_a_broken_one(tmp_path, izer_env):
+    """A 'built' venv (its stamp, python linked to this interpreter) is used without being
+    named; izer failing to import a module in it raises, saying to rebuild it."""
+    d = _fake_checkout(tmp_path, script="import sys; print('izer ran with', sys.executable)\n",
+                       requirements="PyYAML==6.0.1\n")
+    izer_env.setenv("AI8X_SYNTHESIS_DIR", str(d))
+    venv = export.izer_venv_dir(d)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / ".posekd-izer-installed").write_text("PyYAML==6.0.1\n")
+    assert export.izer_python() == str(venv / "bin" / "python")
+    r = _run(tmp_path)
+    assert r["returncode"] == 0 and "izer ran with" in r["log"]
+    (d / "ai8xize.py").write_text("import izer_module_that_is_not_installed\n")
+    with pytest.raises(export.IzerUnavailableError) as e:
+        _run(tmp_path)
+    msg = str(e.value)
+    assert "ModuleNotFoundError" in msg and "make izer FORCE=1" in msg and str(venv) in msg
+
+
+def test_build_izer_venv_failure_says_what_to_do(tmp_path, izer_env, capsys):
+    d = _fake_checkout(tmp_path)
+    with pytest.raises(export.IzerUnavailableError) as e:
+        export.build_izer_venv(d, python=str(tmp_path / "no-such-python"))
+    msg = str(e.value)
+    assert "create the venv" in msg and "AI8X_SYNTHESIS_TORCH" in msg and "make izer" in msg
+    with pytest.raises(export.IzerUnavailableError, match="AI8X_SYNTHESIS_DIR is not set"):
+        export.build_izer_venv()
+
+
+def test_build_izer_venv_script_exits_2_with_the_reason(tmp_path, izer_env):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AI8X_SYNTHESIS")}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "build_izer_venv.py"),
+                        "--synthesis-dir", str(tmp_path / "empty")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "no ai8xize.py" in r.stderr

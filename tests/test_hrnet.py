@@ -12,6 +12,8 @@ from hrnet_pose.checkpoint import (
 from hrnet_pose.configs import CONFIG_DIR, available_configs, load_configs
 from hrnet_pose.hrnetpose_model import count_parameters, get_pose_net
 
+from conftest import assert_float32_close
+
 PAPER_CONFIGS = ["w32_256x192", "w32_384x288", "w48_256x192", "w48_384x288"]
 
 
@@ -63,7 +65,10 @@ def test_tiny_golden_reproduces_official_output(golden):
             out = model(io["input"])
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(out, io["output"], atol=1e-5, rtol=0)
+    # float32, not bit-exact: the golden was made on another CPU, whose oneDNN kernels sum each
+    # conv in another order. Longest sum: transition1's 3x3 conv over 256 channels, n = 2304;
+    # outputs reach 110, so atol = 2*2304*2**-24*110 = 3.0e-2 (~3e-4 relative; seen: 5e-5).
+    assert_float32_close(out, io["output"], model, what="tiny HRNet output")
 
 
 @pytest.mark.parametrize("name,golden_file,params", [

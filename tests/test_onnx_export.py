@@ -13,7 +13,20 @@ from posekd_lib.models import build_student
 from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, evaluate_onnx, export_onnx,
                                     heatmap_agreement, int8_report, onnx_parity, quantize_int8)
 
+from conftest import float32_atol, longest_dot_product
+
 STUDENTS = ("squeezenet", "mobilenetv3")
+
+
+def parity_atol(model: nn.Module, x: torch.Tensor) -> float:
+    """How far onnxruntime's float32 kernels may be from torch's (each its own summation order,
+    per CPU ISA): conftest.float32_atol with n the model's longest dot product."""
+    with torch.no_grad():
+        ref = model.eval()(x)
+    atol = float32_atol(ref, longest_dot_product(model))
+    print(f"[float32 golden] onnx parity atol {atol:.3g} (n={longest_dot_product(model)}, "
+          f"max|ref|={float(ref.abs().max()):.4g})")
+    return atol
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +90,17 @@ def test_export_is_one_checked_file_with_named_dynamic_io(exported, name):
 @pytest.mark.parametrize("name", STUDENTS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnxruntime_matches_torch(setup, exported, name, batch):
-    """On real crops (on random noise the BN-rescaled outputs reach ~50 and float32 rounding ~3e-4)."""
+    """On real crops (on random noise the BN-rescaled outputs reach ~50, and the float32
+    tolerance, which scales with them, would be loose)."""
     b, splits = setup
     model, path = exported[name]
     ds = TopDownDataset(splits.val.ann_file, splits.val.img_dir, b.input_size, b.heatmap_size, b.sigma)
     x = torch.stack([ds[i]["image"] for i in range(batch)])
     with torch.no_grad():
         assert (model(x) - model(torch.zeros_like(x))).abs().max() > 1e-2
-    assert onnx_parity(model, path, x) <= 1e-4
+    diff = onnx_parity(model, path, x)
+    print(f"[float32 golden] onnx parity {name} batch {batch}: max abs diff {diff:.3g}")
+    assert diff <= parity_atol(model, x)
 
 
 def test_fixed_batch_export_runs_larger_batches_in_chunks(exported, tmp_path):
@@ -92,7 +108,8 @@ def test_fixed_batch_export_runs_larger_batches_in_chunks(exported, tmp_path):
     path = export_onnx(model, tmp_path / "fixed.onnx", (96, 128), dynamic_batch=False, dynamo=False)
     m = OnnxPoseModel(path)
     assert m.fixed_batch == 1
-    assert onnx_parity(model, path, torch.randn(3, 3, 128, 96)) <= 1e-4
+    x = torch.randn(3, 3, 128, 96)
+    assert onnx_parity(model, path, x) <= parity_atol(model, x)
 
 
 @pytest.mark.slow
@@ -101,7 +118,8 @@ def test_dynamo_exporter_matches_torch_at_opset_17(exported, tmp_path):
     path = export_onnx(model, tmp_path / "dynamo.onnx", (96, 128), opset=17, dynamo=True)
     assert not (tmp_path / "dynamo.onnx.data").exists()
     assert {o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")} == {17}
-    assert onnx_parity(model, path, torch.randn(2, 3, 128, 96)) <= 1e-4
+    x = torch.randn(2, 3, 128, 96)
+    assert onnx_parity(model, path, x) <= parity_atol(model, x)
 
 
 @pytest.mark.parametrize("name", STUDENTS)

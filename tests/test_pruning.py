@@ -6,6 +6,8 @@ import torch
 
 from posekd_lib import ai8x, ai8x_models as am, pruning
 
+from conftest import assert_float32_close
+
 SHAPE = (3, 32, 32)
 
 
@@ -70,7 +72,9 @@ def test_channel_pruning_preserves_function_of_kept_channels():
         x = torch.rand(2, *SHAPE) * 2 - 1
         y = m(x)
         p = pruning.prune_channels(m, SHAPE, 0.5, layers=["enc3"])
-        assert torch.allclose(p(x), y, atol=1e-6)
+        # float32: the next layer sums 24 instead of 48 channels (the dropped ones are zero),
+        # in another kernel's order; tolerance from the longest sum (conftest.float32_atol)
+        assert_float32_close(p(x), y, m, what="pruned vs unpruned")
 
 
 def test_gmp_schedule_values():
