@@ -670,6 +670,13 @@ class Distiller(nn.Module):
         return {"loss": total, **out}
 
     # housekeeping
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.student is not None and state_dict and set(state_dict) == set(self.student.state_dict()):
+            raise RuntimeError(f"{type(self).__name__} got the bare student's state dict, as checkpoints of "
+                               "distilled runs held before the distiller owned its adapters; rewrite the file "
+                               "once with posekd_lib.distill.upgrade_checkpoint(path, distiller)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         self.teacher.model._apply(fn, *args, **kwargs)
