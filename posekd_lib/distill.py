@@ -222,10 +222,6 @@ class _Teacher:
     def _output(self, out):
         return self.output_fn(out) if self.output_fn is not None else out
 
-    def heatmaps(self, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Teacher heatmaps for ``images``, resized to the student heatmaps ``like``."""
-        return self.heatmaps_from(self(images), like)
-
     @staticmethod
     def heatmaps_from(hm, like: torch.Tensor) -> torch.Tensor:
         """Check the teacher's output ``hm`` against the student heatmaps ``like`` and resize it."""
