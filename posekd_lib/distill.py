@@ -490,7 +490,8 @@ class LogitTerm(nn.Module):
         super().__init__()
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("teacher_weight", teacher_weight, ("ones", "target"))
-        self.weight, self.kind, self.temperature, self.teacher_weight = float(weight), kind, float(temperature), teacher_weight
+        self.weight, self.kind, self.temperature = float(weight), kind, float(temperature)
+        self.teacher_weight = teacher_weight
 
     def forward(self, student: dict, teacher: dict, batch: dict) -> torch.Tensor:
         t_hm = _Teacher.heatmaps_from(teacher["heatmaps"], student["heatmaps"])

@@ -221,7 +221,8 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, hint):
 @pytest.mark.parametrize("hint", [False, True], ids=["student", "hinted"])
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tmp_path, hint):
     """kill -9 midway, restart: the final weights (with --hint: student, adapters, KD step) equal a clean run's."""
-    cmd = [sys.executable, str(SMOKE), "--epochs", "3", "--save-every", "1", "--threads", "1"] + (["--hint"] if hint else [])
+    cmd = [sys.executable, str(SMOKE), "--epochs", "3", "--save-every", "1", "--threads", "1"]
+    cmd += ["--hint"] if hint else []
     latest = tmp_path / "killed" / "smoke" / "latest.pt"
     proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed"), "--sleep", "0.5"])
     try:
