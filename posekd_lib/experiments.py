@@ -8,12 +8,14 @@ row to the mode's :class:`~posekd_lib.evaluation.ResultsTable`. Runs are cached 
 retrained, and its evaluation is read from ``val_metrics.json`` / ``val_results.json`` next to the
 checkpoint, so notebook 03 reuses notebook 02's baseline at no cost.
 
-Distillation hook: ``kd(student, total_steps) -> loss_fn`` builds the training loss once the
-student exists (e.g. ``lambda s, n: LogitsKD(teacher, alpha=0.5, total_steps=n)``). When the
-returned object has ``parameters()`` (``FeatureKD``'s adapters) they are trained with the student;
-when it has ``set_step`` it is told the step a resumed run continues from; ``remove()`` (hooks) is
-called after training. ``fit`` saves only the
-student, so a ``FeatureKD`` run interrupted midway resumes with freshly initialised adapters.
+Distillation hook: ``kd(student, total_steps)`` builds the distiller once the student exists
+(e.g. ``lambda s, n: LogitsKD(teacher, s, alpha=0.5, total_steps=n)``). A returned ``nn.Module``
+(a :class:`~posekd_lib.distill.Distiller`) is what ``fit`` trains: its own ``loss``, its
+parameters (the student's and the adapters') in the optimizer, its state (adapters and the KD
+schedule's step included) in the checkpoint, so an interrupted hinted run resumes exactly. Any
+other callable is a ``loss_fn(outputs, batch)`` for the student. ``remove()`` (hooks) is called
+after training. Checkpoints that earlier versions wrote for distilled runs (the bare student) are
+rewritten once into the distiller's format (:func:`~posekd_lib.distill.upgrade_checkpoint`).
 """
 from __future__ import annotations
 
@@ -318,13 +320,32 @@ def example_batch(mode: str | None = None, batch_size: int = 8, seed: int = 0) -
 
 
 # --------------------------------------------------------------------------- students
+def _trainee(student: nn.Module, made) -> tuple[nn.Module, Callable | None]:
+    """``(module fit trains, its loss_fn)`` for what a ``kd`` factory (or ``build_loss``) returned."""
+    if isinstance(made, nn.Module):
+        if not callable(getattr(made, "loss", None)):
+            raise TypeError(f"kd returned a {type(made).__name__} without loss(outputs, batch); "
+                            "return a Distiller or a plain loss_fn")
+        return made, None
+    return student, made
+
+
+def _upgrade_checkpoints(run_dir: Path, net: nn.Module, step_offset: int = 0) -> None:
+    """Rewrite a distilled run's checkpoints from before the distiller owned its adapters (once)."""
+    from .distill import Distiller, upgrade_checkpoint
+
+    if isinstance(net, Distiller):
+        for name in ("latest.pt", "best.pt"):
+            upgrade_checkpoint(Path(run_dir) / name, net, step_offset)
+
+
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
                   steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False) -> Run:
     """Train (or load) one student with the mode's :class:`Budget`, evaluate it and record its row.
 
-    ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps) ->
-    loss_fn`` replaces it with a distillation loss (see the module docstring). ``steps`` overrides
+    ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps)``
+    replaces it by a distiller (or another loss_fn; see the module docstring). ``steps`` overrides
     the budget's step count. ``labelled`` and ``unlabelled`` choose the training data as
     :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
     ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
@@ -366,14 +387,10 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
         build_loss(loss)  # check the name before any work
     torch.manual_seed(seed)
     model = build_student_model(student_name)
-    loss_fn = build_loss(loss) if kd is None else kd(model, total)
-    params = list(model.parameters())
-    if hasattr(loss_fn, "parameters"):
-        params += list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=b.lr)
+    net, loss_fn = _trainee(model, build_loss(loss) if kd is None else kd(model, total))
+    _upgrade_checkpoints(run_dir, net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
     done_before = History.steps_done(run_dir)
-    if hasattr(loss_fn, "set_step"):
-        loss_fn.set_step(done_before)
 
     train_ds = training_set(mode, labelled=labelled, unlabelled=unlabelled)
     if len(train_ds) < b.batch_size:
@@ -383,13 +400,14 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
                                          num_workers=b.num_workers)
     _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()
-    history = fit(model, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
+    history = fit(net, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
                   save_every_steps=100 if total > 200 else None, channels_last=b.channels_last)
     wall = time.perf_counter() - t0
-    if hasattr(loss_fn, "remove"):  # FeatureKD: take its hooks off the student (and teacher) again
-        loss_fn.remove()
+    for hooked in (net, loss_fn):  # a feature distiller: take its hooks off the student and teacher again
+        if hasattr(hooked, "remove"):
+            hooked.remove()
     trained = history.step[-1] if history.step else total
     info = _read_json(info_file) or {}
     if trained > done_before:
@@ -440,7 +458,8 @@ FEATURE_PAIRS: dict[str, dict[str, str]] = {
 def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, **overrides) -> Callable:
     """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
 
-    ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss.
+    ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
+    ``kd_recipe(...)(student, total_steps)`` is the :class:`~posekd_lib.distill.Distiller` itself.
     The teacher sees the student's crops resized to the input size of the mode's teacher config when
     it differs from the budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher
     shares the crop); pass ``teacher_input_size=(w, h)`` in ``overrides`` for another teacher.
@@ -458,7 +477,7 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
     if method == "logits":
-        build = lambda student, total: LogitsKD(teacher, total_steps=total, **settings)  # noqa: E731
+        build = lambda student, total: LogitsKD(teacher, student, total_steps=total, **settings)  # noqa: E731
     else:
         pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
         if pairs is None:
@@ -473,7 +492,7 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
 
 
 class _KDFactory:
-    """``kd_recipe``'s return value: ``(student, total_steps) -> loss_fn`` plus the ``recipe`` it builds,
+    """``kd_recipe``'s return value: ``(student, total_steps) -> Distiller`` plus the ``recipe`` it builds,
     which :func:`train_student` stores with the run, so a cached run made with other KD settings
     under the same tag is reported instead of silently reused."""
 
@@ -575,7 +594,6 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     train_ds = training_set(mode, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
                                          num_workers=b.num_workers)
-    loss_fn = None
     if kd is not None:
         if KD_SETTINGS.get(kd, {}).get("method") != "logits":
             raise ValueError(f"kd={kd!r}: the MAX78000 student distils with a logits setting "
@@ -585,19 +603,23 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
             from .teachers import load_teacher
 
             teacher = freeze(load_teacher(mode=mode, device=_device(b.device))[0])
-        loss_fn = kd_recipe(kd, teacher, variant, mode)(None, float_steps + qat_steps)
     torch.manual_seed(seed)
     model = ai85posenet(variant)
-    common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
+    trainee = HeatmapView(model)
+    if kd is not None:  # one distiller for both phases: its KD schedule runs over float + QAT steps
+        trainee = kd_recipe(kd, teacher, variant, mode)(trainee, float_steps + qat_steps)
+    common = dict(out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
                   save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
     run_dirs = (root / f"{name}_float", root / f"{name}_qat")
     done_before = sum(History.steps_done(d) for d in run_dirs)
     t0 = time.perf_counter()
-    h_float = fit(HeatmapView(model), loader, max_steps=float_steps, lr=b.lr, run_name=f"{name}_float", **common)
+    _upgrade_checkpoints(run_dirs[0], trainee)
+    h_float = fit(trainee, loader, max_steps=float_steps, lr=b.lr, run_name=f"{name}_float", **common)
     float_model = copy.deepcopy(model).eval()
     ai8x.initiate_qat(model, policy)
-    opt = torch.optim.Adam(model.parameters(), lr=b.lr / 10)
-    h_qat = fit(HeatmapView(model), loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
+    _upgrade_checkpoints(run_dirs[1], trainee, step_offset=float_steps)
+    opt = torch.optim.Adam(trainee.parameters(), lr=b.lr / 10)
+    h_qat = fit(trainee, loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
     wall = time.perf_counter() - t0
     run_dir = run_dirs[1]
     info = _read_json(run_dir / "run_info.json") or {}

@@ -3,7 +3,10 @@
 Loss contract (the distillation hook):
 
 * ``loss_fn(outputs, batch) -> Tensor | dict``: the task loss. A dict must hold the total under
-  ``"loss"``; its other entries are only logged (e.g. unweighted parts).
+  ``"loss"``; its other entries are only logged (e.g. unweighted parts). It defaults to the
+  model's own ``loss`` method when it has one: a :class:`~posekd_lib.distill.Distiller` is trained
+  as ``fit(distiller, loader)``, its adapters checkpointed, clipped and averaged under DDP like any
+  weight, its frozen teacher kept out of the state dict and the optimizer.
 * ``extra_loss_fn(outputs, batch, model) -> dict[str, Tensor]``: optional extra terms (a teacher's
   KD terms, feature losses read from hooks on ``model``), every entry already weighted and added
   to the total. With extra terms the task loss is logged as ``"task"`` and the sum as ``"loss"``.
@@ -420,7 +423,8 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
         eval_every_steps: int | None = None) -> History:
     """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
 
-    ``loss_fn`` defaults to JointsMSE on ``batch["target"]``; see the module docstring for the loss
+    ``loss_fn`` defaults to ``model.loss`` when the model has one (a distiller), else JointsMSE on
+    ``batch["target"]``; see the module docstring for the loss
     and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
     (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``optimizer`` defaults to Adam(lr);
     ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch,
@@ -457,7 +461,8 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
 
     from .losses import batch_loss
 
-    loss_fn = loss_fn or batch_loss()
+    own_loss = getattr(model, "loss", None)
+    loss_fn = loss_fn or (own_loss if callable(own_loss) and not isinstance(own_loss, nn.Module) else batch_loss())
     seed_everything(seed + rank)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     model.to(device)

@@ -2,8 +2,10 @@
 
     python scripts/train_ddp_smoke.py --out /tmp/smoke
     torchrun --nproc_per_node 2 scripts/train_ddp_smoke.py --out /tmp/smoke
+    torchrun --nproc_per_node 2 scripts/train_ddp_smoke.py --out /tmp/smoke --hint   # a feature-KD distiller
 
-Each rank writes its final parameters to ``OUT/rank<r>.pt``; rank 0 also writes the run folder
+Each rank writes the final state of what it trained to ``OUT/rank<r>.pt`` (with ``--hint`` the
+distiller's: student, hint adapters, schedule step); rank 0 also writes the run folder
 ``OUT/smoke/`` (checkpoints, history). The tests reuse ``BlobPoseDataset`` and ``tiny_posenet``.
 """
 from __future__ import annotations
@@ -74,15 +76,26 @@ def main(argv=None) -> None:
     ap.add_argument("--save-every", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step (to interrupt a run)")
+    ap.add_argument("--hint", action="store_true",
+                    help="train a FeatureKD distiller (a wider random teacher's neck as the hint, FPD term, "
+                         "linearly decaying KD weight) instead of the bare student")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
     model = tiny_posenet()
     loader = DataLoader(BlobPoseDataset(n=16), batch_size=4, shuffle=True)
+    if args.hint:
+        from posekd_lib.distill import FeatureKD
+
+        teacher = tiny_posenet(width=24)
+        model = FeatureKD(teacher, model, {"neck": "neck"}, beta=1.0, alpha_logits=0.5, input_size=(48, 64),
+                          schedule="linear_decay", total_steps=args.epochs * len(loader))
+    task = model.loss if args.hint else lambda outputs, batch: joints_mse(outputs, batch["target"],
+                                                                          batch["target_weight"])
 
     def loss_fn(outputs, batch):
         time.sleep(args.sleep)
-        return joints_mse(outputs, batch["target"], batch["target_weight"])
+        return task(outputs, batch)
 
     fit(model, loader, loss_fn=loss_fn, epochs=args.epochs, out_dir=args.out, run_name="smoke",
         save_every_steps=args.save_every, progress=False, lr=1e-2, threads=args.threads)

@@ -137,7 +137,7 @@ def test_logits_kd_frozen_teacher_gets_no_grad_and_stays_in_eval():
     student.train()
     stats = teacher.stem[1].running_mean.clone()
     batch = make_batch()
-    out = kd(student(batch["image"]), batch)
+    out = kd.loss(student(batch["image"]), batch)
     out["loss"].backward()
     assert set(out) == {"loss", "gt", "kd"}
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
@@ -151,12 +151,12 @@ def test_logits_kd_resizes_teacher_and_combines_terms():
     batch = make_batch()
     s = student(batch["image"])                                # (4, K, 8, 6); teacher gives (4, K, 16, 12)
     kd = LogitsKD(teacher, kind="mse", alpha=0.25)
-    out = kd(s, batch)
+    out = kd.loss(s, batch)
     with torch.no_grad():
         t = resize_heatmaps(teacher.eval()(batch["image"]), s)
     torch.testing.assert_close(out["kd"], joints_mse(s, t))
     torch.testing.assert_close(out["loss"], fpd_loss(s, t, batch["target"], batch["target_weight"], 0.25))
-    kl = LogitsKD(teacher, kind="kl", alpha=0.1, temperature=0.5)(s, batch)
+    kl = LogitsKD(teacher, kind="kl", alpha=0.1, temperature=0.5).loss(s, batch)
     torch.testing.assert_close(kl["kd"], spatial_kl_loss(s, t, 0.5))
 
 
@@ -166,7 +166,7 @@ def test_logits_kd_teacher_input_size():
     kd = LogitsKD(teacher, teacher_input_size=(48, 64))
     seen = []
     h = teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-    out = kd(student(batch["image"]), batch)
+    out = kd.loss(student(batch["image"]), batch)
     h.remove()
     assert seen == [(4, 3, 64, 48)] and out["kd"].ndim == 0
 
@@ -176,12 +176,12 @@ def test_logits_kd_step_counter_and_linear_decay():
     batch = make_batch()
     kd = LogitsKD(teacher, alpha=0.8, schedule="linear_decay", total_steps=4)
     for step in range(4):
-        out = kd(student(batch["image"]), batch)
+        out = kd.loss(student(batch["image"]), batch)
         a = 0.8 * (1 - step / 4)
         torch.testing.assert_close(out["loss"], (1 - a) * out["gt"] + a * out["kd"])
     assert kd.step == 4
     with torch.no_grad():                                      # evaluation does not advance the schedule
-        kd(student(batch["image"]), batch)
+        kd.loss(student(batch["image"]), batch)
     assert kd.step == 4 and kd.kd_weight() == 0.0
     kd.set_step(1)
     assert kd.kd_weight() == 0.75
@@ -196,13 +196,13 @@ def test_logits_kd_cache_runs_teacher_once_per_sample():
     teacher.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     cached, plain = LogitsKD(teacher, cache=True), LogitsKD(teacher)
     s = student(batch["image"]).detach()
-    first = cached(s, batch)
-    again = cached(s, batch)
+    first = cached.loss(s, batch)
+    again = cached.loss(s, batch)
     assert calls == [4]
-    torch.testing.assert_close(first["kd"], plain(s, batch)["kd"])
+    torch.testing.assert_close(first["kd"], plain.loss(s, batch)["kd"])
     torch.testing.assert_close(again["kd"], first["kd"])
     with pytest.raises(KeyError, match="index"):
-        cached(s, {k: v for k, v in batch.items() if k != "meta"})
+        cached.loss(s, {k: v for k, v in batch.items() if k != "meta"})
 
 
 def test_logits_kd_rejects_mismatched_outputs():
@@ -210,9 +210,13 @@ def test_logits_kd_rejects_mismatched_outputs():
     batch = make_batch()
     kd = LogitsKD(teacher, teacher_output=lambda out: out[:, :3])
     with pytest.raises(ValueError, match="joint count"):
-        kd(student(batch["image"]), batch)
+        kd.loss(student(batch["image"]), batch)
     with pytest.raises(TypeError, match="heatmaps"):
-        LogitsKD(teacher)([student(batch["image"])], batch)
+        LogitsKD(teacher).loss([student(batch["image"])], batch)
+    with pytest.raises(TypeError, match=r"loss\(outputs, batch\)"):          # the loss_fn call of old
+        LogitsKD(teacher, student)(student(batch["image"]), batch)
+    with pytest.raises(RuntimeError, match="without a student"):
+        LogitsKD(teacher)(batch["image"])
 
 
 PAIRS5 = ((1, 2), (3, 4))   # left/right pairs of the tests' 5 joints
@@ -235,7 +239,7 @@ def test_logits_kd_flip_test_target_is_the_teachers_flip_test():
     kd = LogitsKD(teacher, alpha=1.0, teacher_flip_test=True, flip_pairs=PAIRS5)
     target = _official_flip_test(teacher, batch["image"])
     torch.testing.assert_close(kd.teacher_heatmaps(batch, s), resize_heatmaps(target, s))
-    torch.testing.assert_close(kd(s, batch)["kd"], joints_mse(s, resize_heatmaps(target, s)))
+    torch.testing.assert_close(kd.loss(s, batch)["kd"], joints_mse(s, resize_heatmaps(target, s)))
     plain = LogitsKD(teacher, alpha=1.0).teacher_heatmaps(batch, s)
     assert (plain - kd.teacher_heatmaps(batch, s)).abs().max() > 1e-3   # the mirrored pass changes the target
 
@@ -245,7 +249,7 @@ def test_feature_kd_flip_test_keeps_the_unmirrored_features():
     batch = make_batch()
     with FeatureKD(teacher, student, {"stem.2": "body"}, alpha_logits=0.5, input_size=(24, 32),
                    teacher_flip_test=True, flip_pairs=PAIRS5) as kd:
-        out = kd(student(batch["image"]), batch)
+        out = kd.loss(kd(batch["image"]), batch)
         _, (t_feat,) = kd.features()
         with torch.no_grad():
             torch.testing.assert_close(t_feat, teacher.body(teacher.stem(batch["image"])))
@@ -360,14 +364,14 @@ def test_feature_kd_training_reduces_feature_loss():
     teacher, student = nets()
     kd = FeatureKD(teacher, student, {"stem": "stem"}, beta=1.0, input_size=(24, 32))
     assert list(kd.adapters) == ["stem"] and kd.adapters["stem"].proj.weight.shape == (12, 6, 1, 1)
-    opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=3e-2)
+    opt = torch.optim.Adam(kd.parameters(), lr=3e-2)        # the student's and the adapter's
     adapter0 = kd.adapters["stem"].proj.weight.detach().clone()
     student0 = student.stem[0].weight.detach().clone()
     batch = make_batch(n=8)
     student.train()
     feats = []
     for _ in range(20):
-        out = kd(student(batch["image"]), batch)
+        out = kd.loss(kd(batch["image"]), batch)
         torch.testing.assert_close(out["loss"], out["gt"] + out["feat"])
         opt.zero_grad()
         out["loss"].backward()
@@ -400,13 +404,13 @@ def test_feature_kd_branches_first_or_concatenated():
     batch = make_batch()
     with FeatureKD(teacher, student, {"body": "body"}, input_size=(24, 32)) as kd:
         assert kd.adapters["body"].proj.out_channels == 12
-        kd(student(batch["image"]), batch)
+        kd.loss(kd(batch["image"]), batch)
         branches = kd.teacher_hooks["body"]
         assert [tuple(b.shape) for b in branches] == [(4, 12, 16, 12), (4, 24, 8, 6)]
         torch.testing.assert_close(kd.features()[1][0], branches[0])
     with FeatureKD(teacher, student, {"body": "body"}, input_size=(24, 32), branches="concat") as kd:
         assert kd.adapters["body"].proj.out_channels == 12 + 24
-        out = kd(student(batch["image"]), batch)
+        out = kd.loss(kd(batch["image"]), batch)
         b0, b1 = kd.teacher_hooks["body"]
         torch.testing.assert_close(kd.features()[1][0], torch.cat([b0, resize_heatmaps(b1, (12, 16))], 1))
         assert torch.isfinite(out["feat"])
@@ -419,11 +423,11 @@ def test_feature_kd_logits_term_and_errors():
     batch = make_batch()
     with FeatureKD(teacher, student, {"stem.2": "body"}, beta=0.1, alpha_logits=0.5, input_size=(24, 32)) as kd:
         with pytest.raises(RuntimeError, match="forward"):
-            kd(torch.zeros(4, K, 8, 6), batch)
-        out = kd(student(batch["image"]), batch)
+            kd.loss(torch.zeros(4, K, 8, 6), batch)
+        out = kd.loss(kd(batch["image"]), batch)
         torch.testing.assert_close(out["loss"], 0.5 * out["gt"] + 0.5 * out["kd"] + 0.1 * out["feat"])
         with pytest.raises(RuntimeError, match="different forwards"):
-            kd(student(batch["image"])[:3], {k: v[:3] for k, v in batch.items() if k != "meta"})
+            kd.loss(kd(batch["image"])[:3], {k: v[:3] for k, v in batch.items() if k != "meta"})
     with pytest.raises(KeyError, match="stem"):
         FeatureKD(teacher, student, {"stem.9": "body"}, input_size=(24, 32))
     with pytest.raises(ValueError, match="feature_loss"):
@@ -438,7 +442,7 @@ def test_feature_kd_channel_wise_term():
     batch = make_batch()
     with FeatureKD(teacher, student, {"stem.2": "body"}, input_size=(24, 32), feature_loss="cwd",
                    feature_temperature=2.0) as kd:
-        out = kd(student(batch["image"]), batch)
+        out = kd.loss(kd(batch["image"]), batch)
         s, t = kd.features()
         torch.testing.assert_close(out["feat"], feature_kd_loss(s, t, [kd.adapters["stem/2"]], loss="cwd",
                                                                 temperature=2.0))
@@ -458,18 +462,123 @@ class DictDataset(torch.utils.data.Dataset):
         return self.samples[i]
 
 
-def test_loss_objects_plug_into_fit(tmp_path):
-    teacher, student = nets()
+def _fit(model, tmp_path, run_name, **kw):
     loader = torch.utils.data.DataLoader(DictDataset(), batch_size=4, shuffle=True)
-    kd = LogitsKD(teacher, alpha=0.5, schedule="linear_decay", total_steps=4)
-    hist = fit(student, loader, loss_fn=kd, max_steps=4, out_dir=tmp_path, run_name="logits", log_every=1,
-               progress=False, device="cpu", threads=1)
+    kw = {"max_steps": 4, "log_every": 1, "progress": False, "device": "cpu", "threads": 1, **kw}
+    return fit(model, loader, out_dir=tmp_path, run_name=run_name, **kw)
+
+
+def _hinted(seed: int = 0, **kw) -> FeatureKD:
+    teacher, student = nets(seed)
+    kw = {"beta": 0.5, "alpha_logits": 0.5, "input_size": (24, 32), **kw}
+    return FeatureKD(teacher, student, {"body": "stem"}, **kw)
+
+
+def test_distillers_train_with_fit_like_any_model(tmp_path):
+    teacher, student = nets()
+    kd = LogitsKD(teacher, student, alpha=0.5, schedule="linear_decay", total_steps=4)
+    hist = _fit(kd, tmp_path, "logits")
     assert kd.step == 4 and {"loss", "gt", "kd"} <= set(hist.losses)
 
-    with FeatureKD(teacher, student, {"body": "stem"}, beta=0.5, input_size=(24, 32)) as fkd:
-        opt = torch.optim.Adam([*student.parameters(), *fkd.parameters()], lr=1e-2)
-        before = fkd.adapters["body"].proj.weight.detach().clone()
-        hist = fit(student, loader, loss_fn=fkd, optimizer=opt, max_steps=2, out_dir=tmp_path, run_name="feat",
-                   log_every=1, progress=False, device="cpu", threads=1)
-        assert {"loss", "gt", "feat"} <= set(hist.losses)
-        assert not torch.equal(fkd.adapters["body"].proj.weight, before)
+    fkd = _hinted()
+    before = fkd.adapters["body"].proj.weight.detach().clone()
+    hist = _fit(fkd, tmp_path, "feat", max_steps=2)
+    assert {"loss", "gt", "feat", "kd"} <= set(hist.losses)
+    assert not torch.equal(fkd.adapters["body"].proj.weight, before)
+    saved = torch.load(tmp_path / "feat" / "latest.pt", weights_only=True)["model"]
+    torch.testing.assert_close(saved["losses.feat.adapters.body.proj.weight"], fkd.adapters["body"].proj.weight,
+                               rtol=0, atol=0)
+    assert int(saved["step"]) == 2
+    fkd.remove()
+
+
+def test_teacher_is_neither_saved_nor_optimised_but_moves_with_the_distiller(tmp_path):
+    kd = _hinted()
+    teacher = kd.teacher.model
+    t_ids = {id(p) for p in teacher.parameters()}
+    t_ptrs = {t.data_ptr() for t in teacher.state_dict().values()}
+    assert not t_ids & {id(p) for p in kd.parameters()}
+    assert not t_ptrs & {t.data_ptr() for t in kd.state_dict().values()}
+    assert set(kd.state_dict()) == ({f"student.{k}" for k in kd.student.state_dict()} | {"step"}
+                                    | {f"losses.feat.adapters.body.{k}" for k in kd.adapters["body"].state_dict()})
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    _fit(kd, tmp_path, "r", max_steps=2)
+    ck = torch.load(tmp_path / "r" / "latest.pt", weights_only=True)
+    n_trained = len(list(kd.parameters()))
+    assert sum(len(g["params"]) for g in ck["optimizer"]["param_groups"]) == n_trained == len(ck["optimizer"]["state"])
+    assert n_trained == len(list(kd.student.parameters())) + len(list(kd.adapters.parameters()))
+    assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    kd.double()
+    assert all(p.dtype == torch.float64 for p in teacher.parameters())
+    kd.remove()
+
+
+def test_grad_clip_covers_the_adapters(tmp_path):
+    kd = _hinted()
+    params = list(kd.parameters())
+    before = [p.detach().clone() for p in params]
+    clip = 1e-3
+    _fit(kd, tmp_path, "clip", max_steps=1, grad_clip=clip, scheduler=None,
+         optimizer=torch.optim.SGD(params, lr=1.0))        # one SGD step of lr 1: the update is the clipped gradient
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(params, before)))
+    adapter_step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(params, before)
+                                  if any(p is q for q in kd.adapters.parameters())))
+    assert 0.5 * clip < step <= clip * (1 + 1e-5) and adapter_step > 0
+    kd.remove()
+
+
+class _StopAt(Exception):
+    pass
+
+
+def test_resume_restores_student_adapters_and_schedule_step(tmp_path):
+    """Interrupted after 2 of 4 steps, then resumed by a freshly built distiller: the same weights."""
+    kw = {"schedule": "linear_decay", "total_steps": 4}
+    whole = _hinted(**kw)
+    _fit(whole, tmp_path / "whole", "r")
+
+    first = _hinted(**kw)
+    calls = iter(range(1, 100))
+
+    def stop_at_3(outputs, batch):
+        if next(calls) == 3:
+            raise _StopAt
+        return first.loss(outputs, batch)
+
+    with pytest.raises(_StopAt):
+        _fit(first, tmp_path / "cut", "r", loss_fn=stop_at_3, save_every_steps=1)
+    first.remove()
+    resumed = _hinted(**kw)                                   # fresh adapters and step 0 until fit loads them
+    assert int(resumed.step) == 0
+    _fit(resumed, tmp_path / "cut", "r")
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and int(b["step"]) == 4
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    whole.remove()
+    resumed.remove()
+
+
+def test_old_student_only_checkpoints_are_upgraded(tmp_path):
+    """A run saved the old way (fit on the bare student, the distiller as its loss_fn) loads and resumes."""
+    from posekd_lib.distill import upgrade_checkpoint
+
+    old = _hinted()
+    opt = torch.optim.Adam(old.parameters(), lr=1e-3)      # the old recipe: student + adapters, student saved
+    _fit(old.student, tmp_path, "r", loss_fn=old.loss, optimizer=opt, max_steps=2)
+    latest = tmp_path / "r" / "latest.pt"
+    assert not any(k.startswith("student.") for k in torch.load(latest, weights_only=True)["model"])
+    old.remove()
+
+    kd = _hinted()
+    with pytest.raises(RuntimeError, match="does not fit.*upgrade_checkpoint"):
+        _fit(kd, tmp_path, "r", max_steps=2)
+    assert upgrade_checkpoint(latest, kd) and not upgrade_checkpoint(latest, kd)
+    _fit(kd, tmp_path, "r", max_steps=2)                   # finished: loads the student it trained
+    for k, v in old.student.state_dict().items():
+        assert torch.equal(kd.student.state_dict()[k], v), k
+    assert int(kd.step) == 2
+    hist = _fit(kd, tmp_path, "r", max_steps=3)            # and an unfinished one trains on
+    assert hist.step[-1] == 3 and int(kd.step) == 3
+    kd.remove()

@@ -60,34 +60,35 @@ def test_train_student_records_a_row_and_reuses_the_run():
         train_student("squeezenet", steps=3, tag="t1", progress=False)
 
 
-class _ScaledMSE:
-    """A stand-in distillation loss with its own parameter and a step counter."""
+class _ScaledMSE(nn.Module):
+    """A stand-in distiller: the student plus a parameter of its own loss, trained and saved with it."""
 
-    def __init__(self):
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
         self.scale = nn.Parameter(torch.ones(()))
-        self.steps_told = None
 
-    def parameters(self):
-        return [self.scale]
+    def forward(self, images):
+        return self.student(images)
 
-    def set_step(self, step):
-        self.steps_told = step
-
-    def __call__(self, outputs, batch):
+    def loss(self, outputs, batch):
         return {"loss": self.scale * joints_mse(outputs, batch["target"], batch["target_weight"])}
 
 
-def test_kd_hook_trains_the_loss_parameters():
+def test_kd_hook_trains_the_distiller_module():
     made = {}
 
     def kd(student, total_steps):
-        made["loss"], made["total"], made["student"] = _ScaledMSE(), total_steps, student
-        return made["loss"]
+        made["kd"], made["total"], made["student"] = _ScaledMSE(student), total_steps, student
+        return made["kd"]
 
     run = train_student("mobilenetv3_os16", steps=2, kd=kd, tag="kdhook", progress=False)
-    assert made["total"] == 2 and made["student"] is run.model and made["loss"].steps_told == 0
-    assert made["loss"].scale.item() != 1.0  # in the optimizer with the student
+    assert made["total"] == 2 and made["student"] is run.model
+    assert made["kd"].scale.item() != 1.0  # in the optimizer with the student
+    assert "scale" in torch.load(run.run_dir / "latest.pt", weights_only=True)["model"]   # and in the checkpoint
     assert run.row["setting"] == "kdhook"
+    with pytest.raises(TypeError, match="without loss"):
+        train_student("mobilenetv3_os16", steps=2, kd=lambda s, n: nn.Identity(), tag="kdbad", progress=False)
 
 
 def test_few_labels_and_unlabelled_crops_for_the_teacher():
@@ -190,9 +191,17 @@ def test_a_cached_kd_run_remembers_its_settings():
     run = train_student("squeezenet", steps=1, tag="kdrec", progress=False, kd=recipe)
     stored = experiments._read_json(run.run_dir / "run_info.json")["recipe"]
     assert stored["kd"] == recipe.recipe and stored["loss"] == "kd"
+    latest = run.run_dir / "latest.pt"
+    ck = torch.load(latest, weights_only=True)
+    assert "losses.feat.adapters.neck/4.proj.weight" in ck["model"] and int(ck["model"]["step"]) == 1
+    # a cached run written before the distiller owned its adapters: the bare student's weights
+    ck["model"] = {k[len("student."):]: v for k, v in ck["model"].items() if k.startswith("student.")}
+    torch.save(ck, latest)
     again = train_student("squeezenet", steps=1, tag="kdrec", progress=False,
                           kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick"))
     assert again.metrics == run.metrics                                   # same settings: the cache is used
+    assert _same_weights(again.model, run.model)                          # the old file loads...
+    assert "step" in torch.load(latest, weights_only=True)["model"]       # ...rewritten once in the new format
     with pytest.raises(ValueError, match="another recipe.*'kd'"):        # other β, same tag: refused
         train_student("squeezenet", steps=1, tag="kdrec", progress=False,
                       kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick", beta=0.5))

@@ -75,7 +75,7 @@ def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
         settings = {k: v for k, v in KD_SETTINGS["feature"].items() if k != "method"}
         kd = FeatureKD(teacher, student, FEATURE_PAIRS[STUDENT], input_size=b.input_size, normalize=norm,
                        **settings)
-        parts = kd(student(batch["image"]), batch)
+        parts = kd.loss(kd(batch["image"]), batch)
         kd.remove()
         out[norm] = {k: float(v.detach()) for k, v in parts.items()}
     return out
