@@ -718,17 +718,23 @@ class LogitsKD(Distiller):
     with a different crop, flip or colour, and the cached heatmaps no longer match the image.
     Use it only on a fixed, non-augmented training set. Memory: K·h·w·4 bytes per sample, at the
     teacher's heatmap size.
+
+    ``cache=`` a :class:`~posekd_lib.teacher_cache.TeacherCache` (built once over the training
+    set's plain crops) serves augmented batches too: each sample's cached heatmaps warped by its
+    crop's augmentation, so a distilled step runs no teacher forward (an approximation; see that
+    module).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module | None = None, kind: str = "mse", alpha: float = 0.5,
                  temperature: float = 1.0, schedule: str = "constant", total_steps: int | None = None,
                  teacher_input_size=None, teacher_weight: str = "ones", teacher_output: Callable | None = None,
-                 cache: bool = False, teacher_flip_test: bool = False,
+                 cache=False, teacher_flip_test: bool = False,
                  flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS):
         super().__init__(teacher, student, {"kd": LogitTerm(alpha, kind, temperature, teacher_weight)},
                          schedule=schedule, total_steps=total_steps, teacher_input_size=teacher_input_size,
                          teacher_output=teacher_output, teacher_flip_test=teacher_flip_test, flip_pairs=flip_pairs)
-        self.cache: dict | None = {} if cache else None
+        self.warp_cache = cache if hasattr(cache, "for_batch") else None
+        self.cache: dict | None = {} if cache is True else None
 
     kind = property(lambda self: self.losses["kd"].kind)
     alpha = property(lambda self: self.losses["kd"].weight)
@@ -736,6 +742,11 @@ class LogitsKD(Distiller):
     teacher_weight = property(lambda self: self.losses["kd"].teacher_weight)
 
     def teacher_outputs(self, batch: dict) -> dict:
+        if self.warp_cache is not None:
+            if "meta" not in batch:
+                raise KeyError("LogitsKD(cache=TeacherCache) needs batch['meta'] (index, center, scale, rotation, "
+                               "flipped) from TopDownDataset")
+            return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
         if self.cache is None:
             return super().teacher_outputs(batch)
         keys = _sample_keys(batch)

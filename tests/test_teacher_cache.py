@@ -84,3 +84,20 @@ def test_save_load_round_trip_and_bad_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.pt"):
         TeacherCache.load(tmp_path / "bad.pt")
+
+
+def test_logits_kd_with_a_teacher_cache_runs_no_teacher_forward():
+    from posekd_lib.distill import LogitsKD
+
+    ds = _dataset(train=False)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    student = torch.nn.Conv2d(3, 17, 4, stride=4)
+    cache = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False)
+    calls = []
+    teacher.register_forward_pre_hook(lambda m, args: calls.append(1))
+    batch = _batch(ds, n=4)
+    cached, live = LogitsKD(teacher, student, cache=cache), LogitsKD(teacher, student)
+    out = cached(batch["image"])
+    a = cached.loss(out, batch)
+    assert calls == []
+    torch.testing.assert_close(a["kd"], live.loss(out, batch)["kd"], rtol=1e-3, atol=1e-6)  # float16 storage
