@@ -2,6 +2,7 @@
 
     python scripts/train_teacher.py --config w16_128x96 --epochs 40 --aug light --amp bf16
     python scripts/train_teacher.py --config w16_128x96 --epochs 40 --device cuda
+    python scripts/train_teacher.py --name demo_w16_128x96_ft --init-from hrnet_pose/weights/demo_w16_128x96.pt
 
 Checkpoints go to ``--run-dir`` (default ``~/.cache/posekd/teacher-runs/<name>``, outside the
 clone, so an interrupted run resumes from there in a later session). Every ``--eval-every``
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from these weights (e.g. a shipped fp16 teacher) instead of from scratch; "
+                         "ignored when the run folder already holds a checkpoint to resume")
     ap.add_argument("--note", default=None, help="free text stored in the card (e.g. how a resumed run was split)")
     args = ap.parse_args(argv)
 
@@ -67,6 +71,9 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     model = get_pose_net(cfg, is_train=True)
+    if args.init_from is not None and History.steps_done(run_root / name) == 0:
+        load_pose_checkpoint(model, args.init_from)   # strict: names the file and the keys that differ
+        print(f"{name}: starting from {args.init_from}", flush=True)
     img_ids = first_images(splits.val.ann_file, args.val_images)
     evaluate = curve_evaluator(splits.val, img_ids, input_size, heatmap_size, sigma)
 
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
         "name": name, "config": args.config, "input_size_wh": list(input_size), "heatmap_size_wh": list(heatmap_size),
         "sigma": sigma, "dataset": f"posekd embedded ({args.mode}) train split", "train_persons": len(train_ds),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "aug": args.aug, "amp": args.amp,
+        "aug": args.aug, "amp": args.amp, "init_from": None if args.init_from is None else str(args.init_from),
         "best_step": extras.get("step") if isinstance(extras, dict) else None,
         "best_step_val_subset_AP": round(float(extras["metrics"]["AP"]), 4)
         if isinstance(extras, dict) and "metrics" in extras else None,
