@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
-    from posekd_lib.codecs import flip_test_average
     from posekd_lib.config import get_mode, set_torch_threads
     from posekd_lib.data import TopDownDataset, dataset_splits
-    from posekd_lib.keypoints import COCO_FLIP_PAIRS
+    from posekd_lib.distill import LogitsKD
     from posekd_lib.teacher_cache import TeacherCache
     from posekd_lib.teachers import load_teacher
 
@@ -42,12 +41,7 @@ def main(argv=None) -> int:
     mode = get_mode(args.mode)
 
     teacher, info = load_teacher(mode=mode)
-    teacher = teacher.to(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def teacher_fn(x):
-        x = x.contiguous(memory_format=torch.channels_last)
-        return flip_test_average(teacher(x), teacher(x.flip(-1)), COCO_FLIP_PAIRS)
+    teacher_fn = LogitsKD(teacher, teacher_flip_test=True).teacher   # the frozen flip-test teacher KD runs
 
     split = dataset_splits(mode).train
     kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)

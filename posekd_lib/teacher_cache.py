@@ -23,8 +23,6 @@ measures how far the warped maps are from the live teacher's under the training 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .keypoints import COCO_FLIP_PAIRS
+from .keypoints import COCO_FLIP_PAIRS, flip_permutation
 from .transforms import get_affine_transform
-
-
-def _flip_permutation(num_joints: int, flip_pairs) -> list[int]:
-    perm = list(range(num_joints))
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return perm
 
 
 def _homogeneous(m: np.ndarray) -> np.ndarray:
@@ -68,7 +59,7 @@ class TeacherCache:
         self.scales = np.asarray(scales, dtype=np.float64)
         self.widths = np.asarray(widths, dtype=np.float64)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.flip_perm = _flip_permutation(heatmaps.shape[1], flip_pairs)
+        self.flip_perm = flip_permutation(flip_pairs, heatmaps.shape[1])
         self.source = source
 
     def __len__(self) -> int:
@@ -142,8 +133,8 @@ class TeacherCache:
         input_size = self.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
         identity = (not bool(flipped.any()) and not bool(rotation.any()) and out_size == tuple(hm.shape[-1:-3:-1])
                     and input_size == self.input_size
-                    and torch.allclose(meta["center"].double(), torch.as_tensor(self.centers[rows]), atol=0, rtol=0)
-                    and torch.allclose(meta["scale"].double(), torch.as_tensor(self.scales[rows]), atol=0, rtol=0))
+                    and np.array_equal(meta["center"].double().numpy(), self.centers[rows])
+                    and np.array_equal(meta["scale"].double().numpy(), self.scales[rows]))
         if identity:   # no augmentation: the cached maps are the teacher's output, bit for bit
             return hm
         if bool(flipped.any()):
@@ -174,11 +165,6 @@ class TeacherCache:
         pairs = [(a, b) for a, b in enumerate(d["flip_perm"]) if a < b]
         return cls(heatmaps, d["ann_ids"], d["centers"], d["scales"], d["widths"], d["input_size"], pairs,
                    d.get("source", str(path)))
-
-
-def cache_key(*parts) -> str:
-    """A short stable hash naming a cache file after what it was built from."""
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
 
 
 def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
