@@ -18,6 +18,30 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def compact_progress(nb) -> int:
+    """Show tqdm's progress bars as a terminal would: consecutive stream outputs of a cell are
+    merged (per stream) and each carriage-return-redrawn line keeps only its last state. Returns how
+    many stream outputs were merged away. Only the display changes; no printed line is lost."""
+    import re
+
+    merged = 0
+    for cell in nb.cells:
+        outs = []
+        for out in cell.get("outputs", []):
+            if (out.get("output_type") == "stream" and outs and outs[-1].get("output_type") == "stream"
+                    and outs[-1]["name"] == out["name"]):
+                outs[-1]["text"] += out["text"]
+                merged += 1
+                continue
+            outs.append(out)
+        for out in outs:
+            if out.get("output_type") == "stream":
+                out["text"] = "\n".join(re.split(r"\r(?!\n)", line)[-1] for line in out["text"].split("\n"))
+        if "outputs" in cell:
+            cell["outputs"] = outs
+    return merged
+
+
 def main(argv=None) -> int:
     import nbformat
     from nbclient import NotebookClient
@@ -52,6 +76,7 @@ def main(argv=None) -> int:
             client.execute()
         finally:
             out = nb_path if args.inplace else paths.notebooks / nb_path.name
+            compact_progress(nb)
             nbformat.write(nb, out)
         dt = time.perf_counter() - t0
         timings.append((nb_path.name, dt))
