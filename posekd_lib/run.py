@@ -6,9 +6,11 @@ order and print the run's metrics row. The run folder is the one ``experiments.t
 trains in (``<checkpoints>/<name>_<student>_s<seed>``), so a config that says what a notebook does
 reuses the notebook's run, and an interrupted run resumes from its ``latest.pt``.
 
-``--set`` values that change the run (anything but ``name``, ``data.mode`` and ``stages``) give
-it its own name, ``<name>-<6 hex digits of its config id>``, unless ``--set name=...`` names it;
-a folder whose ``config.yaml`` holds another config is an error rather than a silent mix.
+``--set`` values that change the run give it its own name, ``<name>-<6 hex digits of its config
+id>``, unless ``--set name=...`` names it; ``seed``, ``model`` and ``data.mode`` do not rename it
+(the folder and the mode's folder name them: ``--set seed=1`` is the run ``benchmarks/bench_kd.py``
+makes for seed 1). A folder whose ``config.yaml`` holds another config (other than in ``stages``)
+is an error rather than a silent mix.
 
 Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and evaluates the
 student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the notebooks write
@@ -33,16 +35,19 @@ def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
     base = rc.apply_overrides(base, [f"data.mode={get_mode(mode or base.data.mode)}"])
     cfg = rc.apply_overrides(base, list(sets))
     named = any(s.partition("=")[0].strip() == "name" for s in sets)
-    if not named and _training_part(cfg) != _training_part(base):
+    if not named and _training_part(cfg, True) != _training_part(base, True):
         cfg = rc.apply_overrides(cfg, [f"name={cfg.name}-{rc.config_id(cfg)[:6]}"])
     return cfg
 
 
-def _training_part(cfg: rc.RunConfig) -> dict:
-    """The config without the fields that do not change the trained model (name, stages)."""
+def _training_part(cfg: rc.RunConfig, named_by_folder: bool = False) -> dict:
+    """The config without the fields that do not change the trained model (name, stages) and, with
+    ``named_by_folder``, without those the run's folder and mode already name (seed, student, mode)."""
     d = rc.to_dict(cfg)
-    d.pop("stages")
-    d.pop("name")
+    for k in ("stages", "name", *(("seed", "model") if named_by_folder else ())):
+        d.pop(k)
+    if named_by_folder:
+        d["data"].pop("mode")
     return d
 
 
@@ -71,7 +76,8 @@ def run_config(cfg: rc.RunConfig, teacher=None, progress: bool = True) -> dict:
         from .onnx_export import export_onnx
 
         path = export_onnx(run.model.eval().cpu(), folder / "student.onnx", input_size=run.budget.input_size,
-                           opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch)
+                           opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch,
+                           dynamo=cfg.export.dynamo)
         row["onnx"] = str(path)
     if "evaluate" in cfg.stages:
         rc.record_run(row, rc.resolved_mode(cfg))

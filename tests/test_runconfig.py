@@ -26,7 +26,7 @@ FULL = {
                 "terms": [{"kind": "hint", "weight": 0.25, "pairs": {"neck.2": "stage3"},
                            "options": {"feature_loss": "cwd"}},
                           {"kind": "kl", "weight": 0.5, "options": {"temperature": 0.5}, "pairs": {}}]},
-    "qat": {"steps": 150, "lr_scale": 0.1}, "prune": {"ratio": 0.25}, "export": {"opset": 17, "dynamic_batch": False},
+    "qat": {"steps": 150, "lr_scale": 0.1}, "prune": {"ratio": 0.25}, "export": {"opset": 17, "dynamic_batch": False, "dynamo": False},
     "stages": ["distil", "evaluate", "export"],
 }
 
@@ -119,7 +119,7 @@ def test_override_and_option_errors_name_the_key(tmp_path):
 
 def test_config_id_is_stable_and_follows_the_content():
     cfg = rc.from_dict(FULL)
-    assert rc.config_id(cfg) == "a0f120a010"                   # pinned: the same on every machine and run
+    assert rc.config_id(cfg) == "d95a065452"                   # pinned: the same on every machine and run
     shuffled = {k: FULL[k] for k in reversed(list(FULL))}
     assert rc.config_id(rc.from_dict(shuffled)) == rc.config_id(cfg)
     assert rc.config_id(rc.from_yaml(rc.to_yaml(cfg))) == rc.config_id(cfg)
@@ -184,15 +184,20 @@ def test_overrides_that_change_the_run_rename_it(monkeypatch):
     assert longer.name == f"fpd-{rc.config_id(rc.apply_overrides(same, ['optim.steps=2000']))[:6]}"
     assert prepare(path, ["optim.steps=2000", "name=fpd2k"]).name == "fpd2k"
     assert prepare(path, ["distill.terms.0.weight=0.5"]).name == "fpd"     # the value it already has
+    seed1 = prepare(path, ["seed=1", "model.student=mobilenetv3"])          # named by the folder already
+    assert seed1.name == "fpd" and rc.run_dir(seed1).name == "fpd_mobilenetv3_s1"
 
 
 def test_a_folder_keeps_the_config_it_ran_with():
-    from posekd_lib.run import prepare, run_config
+    from posekd_lib.run import _check_folder, prepare, run_config
 
-    cfg = prepare(REPO / "configs" / "baseline_squeezenet.yaml", mode="quick")
+    cfg = prepare(REPO / "configs" / "baseline_squeezenet.yaml", ["name=folder-check"], mode="quick")
     rc.to_yaml(rc.apply_overrides(cfg, ["optim.lr=0.5"]), rc.run_dir(cfg) / "config.yaml")
-    with pytest.raises(rc.ConfigError, match=r"name: run 'baseline' .* another config .*'optim.lr': \(0.5, None\)"):
+    with pytest.raises(rc.ConfigError, match=r"name: run 'folder-check' .* another config .*'optim.lr': \(0.5, None\)"):
         run_config(cfg)
+    rc.to_yaml(rc.apply_overrides(cfg, ["stages=[train]"]), rc.run_dir(cfg) / "config.yaml")
+    _check_folder(cfg)                       # other stages alone are no other run: nothing raised
+    rc.run_dir(cfg).joinpath("config.yaml").unlink()
 
 
 @pytest.mark.slow  # trains two 2-step quick-mode students: ~20 s
