@@ -14,8 +14,10 @@ is an error rather than a silent mix.
 
 Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and evaluates the
 student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the notebooks write
-it); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config id with every config
-field as a column (:func:`~posekd_lib.runconfig.runs_table`); ``export`` writes ``student.onnx``.
+it); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
+(``int8.AP`` ... columns); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config
+id with every config field as a column (:func:`~posekd_lib.runconfig.runs_table`); ``export``
+writes ``student.onnx``. ``qat`` and ``izer`` (the MAX78000 path) are not wired yet.
 """
 from __future__ import annotations
 
@@ -72,16 +74,49 @@ def run_config(cfg: rc.RunConfig, teacher=None, progress: bool = True) -> dict:
     if run.run_dir != folder:
         raise RuntimeError(f"train_student trained in {run.run_dir}, expected {folder}")
     row = rc.runs_row(cfg, run)
+    if "quantize" in cfg.stages:
+        row.update(quantize(cfg, run))
     if "export" in cfg.stages:
-        from .onnx_export import export_onnx
-
-        path = export_onnx(run.model.eval().cpu(), folder / "student.onnx", input_size=run.budget.input_size,
-                           opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch,
-                           dynamo=cfg.export.dynamo)
-        row["onnx"] = str(path)
+        row["onnx"] = str(_export(cfg, run))
     if "evaluate" in cfg.stages:
         rc.record_run(row, rc.resolved_mode(cfg))
     return row
+
+
+def _export(cfg: rc.RunConfig, run):
+    from .onnx_export import export_onnx
+
+    return export_onnx(run.model.eval().cpu(), rc.run_dir(cfg) / "student.onnx", input_size=run.budget.input_size,
+                       opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch, dynamo=cfg.export.dynamo)
+
+
+def quantize(cfg: rc.RunConfig, run) -> dict:
+    """The ``quantize`` stage: ``student.int8.onnx`` from the float ONNX export (onnxruntime static
+    int8, calibrated on un-augmented training crops) and its validation metrics (flip test, GT
+    boxes), as ``int8.<metric>`` columns; cached in ``int8_metrics.json`` per step and settings."""
+    import json
+
+    from .data import dataset_splits
+    from .experiments import ROW_METRICS
+    from .onnx_export import calibration_reader, evaluate_onnx, quantize_int8
+
+    folder, b = rc.run_dir(cfg), run.budget
+    key = {"step": run.row["steps"], **rc.to_dict(cfg)["quantize"], "export": rc.to_dict(cfg)["export"]}
+    cache = folder / "int8_metrics.json"
+    int8 = folder / "student.int8.onnx"
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if stored.get("key") != key or not int8.is_file():
+        splits = dataset_splits(rc.resolved_mode(cfg))
+        reader = calibration_reader(splits.train, b.input_size, b.heatmap_size, b.sigma,
+                                    num_samples=cfg.quantize.calib_samples, seed=cfg.seed)
+        quantize_int8(_export(cfg, run), int8, reader, per_channel=cfg.quantize.per_channel, method=cfg.quantize.method)
+        metrics = evaluate_onnx(int8, splits.val, b.input_size, b.heatmap_size, b.sigma, flip_test=True,
+                                batch_size=b.eval_batch_size)
+        stored = {"key": key, "metrics": {k: metrics.get(k) for k in ROW_METRICS}}
+        from .config import atomic_write
+
+        atomic_write(cache, lambda f: json.dump(stored, f, indent=1), mode="w")
+    return {"int8_onnx": str(int8), **{f"int8.{k}": v for k, v in stored["metrics"].items()}}
 
 
 def main(argv=None) -> int:
@@ -115,7 +150,8 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         rows.append(row)
-        print(pd.DataFrame([{k: row.get(k) for k in rc.SUMMARY_COLUMNS}]).to_markdown(index=False, floatfmt=".4f"))
+        cols = [*rc.SUMMARY_COLUMNS, *(["int8.AP"] if "int8.AP" in row else [])]
+        print(pd.DataFrame([{k: row.get(k) for k in cols}]).to_markdown(index=False, floatfmt=".4f"))
     return 0
 
 

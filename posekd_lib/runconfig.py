@@ -48,7 +48,7 @@ import yaml
 #: The stages ``python -m posekd_lib.run`` knows, in the order it runs them.
 STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export", "izer")
 #: Stages it runs today; the others are rejected with a message rather than skipped.
-WIRED_STAGES = ("train", "distil", "evaluate", "export")
+WIRED_STAGES = ("train", "distil", "quantize", "evaluate", "export")
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 TERM_KINDS = (*LOGIT_TERMS, "hint")
@@ -127,6 +127,15 @@ class PruneConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """The ``quantize`` stage: static int8 ONNX (onnxruntime, QDQ) of the exported student, evaluated."""
+
+    calib_samples: int = 64            # un-augmented training crops that set the activation ranges
+    method: str = "MinMax"             # onnx_export.CALIBRATION_METHODS
+    per_channel: bool = True
+
+
+@dataclass
 class ExportConfig:
     """The ``export`` stage: an ONNX file of the trained student in the run's folder."""
 
@@ -147,6 +156,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     qat: QatConfig = field(default_factory=QatConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     stages: list[str] = field(default_factory=lambda: ["train", "evaluate"])
@@ -287,6 +297,11 @@ def validate(cfg: RunConfig) -> None:
     kinds = [t.kind for t in cfg.distill.terms]
     if kinds.count("hint") > 1 or sum(k in LOGIT_TERMS for k in kinds) > 1:
         raise ConfigError(f"distill.terms: {kinds}; at most one hint term and one logits term (fpd or kl)")
+    from .onnx_export import CALIBRATION_METHODS
+
+    _choice("quantize.method", cfg.quantize.method, CALIBRATION_METHODS)
+    if cfg.quantize.calib_samples < 1:
+        raise ConfigError(f"quantize.calib_samples: {cfg.quantize.calib_samples} must be at least 1")
     for i, s in enumerate(cfg.stages):
         _choice(f"stages[{i}]", s, STAGES)
         if s not in WIRED_STAGES:

@@ -26,7 +26,8 @@ FULL = {
                 "terms": [{"kind": "hint", "weight": 0.25, "pairs": {"neck.2": "stage3"},
                            "options": {"feature_loss": "cwd"}},
                           {"kind": "kl", "weight": 0.5, "options": {"temperature": 0.5}, "pairs": {}}]},
-    "qat": {"steps": 150, "lr_scale": 0.1}, "prune": {"ratio": 0.25}, "export": {"opset": 17, "dynamic_batch": False, "dynamo": False},
+    "qat": {"steps": 150, "lr_scale": 0.1},
+    "quantize": {"calib_samples": 32, "method": "Percentile", "per_channel": True}, "prune": {"ratio": 0.25}, "export": {"opset": 17, "dynamic_batch": False, "dynamo": False},
     "stages": ["distil", "evaluate", "export"],
 }
 
@@ -89,6 +90,7 @@ def test_overrides_are_yaml_values_at_dotted_keys():
     ({"name": "x", "distill": {"terms": [{"kind": "fpd", "pairs": {"a": "b"}}]}, "stages": ["distil"]},
      r"distill\.terms\[0\]\.pairs: only a hint term"),
     ({"name": "x", "stages": ["train", "qat"]}, r"stages\[1\]: 'qat' is not wired"),
+    ({"name": "x", "quantize": {"method": "minmax"}}, "quantize.method: 'minmax' is not one of .*'MinMax'"),
     ({"name": "x", "stages": ["tran"]}, r"stages\[0\]: 'tran' is not one of .*did you mean 'train'"),
     ({"name": "x", "stages": ["distil"]}, "distill.terms: empty"),
     ({"name": "x y"}, "name: 'x y'"),
@@ -119,7 +121,7 @@ def test_override_and_option_errors_name_the_key(tmp_path):
 
 def test_config_id_is_stable_and_follows_the_content():
     cfg = rc.from_dict(FULL)
-    assert rc.config_id(cfg) == "d95a065452"                   # pinned: the same on every machine and run
+    assert rc.config_id(cfg) == "35e5c9d95a"                   # pinned: the same on every machine and run
     shuffled = {k: FULL[k] for k in reversed(list(FULL))}
     assert rc.config_id(rc.from_dict(shuffled)) == rc.config_id(cfg)
     assert rc.config_id(rc.from_yaml(rc.to_yaml(cfg))) == rc.config_id(cfg)
@@ -239,13 +241,18 @@ def test_every_config_runs_in_quick_mode(tmp_path):
     hinted = table[table["distill.kinds"].fillna("").str.contains("hint")]
     assert list(hinted["name"]) == ["feature"]
 
-    # again, one config with an export stage: the trained run is loaded (not retrained), then exported
+    # again, one config with quantize and export stages: the trained run is loaded (not retrained)
     base = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"), ["data.mode=quick"])
     before = (rc.run_dir(base) / "latest.pt").stat().st_mtime_ns
+    stages = ["train", "quantize", "evaluate", "export"]
     again = subprocess.run([*cmd[:3], str(REPO / "configs" / "baseline_squeezenet.yaml"), "--mode", "quick",
-                            "--quiet", "--set", "stages=[train, evaluate, export]"],
+                            "--quiet", "--set", f"stages=[{', '.join(stages)}]"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (rc.run_dir(base) / "latest.pt").stat().st_mtime_ns == before
-    assert (rc.run_dir(base) / "student.onnx").is_file()
-    assert rc.from_yaml(rc.run_dir(base) / "config.yaml").stages == ["train", "evaluate", "export"]
+    assert (rc.run_dir(base) / "student.onnx").is_file() and (rc.run_dir(base) / "student.int8.onnx").is_file()
+    written = rc.from_yaml(rc.run_dir(base) / "config.yaml")
+    assert written.stages == stages and written.name == "baseline"
+    row = rc.runs_table("quick").set_index("config_id").loc[rc.config_id(written)]
+    assert 0 <= row["int8.AP"] <= 1 and row["onnx"].endswith("student.onnx")
+    assert "int8.AP" in again.stdout
