@@ -582,3 +582,69 @@ def record_run(row: dict, mode: str | None = None) -> None:
     new = pd.DataFrame([row])
     df = new if df.empty else pd.concat([df, new], ignore_index=True)
     atomic_write(runs_csv(mode), lambda f: df.to_csv(f, index=False), mode="w")
+
+
+#: Fields that may differ between the rows of one recipe at several budgets and seeds.
+_TREND_FREE = ("name", "seed", "optim.steps", "stages", "data.mode")
+
+
+def _norm(v) -> str:
+    """A CSV cell and a config value in one spelling (None, NaN and "" alike; 1 and 1.0 alike)."""
+    import math
+
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return str(bool(v))
+    try:
+        return repr(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def rows_like(table, cfg: RunConfig, free=_TREND_FREE):
+    """The rows of the runs table made with ``cfg`` up to the ``free`` fields (any budget and seed)."""
+    keep = table.index == table.index
+    for k, v in flat_fields(cfg).items():
+        if k in free:
+            continue
+        if k in table:
+            keep &= table[k].map(_norm).to_numpy() == _norm(v)
+        elif _norm(v) != "":         # a column older rows lack counts as unset
+            return table.iloc[:0]
+    return table[keep]
+
+
+def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunConfig | None = None) -> list[dict]:
+    """``experiments.budget_trend`` as a query over the runs table instead of a regex over tags.
+
+    The KD rows are those made with ``kd_cfg`` up to name, seed and steps (:func:`rows_like`), the
+    baseline rows those of ``baseline_cfg`` (default: ``kd_cfg`` without distillation, a ``train``
+    run); they pair by (``budget.steps``, ``seed``). Same output as ``experiments.budget_trend``:
+    one dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
+    ``closed`` (each with ``<key>_pm``, half the range over seeds) and ``closed_per_seed``.
+    """
+    import numpy as np
+
+    from .evaluation import gap_closed
+
+    if baseline_cfg is None:
+        baseline_cfg = dataclasses.replace(kd_cfg, distill=DistillConfig(), stages=["train", "evaluate"])
+    ap = {}
+    for which, c in (("baseline", baseline_cfg), ("kd", kd_cfg)):
+        rows = rows_like(table, c)
+        for _, r in rows[rows["AP"].notna()].iterrows():
+            ap[which, int(r["budget.steps"]), int(r["seed"])] = float(r["AP"])
+    out = []
+    for steps in sorted({s for _, s, _ in ap}):
+        seeds = sorted(sd for w, s, sd in ap if w == "baseline" and s == steps and ("kd", s, sd) in ap)
+        if not seeds:
+            continue
+        base = np.array([ap["baseline", steps, sd] for sd in seeds])
+        kd = np.array([ap["kd", steps, sd] for sd in seeds])
+        closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
+        row = {"steps": steps, "seeds": seeds, "closed_per_seed": [float(c) for c in closed]}
+        for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
+            row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
+        out.append(row)
+    return out

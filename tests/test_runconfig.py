@@ -256,3 +256,48 @@ def test_every_config_runs_in_quick_mode(tmp_path):
     row = rc.runs_table("quick").set_index("config_id").loc[rc.config_id(written)]
     assert 0 <= row["int8.AP"] <= 1 and row["onnx"].endswith("student.onnx")
     assert "int8.AP" in again.stdout
+
+
+def test_budget_trend_is_a_query_that_gives_the_regex_versions_numbers(tmp_path):
+    """The runs table answers "every budget of the hinted run" with the numbers that
+    experiments.budget_trend reads out of tags such as ``feature_2000 s1``."""
+    import pandas as pd
+
+    from posekd_lib.experiments import budget_trend
+
+    feature = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "feature_squeezenet.yaml"), ["data.mode=quick"])
+    baseline = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"), ["data.mode=quick"])
+    other_beta = rc.apply_overrides(feature, ["distill.terms.0.weight=0.25", "name=feature-b"])
+    mobilenet = rc.apply_overrides(baseline, ["model.student=mobilenetv3"])
+    table_rows, result_rows = [], []
+    ap = iter(0.001 * i for i in range(1, 100))
+    for steps in (4, 500, 2000):
+        for seed in (0, 1):
+            for cfg, tag in ((baseline, "baseline"), (feature, "feature"), (other_beta, "feature-beta=0.25"),
+                             (mobilenet, "baseline")):
+                if (steps, seed, tag) == (2000, 1, "feature"):
+                    continue                                  # an unpaired baseline: not counted
+                c = rc.apply_overrides(cfg, [f"seed={seed}", f"optim.steps={steps}"])
+                value = next(ap)
+                table_rows.append({"config_id": rc.config_id(c), **rc.flat_fields(c), "budget.steps": steps, "AP": value})
+                suffix = "" if steps == 500 else f"_{steps}"
+                result_rows.append({"model": rc.student_key(c.model), "setting": tag + suffix + (f" s{seed}" if seed else ""),
+                                    "seed": seed, "steps": steps, "AP": value})
+    path = tmp_path / "runs.csv"
+    pd.DataFrame(table_rows).to_csv(path, index=False)          # through CSV, as runs_table reads it
+    table = pd.read_csv(path, dtype={"config_id": str})
+    ours = rc.budget_trend(table, feature, teacher_ap=0.3)
+    assert ours == budget_trend(result_rows, "squeezenet", 0.3, "feature")
+    assert [r["steps"] for r in ours] == [4, 500, 2000] and ours[-1]["seeds"] == [0]
+    assert len(rc.rows_like(table, feature)) == 5 and len(rc.rows_like(table, other_beta)) == 6
+
+
+def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
+    from posekd_lib.run import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noptim: {stepz: 3}\n")
+    assert main([str(bad), "--mode", "quick"]) == 2
+    assert "bad.yaml: optim.stepz: unknown key (did you mean 'steps'?)" in capsys.readouterr().err
+    assert main([str(REPO / "configs" / "fpd_squeezenet.yaml"), "--set", "distill.terms.0.wieght=1"]) == 2
+    assert "distill.terms.0.wieght: unknown key (did you mean 'weight'?)" in capsys.readouterr().err
