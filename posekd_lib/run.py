@@ -9,8 +9,8 @@ reuses the notebook's run, and an interrupted run resumes from its ``latest.pt``
 ``--set`` values that change the run give it its own name, ``<name>-<6 hex digits of its config
 id>``, unless ``--set name=...`` names it; ``seed``, ``model`` and ``data.mode`` do not rename it
 (the folder and the mode's folder name them: ``--set seed=1`` is the run ``benchmarks/bench_kd.py``
-makes for seed 1). A folder whose ``config.yaml`` holds another config (other than in ``stages``)
-is an error rather than a silent mix.
+makes for seed 1), nor do ``stages``, ``quantize`` and ``export``. A folder whose ``config.yaml``
+holds a config that trains another model is an error rather than a silent mix.
 
 Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and evaluates the
 student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the notebooks write
@@ -43,10 +43,11 @@ def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
 
 
 def _training_part(cfg: rc.RunConfig, named_by_folder: bool = False) -> dict:
-    """The config without the fields that do not change the trained model (name, stages) and, with
+    """The config without the fields that do not change the trained model (name, stages, and the
+    quantize and export settings, whose files are redone when they change) and, with
     ``named_by_folder``, without those the run's folder and mode already name (seed, student, mode)."""
     d = rc.to_dict(cfg)
-    for k in ("stages", "name", *(("seed", "model") if named_by_folder else ())):
+    for k in ("stages", "name", "quantize", "export", *(("seed", "model") if named_by_folder else ())):
         d.pop(k)
     if named_by_folder:
         d["data"].pop("mode")

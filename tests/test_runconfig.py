@@ -181,6 +181,7 @@ def test_overrides_that_change_the_run_rename_it(monkeypatch):
     same = prepare(path)
     assert same.name == "fpd" and same.data.mode == "quick"
     assert prepare(path, ["stages=[distil]"]).name == "fpd"
+    assert prepare(path, ["export.opset=18", "quantize.calib_samples=8"]).name == "fpd"   # files after training
     assert prepare(path, mode="workshop").data.mode == "workshop"
     longer = prepare(path, ["optim.steps=2000"])
     assert longer.name == f"fpd-{rc.config_id(rc.apply_overrides(same, ['optim.steps=2000']))[:6]}"
