@@ -17,7 +17,9 @@ folder)::
       terms:
         - {kind: hint, weight: 1.0, pairs: {neck.4: stage4}}
         - {kind: fpd, weight: 0.5}
-    stages: [distil, evaluate]
+    quantize: {calib_samples: 64, method: MinMax, per_channel: true}
+    export: {opset: 17, dynamic_batch: true, dynamo: false}
+    stages: [distil, evaluate]       # of STAGES; qat/prune sections are placeholders, not wired yet
 
 ``null`` means "the mode's :class:`~posekd_lib.experiments.Budget` value", so one file serves every
 mode. :func:`from_dict` checks every key and value and raises a :class:`ConfigError` naming the
@@ -30,6 +32,11 @@ notebook's cached run and gives the same metrics for the same seed: the distilla
 onto one ``KD_SETTINGS`` entry plus overrides (``fpd``/``kl`` alone: ``LogitsKD``; a ``hint`` term,
 optionally with one logits term: ``FeatureKD``), and only settings that differ from the entry and
 from the distiller's defaults are passed, so the stored recipe equals the notebook's.
+
+The runs table (:func:`runs_table`, ``<mode folder>/runs.csv``) has one row per config id with
+every config field as a column (:func:`flat_fields`), so "every budget of the hinted run" is a
+query (:func:`rows_like`, :func:`budget_trend`) rather than a regex over run names. The mode's
+``results.csv`` keeps the rows ``train_student`` writes, as before.
 """
 from __future__ import annotations
 
@@ -45,7 +52,8 @@ from pathlib import Path
 
 import yaml
 
-#: The stages ``python -m posekd_lib.run`` knows, in the order it runs them.
+#: The stages a config may name, in pipeline order. ``python -m posekd_lib.run`` trains (and
+#: evaluates: ``train_student`` always does), quantizes, exports, then records the ``evaluate`` row.
 STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export", "izer")
 #: Stages it runs today; the others are rejected with a message rather than skipped.
 WIRED_STAGES = ("train", "distil", "quantize", "evaluate", "export")
