@@ -1,6 +1,7 @@
 """Run what a config file names: ``python -m posekd_lib.run configs/<name>.yaml [...] [--set a.b=c] [--mode quick]``.
 
-For each config (:mod:`posekd_lib.runconfig`), in order: apply ``--mode`` and ``--set``, write the
+For each config (:mod:`posekd_lib.runconfig`), in order: apply ``--mode`` and ``--set`` (both to
+every config given), write the
 config to ``<run folder>/config.yaml``, run its stages in :data:`~posekd_lib.runconfig.STAGES`
 order and print the run's metrics row. The run folder is the one ``experiments.train_student``
 trains in (``<checkpoints>/<name>_<student>_s<seed>``), so a config that says what a notebook does
@@ -39,6 +40,9 @@ def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
     named = any(s.partition("=")[0].strip() == "name" for s in sets)
     if not named and _training_part(cfg, True) != _training_part(base, True):
         cfg = rc.apply_overrides(cfg, [f"name={cfg.name}-{rc.config_id(cfg)[:6]}"])
+    rc.budget_fields(cfg)              # what only the mapping checks, before anything is written
+    if "distil" in cfg.stages:
+        rc.kd_setting(cfg)
     return cfg
 
 
@@ -138,19 +142,19 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     teachers: dict = {}
-    rows = []
     for path, cfg in zip(args.configs, cfgs):
         teacher = None
         if "distil" in cfg.stages:
             key = (cfg.distill.teacher, cfg.data.mode)
-            teacher = teachers.get(key) or teachers.setdefault(key, rc.load_frozen_teacher(cfg))
+            if key not in teachers:
+                teachers[key] = rc.load_frozen_teacher(cfg)
+            teacher = teachers[key]
         print(f"== {path}: {cfg.name} (id {rc.config_id(cfg)}, {cfg.data.mode} mode) -> {rc.run_dir(cfg)}")
         try:
             row = run_config(cfg, teacher=teacher, progress=not args.quiet)
         except rc.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        rows.append(row)
         cols = [*rc.SUMMARY_COLUMNS, *(["int8.AP"] if "int8.AP" in row else [])]
         print(pd.DataFrame([{k: row.get(k) for k in cols}]).to_markdown(index=False, floatfmt=".4f"))
     return 0

@@ -302,3 +302,7 @@ def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
     assert "bad.yaml: optim.stepz: unknown key (did you mean 'steps'?)" in capsys.readouterr().err
     assert main([str(REPO / "configs" / "fpd_squeezenet.yaml"), "--set", "distill.terms.0.wieght=1"]) == 2
     assert "distill.terms.0.wieght: unknown key (did you mean 'weight'?)" in capsys.readouterr().err
+    assert main([str(REPO / "configs" / "kl_squeezenet.yaml"), "--set", "distill.terms.0.options.tau=1",
+                 "name=kl-bad-option"]) == 2
+    assert "distill.terms[0].options.tau: unknown option of LogitsKD" in capsys.readouterr().err
+    assert not list((rc.runs_csv("quick").parent / "checkpoints").glob("kl-bad-option*"))   # nothing written
