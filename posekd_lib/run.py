@@ -18,7 +18,9 @@ student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the 
 it); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
 (``int8.AP`` ... columns); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config
 id with every config field as a column (:func:`~posekd_lib.runconfig.runs_table`); ``export``
-writes ``student.onnx``. ``qat`` and ``izer`` (the MAX78000 path) are not wired yet.
+writes ``student.onnx``. ``qat`` trains the MAX78000 student (``model.student: ai85posenet``) with
+``experiments.train_ai8x``, float then QAT, and evaluates the float, QAT and integer-simulated
+models; its ``izer`` export is not wired yet.
 """
 from __future__ import annotations
 
@@ -40,9 +42,7 @@ def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
     named = any(s.partition("=")[0].strip() == "name" for s in sets)
     if not named and _training_part(cfg, True) != _training_part(base, True):
         cfg = rc.apply_overrides(cfg, [f"name={cfg.name}-{rc.config_id(cfg)[:6]}"])
-    rc.budget_fields(cfg)              # what only the mapping checks, before anything is written
-    if "distil" in cfg.stages:
-        rc.kd_setting(cfg)
+    rc.check_mapping(cfg)              # before anything is written
     return cfg
 
 

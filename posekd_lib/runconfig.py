@@ -56,7 +56,10 @@ import yaml
 #: evaluates: ``train_student`` always does), quantizes, exports, then records the ``evaluate`` row.
 STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export", "izer")
 #: Stages it runs today; the others are rejected with a message rather than skipped.
-WIRED_STAGES = ("train", "distil", "quantize", "evaluate", "export")
+WIRED_STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export")
+#: The MAX78000 student (``ai8x_models.ai85posenet``, ``options: {variant: tiny}``): trained with
+#: ``experiments.train_ai8x``, float steps then QAT steps, always both (its ``qat`` stage).
+AI8X_STUDENT = "ai85posenet"
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 TERM_KINDS = (*LOGIT_TERMS, "hint")
@@ -121,10 +124,10 @@ class DistillConfig:
 
 @dataclass
 class QatConfig:
-    """Quantisation-aware training after the float run (not wired into ``run`` yet)."""
+    """The MAX78000 student's quantisation-aware training after its float steps (``qat`` stage)."""
 
-    steps: int | None = None
-    lr_scale: float = 0.1
+    steps: int | None = None           # null: experiments.AI8X_STEPS of the mode
+    lr_scale: float = 0.1              # QAT learning rate = lr x this (train_ai8x: 0.1)
 
 
 @dataclass
@@ -286,7 +289,8 @@ def validate(cfg: RunConfig) -> None:
         _choice("data.mode", cfg.data.mode, MODES)
     if not 0 < cfg.data.labelled <= 1:
         raise ConfigError(f"data.labelled: {cfg.data.labelled} is not a fraction in (0, 1]")
-    student_key(cfg.model)
+    ai8x = cfg.model.student == AI8X_STUDENT
+    ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
     for k in ("steps", "batch_size"):
         v = getattr(cfg.optim, k)
         if v is not None and v < 1:
@@ -328,6 +332,40 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.unlabelled: crops without keypoints need a teacher ('distil' stage)")
     if cfg.data.unlabelled and cfg.data.labelled >= 1:
         raise ConfigError("data.unlabelled: needs data.labelled below 1")
+    if ai8x != ("qat" in cfg.stages):
+        raise ConfigError(f"stages: 'qat' trains the MAX78000 student (model.student: {AI8X_STUDENT}), which "
+                          "always has it" if ai8x else f"stages: 'qat' is wired for model.student {AI8X_STUDENT} only")
+    if ai8x:
+        _check_ai8x(cfg)
+
+
+def _check_ai8x(cfg: RunConfig) -> None:
+    """What ``experiments.train_ai8x`` can do: every label, GT MSE, one logits term as in KD_SETTINGS."""
+    if cfg.data.labelled < 1:
+        raise ConfigError(f"data.labelled: {cfg.data.labelled}; the MAX78000 student trains on every label")
+    if cfg.optim.loss != "mse":
+        raise ConfigError(f"optim.loss: {cfg.optim.loss!r}; the MAX78000 student trains with 'mse'")
+    if cfg.qat.lr_scale != 0.1:
+        raise ConfigError(f"qat.lr_scale: {cfg.qat.lr_scale}; train_ai8x trains QAT at lr / 10 (0.1)")
+    if cfg.qat.steps is not None and cfg.qat.steps < 1:
+        raise ConfigError(f"qat.steps: {cfg.qat.steps} must be at least 1")
+    for stage in ("quantize", "export"):
+        if stage in cfg.stages:
+            raise ConfigError(f"stages: {stage!r} is the ONNX path; the MAX78000 student's export (izer) is not wired")
+    if any(t.kind == "hint" for t in cfg.distill.terms):
+        raise ConfigError("distill.terms: the MAX78000 student distils with one logits term (fpd or kl)")
+
+
+def ai8x_variant(model: ModelConfig) -> str:
+    """The ``ai8x_models.VARIANTS`` name of a MAX78000 student (``options: {variant: tiny}``)."""
+    from .ai8x_models import VARIANTS
+
+    extra = sorted(set(model.options) - {"variant"})
+    if extra:
+        raise ConfigError(f"model.options.{extra[0]}: unknown option of {AI8X_STUDENT}; it has 'variant'")
+    variant = model.options.get("variant", "tiny")
+    _choice("model.options.variant", variant, VARIANTS)
+    return variant
 
 
 def student_key(model: ModelConfig) -> str:
@@ -337,8 +375,8 @@ def student_key(model: ModelConfig) -> str:
 
     bases = {b for b, _ in STUDENTS.values()}
     if model.student not in STUDENTS and model.student not in bases:
-        raise ConfigError(f"model.student: {model.student!r} is not one of {sorted(STUDENTS)}"
-                          f"{_suggest(model.student, STUDENTS)}")
+        known = [*sorted(STUDENTS), AI8X_STUDENT]
+        raise ConfigError(f"model.student: {model.student!r} is not one of {known}{_suggest(model.student, known)}")
     base, kw = STUDENTS.get(model.student, (model.student, {}))
     want = {**kw, **model.options}
     for name, (b, k) in STUDENTS.items():
@@ -418,10 +456,22 @@ def resolved_mode(cfg: RunConfig) -> str:
 
 
 def run_dir(cfg: RunConfig) -> Path:
-    """The run's folder, the one ``train_student`` trains in: ``<checkpoints>/<name>_<student>_s<seed>``."""
+    """The run's folder, the one ``train_student`` trains in: ``<checkpoints>/<name>_<student>_s<seed>``;
+    for the MAX78000 student ``train_ai8x``'s QAT folder, ``<checkpoints>/<name>_s<seed>_qat``."""
     from .config import run_paths
 
-    return run_paths(resolved_mode(cfg)).checkpoints / f"{cfg.name}_{student_key(cfg.model)}_s{cfg.seed}"
+    root = run_paths(resolved_mode(cfg)).checkpoints
+    if cfg.model.student == AI8X_STUDENT:
+        return root / f"{cfg.name}_s{cfg.seed}_qat"
+    return root / f"{cfg.name}_{student_key(cfg.model)}_s{cfg.seed}"
+
+
+def ai8x_steps(cfg: RunConfig) -> tuple[int, int]:
+    """(float steps, QAT steps) of a MAX78000 run: the config's, else ``experiments.AI8X_STEPS``."""
+    from .experiments import AI8X_STEPS
+
+    float_steps, qat_steps = AI8X_STEPS[resolved_mode(cfg)]
+    return (cfg.optim.steps or float_steps, cfg.qat.steps or qat_steps)
 
 
 def budget_fields(cfg: RunConfig) -> dict:
@@ -491,7 +541,9 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
 
     A ``distil`` stage builds the distiller with ``experiments.kd_recipe`` (:func:`kd_setting`);
     ``teacher`` is the frozen teacher (loaded from ``distill.teacher`` when None). Returns
-    ``train_student``'s :class:`~posekd_lib.experiments.Run`: the model, metrics and results row.
+    ``train_student``'s :class:`~posekd_lib.experiments.Run`: the model, metrics and results row;
+    for the MAX78000 student ``experiments.train_ai8x``'s :class:`~posekd_lib.experiments.Ai8xRun`
+    (float, QAT and integer-simulated metrics; its logits term must be a KD_SETTINGS entry as is).
     """
     import os
 
@@ -500,6 +552,8 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     mode = resolved_mode(cfg)
     if cfg.data.coco_root is not None:
         os.environ["COCO_ROOT"] = str(cfg.data.coco_root)
+    if cfg.model.student == AI8X_STUDENT:
+        return _train_ai8x(cfg, teacher, progress)
     student = student_key(cfg.model)
     with with_budget(**budget_fields(cfg)):
         kd = None
@@ -511,6 +565,31 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
         return train_student(student, mode=mode, seed=cfg.seed, loss=cfg.optim.loss, kd=kd, tag=cfg.name,
                              progress=progress, steps=cfg.optim.steps, labelled=cfg.data.labelled,
                              unlabelled=cfg.data.unlabelled)
+
+
+def check_mapping(cfg: RunConfig) -> None:
+    """The checks that need the mapping onto experiments.py (budget fields, distiller options), so
+    ``run`` can make them before it writes anything."""
+    budget_fields(cfg)
+    if "distil" in cfg.stages:
+        tag, overrides = kd_setting(cfg)
+        if cfg.model.student == AI8X_STUDENT and overrides:
+            raise ConfigError(f"distill.terms: {overrides} differ from experiments.KD_SETTINGS[{tag!r}], which "
+                              "train_ai8x distils with as is")
+
+
+def _train_ai8x(cfg: RunConfig, teacher, progress: bool):
+    from .experiments import budget_fields as with_budget, train_ai8x
+
+    check_mapping(cfg)
+    kd = None
+    if "distil" in cfg.stages:
+        kd = kd_setting(cfg)[0]
+        if teacher is None:
+            teacher = load_frozen_teacher(cfg)
+    with with_budget(**budget_fields(cfg)):
+        return train_ai8x(ai8x_variant(cfg.model), mode=resolved_mode(cfg), seed=cfg.seed, kd=kd, teacher=teacher,
+                          tag=f"{cfg.name}_s{cfg.seed}", steps=ai8x_steps(cfg), progress=progress)
 
 
 def load_frozen_teacher(cfg: RunConfig):
@@ -561,11 +640,37 @@ def runs_row(cfg: RunConfig, run) -> dict:
     trained with (``budget.*``: the mode's values where the config says null) and its metrics."""
     from .experiments import ROW_METRICS
 
+    if cfg.model.student == AI8X_STUDENT:
+        return _ai8x_row(cfg, run)
     b = run.budget
     row = {"config_id": config_id(cfg), **flat_fields(cfg),
            "budget.steps": run.row["steps"], "budget.batch_size": b.batch_size, "budget.lr": b.lr,
            "budget.input_size": f"{b.input_size[0]}x{b.input_size[1]}"}
     row.update({k: run.row.get(k) for k in (*ROW_METRICS, "PCK@0.2", "params", "MACs", "int8_kB", "train_time_s")})
+    row["run_dir"] = str(run.run_dir)
+    return row
+
+
+def _ai8x_row(cfg: RunConfig, run) -> dict:
+    """A MAX78000 run's row: the QAT model's metrics as ``AP`` ..., the float model's as ``float.AP``
+    ..., the integer simulation's (the MAX78000's arithmetic) as ``int8.AP`` ..."""
+    import json
+
+    from .ai8x_models import AI8X_STUDENT_INPUT
+    from .experiments import ROW_METRICS, budget, budget_fields as with_budget
+
+    with with_budget(**budget_fields(cfg)):
+        b = budget(resolved_mode(cfg))
+    float_steps, qat_steps = ai8x_steps(cfg)
+    info_file = run.run_dir / "run_info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    row = {"config_id": config_id(cfg), **flat_fields(cfg), "budget.steps": float_steps,
+           "budget.qat_steps": qat_steps, "budget.batch_size": b.batch_size, "budget.lr": b.lr,
+           "budget.input_size": f"{AI8X_STUDENT_INPUT[0]}x{AI8X_STUDENT_INPUT[1]}"}
+    for prefix, key in (("", "qat"), ("float.", "float"), ("int8.", "int8")):
+        row.update({prefix + k: run.metrics[key].get(k) for k in (*ROW_METRICS, "PCK@0.2")})
+    row["params"] = sum(p.numel() for p in run.float_model.parameters())
+    row["train_time_s"] = info.get("train_time_s")
     row["run_dir"] = str(run.run_dir)
     return row
 

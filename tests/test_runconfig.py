@@ -35,7 +35,7 @@ FULL = {
 def test_configs_folder_holds_the_notebook_runs_each_with_a_header():
     names = {(c.name, c.model.student) for c in map(rc.from_yaml, CONFIGS)}
     assert names >= {("baseline", "squeezenet"), ("baseline", "mobilenetv3"), ("fpd", "squeezenet"),
-                     ("kl", "squeezenet"), ("feature", "squeezenet")}
+                     ("kl", "squeezenet"), ("feature", "squeezenet"), ("ai8x_tiny_fpd", "ai85posenet")}
     for path in CONFIGS:
         assert path.read_text().startswith("# "), f"{path.name} has no comment header"
 
@@ -89,7 +89,15 @@ def test_overrides_are_yaml_values_at_dotted_keys():
     ({"name": "x", "distill": {"terms": {"kind": "fpd"}}, "stages": ["distil"]}, "distill.terms: expected a list"),
     ({"name": "x", "distill": {"terms": [{"kind": "fpd", "pairs": {"a": "b"}}]}, "stages": ["distil"]},
      r"distill\.terms\[0\]\.pairs: only a hint term"),
-    ({"name": "x", "stages": ["train", "qat"]}, r"stages\[1\]: 'qat' is not wired"),
+    ({"name": "x", "stages": ["train", "izer"]}, r"stages\[1\]: 'izer' is not wired"),
+    ({"name": "x", "stages": ["train", "qat"]}, "stages: 'qat' is wired for model.student ai85posenet only"),
+    ({"name": "x", "model": {"student": "ai85posenet"}}, "stages: 'qat' trains the MAX78000 student"),
+    ({"name": "x", "model": {"student": "ai85posenet", "options": {"variant": "huge"}}, "stages": ["train", "qat"]},
+     "model.options.variant: 'huge' is not one of"),
+    ({"name": "x", "model": {"student": "ai85posenet"}, "stages": ["train", "qat", "export"]},
+     "stages: 'export' is the ONNX path"),
+    ({"name": "x", "model": {"student": "ai85posenet"}, "qat": {"lr_scale": 0.5}, "stages": ["train", "qat"]},
+     "qat.lr_scale: 0.5"),
     ({"name": "x", "quantize": {"method": "minmax"}}, "quantize.method: 'minmax' is not one of .*'MinMax'"),
     ({"name": "x", "stages": ["tran"]}, r"stages\[0\]: 'tran' is not one of .*did you mean 'train'"),
     ({"name": "x", "stages": ["distil"]}, "distill.terms: empty"),
@@ -237,7 +245,8 @@ def test_every_config_runs_in_quick_mode(tmp_path):
         assert len(row) == 1, path.name
         row = row.iloc[0]
         assert row["name"] == cfg.name and row["model.student"] == cfg.model.student
-        assert row["budget.steps"] == budget("quick").steps and 0 <= row["AP"] <= 1 and 0 <= row["PCK@0.2"] <= 1
+        steps = rc.ai8x_steps(cfg)[0] if cfg.model.student == rc.AI8X_STUDENT else budget("quick").steps
+        assert row["budget.steps"] == steps and 0 <= row["AP"] <= 1 and 0 <= row["PCK@0.2"] <= 1
         assert f"| {cfg.name} " in out.stdout and rc.config_id(cfg) in out.stdout
     hinted = table[table["distill.kinds"].fillna("").str.contains("hint")]
     assert list(hinted["name"]) == ["feature"]
@@ -306,3 +315,21 @@ def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
                  "name=kl-bad-option"]) == 2
     assert "distill.terms[0].options.tau: unknown option of LogitsKD" in capsys.readouterr().err
     assert not list((rc.runs_csv("quick").parent / "checkpoints").glob("kl-bad-option*"))   # nothing written
+
+
+def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
+    from posekd_lib import experiments
+
+    calls = []
+    monkeypatch.setattr(experiments, "train_ai8x", lambda *a, **kw: calls.append((a, kw)))
+    cfg = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "ai8x_tiny_fpd.yaml"), ["data.mode=quick"])
+    teacher = object()
+    rc.train_run(cfg, teacher=teacher, progress=False)
+    (args, kw), = calls
+    assert args == ("tiny",) and kw == {"mode": "quick", "seed": 0, "kd": "fpd", "teacher": teacher,
+                                        "tag": "ai8x_tiny_fpd_s0", "steps": experiments.AI8X_STEPS["quick"],
+                                        "progress": False}
+    assert rc.run_dir(cfg).name == "ai8x_tiny_fpd_s0_qat"      # the folder train_ai8x's default tag gives
+    kl_t1 = rc.apply_overrides(cfg, ["distill.terms.0.kind=kl", "distill.terms.0.options.temperature=1.0"])
+    with pytest.raises(rc.ConfigError, match=r"distill.terms: \{'temperature': 1.0\} differ from .*KD_SETTINGS\['kl'\]"):
+        rc.check_mapping(kl_t1)
