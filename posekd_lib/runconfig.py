@@ -132,7 +132,7 @@ class QatConfig:
 
 @dataclass
 class PruneConfig:
-    """Channel pruning (not wired into ``run`` yet)."""
+    """Channel pruning (not wired into ``run`` yet: a ratio other than 0 is an error, not ignored)."""
 
     ratio: float = 0.0
 
@@ -314,6 +314,8 @@ def validate(cfg: RunConfig) -> None:
     _choice("quantize.method", cfg.quantize.method, CALIBRATION_METHODS)
     if cfg.quantize.calib_samples < 1:
         raise ConfigError(f"quantize.calib_samples: {cfg.quantize.calib_samples} must be at least 1")
+    if cfg.prune.ratio != 0:
+        raise ConfigError(f"prune.ratio: {cfg.prune.ratio}; pruning is not wired into posekd_lib.run yet (use 0)")
     for i, s in enumerate(cfg.stages):
         _choice(f"stages[{i}]", s, STAGES)
         if s not in WIRED_STAGES:
