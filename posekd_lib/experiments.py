@@ -65,19 +65,24 @@ class Budget:
     device: str = "cpu"
     threads: int | None = None
     channels_last: bool = True      # NHWC: ~15 % faster CPU training of the students
+    aug: str = "light"              # augmentation preset (data.AUGMENTATIONS): light for short budgets
+    amp: str | None = "bf16"        # autocast dtype for fit(amp=...) (see student_amp)
 
 
-# quick: seconds in CI. workshop: each notebook <= ~10 min on 2 idle cores. Measured per step of 32
-# crops (128x96, channels-last, data loading ~0.1 s): squeezenet 0.47 s, mobilenetv3 0.33 s, plus the
-# teacher's forward (0.20 s) in a KD step. 500 steps x 32 = 16k crops (1.3 epochs): notebook 02
-# trains both students (~4 + ~3 min), 03 two distilled mobilenetv3s (~4.5 min each). Both at the demo
-# teacher's crop, heatmap and sigma (read from its config). full: real COCO on a GPU at HRNet's 256x192.
+# quick: seconds in CI. workshop: each notebook <= ~10 min on 2 cores. Measured per step of 32 crops
+# (128x96, channels-last, light augmentation, one thread of a busy 2-core machine, 2026-12-03): data
+# loading 0.07 s, squeezenet 0.19 s under bf16 autocast (0.53 s float32), mobilenetv3 0.21 s float32
+# (0.43 s under bf16: its depthwise convolutions are slower in bf16, so it trains in float32, see
+# student_amp). 1200 steps x 32 = 38k crops (3.2 epochs). Light augmentation because HRNet's (scale
+# 0.35, rotation 45 deg, half-body) is made for 210 epochs: at 1000 steps it scores 0.003 AP against
+# light's 0.0085 (docs/experiments.md, section 1). Both at the demo teacher's crop, heatmap and sigma
+# (read from its config). full: real COCO on a GPU at HRNet's 256x192 with HRNet's augmentation.
 _OVERRIDES = {
     "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
-    "workshop": {},
+    "workshop": {"steps": 1200},
     "full": {"input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2.0, "batch_size": 64,
              "steps": 30_000, "lr": 1e-3, "num_workers": 8, "eval_batch_size": 128, "device": "auto",
-             "channels_last": False},
+             "channels_last": False, "aug": "hrnet", "amp": "auto"},
 }
 
 
@@ -154,6 +159,19 @@ def build_loss(loss: str) -> Callable:
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
     return batch_loss(joints_mse if loss == "mse" else adaptive_wing)
+
+
+#: Students whose CPU training is slower under bf16 autocast (measured: mobilenetv3 0.43 s against
+#: 0.21 s per step of 32 in float32; its depthwise convolutions have no fast bf16 kernel here).
+FLOAT32_ON_CPU = frozenset({"mobilenetv3", "mobilenetv3_os16"})
+
+
+def student_amp(student_name: str, b: Budget) -> str | None:
+    """``fit(amp=...)`` for a student under a budget: the budget's, except float32 (None) for the
+    :data:`FLOAT32_ON_CPU` students on a CPU budget."""
+    if b.device == "cpu" and student_name in FLOAT32_ON_CPU:
+        return None
+    return b.amp
 
 
 def build_student_model(student_name: str) -> nn.Module:
@@ -322,7 +340,7 @@ def training_set(mode: str | None = None, input_size=None, heatmap_size=None, la
     b = budget(mode)
     split = dataset_splits(b.mode).train
     ds = TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
-                        b.sigma, train=True)
+                        b.sigma, train=True, aug=b.aug)
     if labelled >= 1:
         if unlabelled:
             raise ValueError("training_set(unlabelled=True) needs labelled < 1: with every image labelled "
@@ -388,9 +406,10 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     total = int(steps or b.steps)
     name = f"{tag}_{student_name}_s{seed}"
     run_dir = run_paths(mode).checkpoints / name
+    amp = student_amp(student_name, b)
     recipe = {"student": student_name, "loss": "kd" if kd is not None else loss, "steps": total,
               "batch_size": b.batch_size, "lr": b.lr, "input_size": list(b.input_size),
-              "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed}
+              "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed, "aug": b.aug, "amp": amp}
     if not 0 < labelled <= 1:
         raise ValueError(f"train_student: labelled must be a fraction in (0, 1], got {labelled}")
     if unlabelled and kd is None:
@@ -428,7 +447,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     history = fit(net, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
-                  save_every_steps=100 if total > 200 else None, channels_last=b.channels_last)
+                  save_every_steps=100 if total > 200 else None, channels_last=b.channels_last, amp=amp)
     wall = time.perf_counter() - t0
     for hooked in (net, loss_fn):  # a feature distiller: take its hooks off the student and teacher again
         if hasattr(hooked, "remove"):
@@ -574,7 +593,7 @@ def budget_dict(mode: str | None = None) -> dict:
 
 # --------------------------------------------------------------------------- MAX78000 students
 #: (float steps, QAT steps) of the MAX78000 student per mode (batch and lr from the mode's Budget).
-AI8X_STEPS = {"quick": (4, 2), "workshop": (500, 150), "full": (30_000, 6_000)}
+AI8X_STEPS = {"quick": (4, 2), "workshop": (1000, 250), "full": (30_000, 6_000)}
 
 
 @dataclass

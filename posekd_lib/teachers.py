@@ -1,8 +1,8 @@
 """The teachers of notebooks 02-05: the shipped demo HRNet, or an official HRNet checkpoint.
 
 ``load_teacher()`` picks by mode: in ``quick`` and ``workshop`` the demo teacher
-(``hrnet_pose/weights/demo_w8_128x96.pt``, an HRNet-W8 at 128x96 trained on the embedded dataset
-by ``scripts/train_teacher.py``, with its ``.json`` card); in ``full`` the official HRNet-W48
+(``hrnet_pose/weights/<DEMO_NAME>.pt``, an HRNet-W16 at 128x96 trained on the embedded dataset
+by ``scripts/train_teacher.py``, with its ``.json`` card: command, seed, curve, validation AP); in ``full`` the official HRNet-W48
 384x288 COCO checkpoint. Nothing is downloaded; a missing file raises an error that says what the
 file is and where to put it.
 
@@ -25,8 +25,8 @@ from torch import nn
 
 from .config import REPO_ROOT, get_mode, run_paths
 
-DEMO_NAME = "demo_w8_128x96"
-DEMO_CONFIG = "w8_128x96"
+DEMO_NAME = "demo_w16_128x96_ft"
+DEMO_CONFIG = "w16_128x96"
 DEMO_WEIGHTS = REPO_ROOT / "hrnet_pose" / "weights" / f"{DEMO_NAME}.pt"
 FULL_CONFIG = "w48_384x288"
 WEIGHTS_ENV = "POSEKD_TEACHER_WEIGHTS"

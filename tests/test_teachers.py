@@ -38,11 +38,11 @@ def test_demo_teacher_from_env_checkpoint(tmp_path, monkeypatch, w8_state):
         torch.testing.assert_close(model(x), ref.eval()(x))
 
 
-def test_default_name_follows_mode(tmp_path, monkeypatch, w8_state):
-    torch.save(w8_state, tmp_path / "plain.pt")  # a bare state dict, no card
+def test_default_name_follows_mode(tmp_path, monkeypatch):
+    torch.save(get_pose_net(load_configs(teachers.DEMO_CONFIG)).state_dict(), tmp_path / "plain.pt")  # no card
     monkeypatch.setenv(teachers.WEIGHTS_ENV, str(tmp_path / "plain.pt"))
     _, info = load_teacher(mode="workshop")
-    assert info.config == "w8_128x96" and info.val_ap is None
+    assert info.config == teachers.DEMO_CONFIG and info.val_ap is None
     assert teachers.default_teacher_name("full") == "w48_384x288"
 
 
@@ -70,7 +70,8 @@ def test_full_mode_error_names_the_official_checkpoint(monkeypatch):
 def test_wrong_architecture_is_rejected(tmp_path, monkeypatch):
     from hrnet_pose.checkpoint import CheckpointMismatchError
 
-    torch.save(get_pose_net(load_configs("w16_128x96")).state_dict(), tmp_path / "w16.pt")
-    monkeypatch.setenv(teachers.WEIGHTS_ENV, str(tmp_path / "w16.pt"))
-    with pytest.raises(CheckpointMismatchError, match="w16.pt"):
+    other = "w8_128x96" if teachers.DEMO_CONFIG != "w8_128x96" else "w16_128x96"
+    torch.save(get_pose_net(load_configs(other)).state_dict(), tmp_path / "other.pt")  # no card: read as the demo config
+    monkeypatch.setenv(teachers.WEIGHTS_ENV, str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointMismatchError, match="other.pt"):
         load_teacher("demo")
