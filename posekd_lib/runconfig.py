@@ -64,6 +64,7 @@ AI8X_STUDENT = "ai85posenet"
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 TERM_KINDS = (*LOGIT_TERMS, "hint")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")   # train.fit(amp=...); off: float32
 LR_SCHEDULES = ("cosine",)   # what train_student trains with (fit's default); others are not wired
 
 
@@ -99,7 +100,8 @@ class OptimConfig:
     lr: float | None = None
     schedule: str = "cosine"
     loss: str = "mse"                  # ground-truth loss of a train stage: mse | awing
-    amp: str | None = None             # Budget.amp when the budget has it (e.g. bf16)
+    amp: str | None = None             # Budget.amp: auto | bf16 | fp16 | off (float32); null: the budget's.
+                                       # experiments.student_amp still trains FLOAT32_ON_CPU students in float32
 
 
 @dataclass
@@ -163,7 +165,7 @@ class RunConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    augmentation: str | None = None    # Budget.aug when the budget has it; null: the budget's
+    augmentation: str | None = None    # Budget.aug, a data.AUGMENTATIONS preset (light, hrnet); null: the budget's
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     qat: QatConfig = field(default_factory=QatConfig)
@@ -297,6 +299,12 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"optim.{k}: {v} must be at least 1")
     if cfg.optim.lr is not None and not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr: {cfg.optim.lr} must be positive")
+    from . import data
+
+    if cfg.augmentation is not None and hasattr(data, "AUGMENTATIONS"):
+        _choice("augmentation", cfg.augmentation, data.AUGMENTATIONS)
+    if cfg.optim.amp is not None:
+        _choice("optim.amp", cfg.optim.amp, AMP_CHOICES)
     _choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
     _choice("optim.loss", cfg.optim.loss, LOSSES)
     _choice("distill.schedule", cfg.distill.schedule, SCHEDULES)
@@ -347,6 +355,8 @@ def _check_ai8x(cfg: RunConfig) -> None:
         raise ConfigError(f"data.labelled: {cfg.data.labelled}; the MAX78000 student trains on every label")
     if cfg.optim.loss != "mse":
         raise ConfigError(f"optim.loss: {cfg.optim.loss!r}; the MAX78000 student trains with 'mse'")
+    if cfg.optim.amp is not None:
+        raise ConfigError(f"optim.amp: {cfg.optim.amp!r}; train_ai8x trains in float32 (leave it null)")
     if cfg.qat.lr_scale != 0.1:
         raise ConfigError(f"qat.lr_scale: {cfg.qat.lr_scale}; train_ai8x trains QAT at lr / 10 (0.1)")
     if cfg.qat.steps is not None and cfg.qat.steps < 1:
