@@ -62,6 +62,9 @@ WIRED_STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export")
 AI8X_STUDENT = "ai85posenet"
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
+#: Distiller keywords a term's ``options`` may set; the others go in ``distill.options``.
+LOGIT_OPTIONS = ("temperature", "teacher_weight")
+HINT_OPTIONS = ("normalize", "branches", "feature_loss", "feature_temperature")
 TERM_KINDS = (*LOGIT_TERMS, "hint")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")   # train.fit(amp=...); off: float32
@@ -516,10 +519,10 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
     from .experiments import KD_SETTINGS
 
     terms = cfg.distill.terms
-    hint = next((t for t in terms if t.kind == "hint"), None)
-    logit = next((t for t in terms if t.kind in LOGIT_TERMS), None)
     i_hint = next((i for i, t in enumerate(terms) if t.kind == "hint"), None)
     i_logit = next((i for i, t in enumerate(terms) if t.kind in LOGIT_TERMS), None)
+    hint = terms[i_hint] if i_hint is not None else None
+    logit = terms[i_logit] if i_logit is not None else None
     wanted: dict = {}
     if hint is None:
         tag, cls = ("fpd" if logit.kind == "fpd" else "kl"), LogitsKD
@@ -530,15 +533,17 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
                       kind=LOGIT_TERMS[logit.kind] if logit else KD_SETTINGS["feature"]["kind"])
         if hint.pairs:
             wanted["pairs"] = {str(k): str(v) for k, v in hint.pairs.items()}
-    allowed = set(inspect.signature(cls).parameters) - {"teacher", "student", "total_steps", "pairs", "alpha",
-                                                        "beta", "alpha_logits", "kind", "input_size"}
-    for where, opts in ((f"distill.terms[{i_logit}].options", logit.options if logit else {}),
-                        (f"distill.terms[{i_hint}].options", hint.options if hint else {}),
-                        ("distill.options", cfg.distill.options)):
-        for k, v in opts.items():
+    params = set(inspect.signature(cls).parameters)
+    shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
+                       "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
+    for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
+                                 (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
+                                 ("distill", cfg.distill, shared)):
+        for k, v in (term.options if term is not None else {}).items():
             if k not in allowed:
-                raise ConfigError(f"{where}.{k}: unknown option of {cls.__name__}{_suggest(k, allowed)}; "
-                                  f"known: {sorted(allowed)}")
+                label = f"a {term.kind} term" if where != "distill" else f"the {cls.__name__} distiller"
+                raise ConfigError(f"{where}.options.{k}: unknown option{_suggest(k, allowed)}; "
+                                  f"{label} takes {sorted(allowed)}")
             wanted[k] = v
     wanted["schedule"] = cfg.distill.schedule
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}

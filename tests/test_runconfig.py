@@ -124,9 +124,15 @@ def test_override_and_option_errors_name_the_key(tmp_path):
         with pytest.raises(rc.ConfigError, match=key):
             rc.apply_overrides(cfg, [item])
     bad = rc.apply_overrides(cfg, ["distill.terms.0.options.temprature=1"])
-    with pytest.raises(rc.ConfigError, match=r"distill\.terms\[0\]\.options\.temprature: unknown option of LogitsKD"
-                                              r" \(did you mean 'temperature'\?\)"):
+    with pytest.raises(rc.ConfigError, match=r"distill\.terms\[0\]\.options\.temprature: unknown option"
+                                              r" \(did you mean 'temperature'\?\); a kl term takes"):
         rc.kd_setting(bad)
+    hint_option_on_kl = rc.apply_overrides(cfg, ["distill.terms.0.options.normalize=none"])
+    with pytest.raises(rc.ConfigError, match=r"distill\.terms\[0\]\.options\.normalize: unknown option; a kl term "
+                                              r"takes \['teacher_weight', 'temperature'\]"):
+        rc.kd_setting(hint_option_on_kl)
+    with pytest.raises(rc.ConfigError, match=r"distill\.options\.schedule: unknown option; the LogitsKD"):
+        rc.kd_setting(rc.apply_overrides(cfg, ["distill.options.schedule=linear_decay"]))
     path = tmp_path / "kl_squeezenet.yaml"
     path.write_text(rc.to_yaml(cfg).replace("  lr: null", "  lr: fast"))
     with pytest.raises(rc.ConfigError, match=r"kl_squeezenet.yaml: optim.lr: expected float, got str 'fast'"):
@@ -319,7 +325,7 @@ def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
     assert "distill.terms.0.wieght: unknown key (did you mean 'weight'?)" in capsys.readouterr().err
     assert main([str(REPO / "configs" / "kl_squeezenet.yaml"), "--set", "distill.terms.0.options.tau=1",
                  "name=kl-bad-option"]) == 2
-    assert "distill.terms[0].options.tau: unknown option of LogitsKD" in capsys.readouterr().err
+    assert "distill.terms[0].options.tau: unknown option; a kl term takes" in capsys.readouterr().err
     assert not list((rc.runs_csv("quick").parent / "checkpoints").glob("kl-bad-option*"))   # nothing written
 
 
