@@ -263,21 +263,19 @@ def confidence_summary(results, in_vis_thr: float = 0.2) -> dict[str, float]:
             "scored_persons": float(np.mean([r["score"] > 0 for r in res])) if res else float("nan")}
 
 
-def average_ranks(x) -> np.ndarray:
-    """1-based ranks of ``x``, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
-    _, inverse, counts = np.unique(np.asarray(x, dtype=np.float64), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)
-    return (last - (counts - 1) / 2.0)[inverse]
-
-
 def spearman(x, y) -> float:
-    """Spearman's rank correlation: the Pearson correlation of the average ranks (NaN if one is constant)."""
-    rx, ry = average_ranks(x), average_ranks(y)
-    if len(rx) != len(ry):
-        raise ValueError(f"spearman: {len(rx)} and {len(ry)} values; give one pair per item")
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    """Spearman's rank correlation of paired values (``scipy.stats.spearmanr``: ties share their
+    average rank); NaN when either side is constant."""
+    import warnings
+
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} and {len(y)} values; give one pair per item")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:

@@ -19,7 +19,10 @@ rewritten once into the distiller's format (:func:`~posekd_lib.distill.upgrade_c
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -103,7 +106,29 @@ def budget(mode: str | None = None) -> Budget:
     """The :class:`Budget` of ``mode`` (default: ``$POSEKD_MODE``)."""
     mode = get_mode(mode)
     sizes = {} if mode == "full" else demo_teacher_sizes()
-    return Budget(mode, **{**sizes, **_OVERRIDES[mode]})
+    return Budget(mode, **{**sizes, **_OVERRIDES[mode], **_BUDGET_FIELDS.get()})
+
+
+_BUDGET_FIELDS: contextvars.ContextVar[dict] = contextvars.ContextVar("budget_fields", default={})
+
+
+@contextlib.contextmanager
+def budget_fields(**fields):
+    """Within the block, :func:`budget` returns every mode's budget with ``fields`` replaced.
+
+    How a :class:`~posekd_lib.runconfig.RunConfig` sets the batch size, learning rate and other
+    budget fields of one run while :func:`train_student` and :func:`training_set` read the budget
+    as they always do. An unknown field is a ``KeyError``.
+    """
+    settable = {f.name for f in dataclasses.fields(Budget)} - {"mode"}
+    if set(fields) - settable:
+        raise KeyError(f"budget_fields: {sorted(set(fields) - settable)} are not settable Budget fields "
+                       f"({sorted(settable)})")
+    token = _BUDGET_FIELDS.set({**_BUDGET_FIELDS.get(), **fields})
+    try:
+        yield
+    finally:
+        _BUDGET_FIELDS.reset(token)
 
 
 @dataclass

@@ -151,21 +151,30 @@ def test_results_table_default_path_is_run_folder():
     assert run_paths().results_csv.is_file()
 
 
-def test_spearman_ranks_ties_like_scipy():
+def test_spearman_is_scipys_and_keeps_the_hand_written_ranks_results():
     import numpy as np
+    from scipy import stats
 
-    from posekd_lib.evaluation import average_ranks, spearman
+    from posekd_lib.evaluation import spearman
 
     x = [0.0, 0.0, 0.2, 0.5, 0.5, 0.5, 0.9, 0.1]
     y = [0.1, 0.3, 0.2, 0.8, 0.4, 0.9, 0.7, 0.0]
-    np.testing.assert_allclose(average_ranks(x), [1.5, 1.5, 4, 6, 6, 6, 8, 3])
+    assert spearman(x, y) == stats.spearmanr(x, y).statistic
+    # the Pearson correlation of average ranks, as the hand-written version computed it
+    assert spearman(x, y) == pytest.approx(np.corrcoef(stats.rankdata(x), stats.rankdata(y))[0, 1], abs=1e-15)
     assert spearman(x, x) == pytest.approx(1.0)
     assert spearman(x, [-v for v in x]) == pytest.approx(-1.0)
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError, match="3 and 2 values"):
         spearman([1, 2, 3], [1, 2])
-    stats = pytest.importorskip("scipy.stats")
-    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+    # values the hand-written average-rank version gave (before scipy), ties included
+    rng = np.random.default_rng(0)
+    a = np.round(rng.random(200), 1)
+    b = a + rng.normal(0, 0.3, 200)
+    b[:20] = 0
+    assert spearman(a, b) == pytest.approx(0.6211455843539403, abs=1e-14)
+    assert spearman(a, -b) == pytest.approx(-0.6211455843539403, abs=1e-14)
+    assert spearman([3, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(-0.31622776601683794, abs=1e-14)
 
 
 def test_gap_closed_is_the_share_of_the_teacher_baseline_gap():
