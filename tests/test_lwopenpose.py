@@ -53,6 +53,19 @@ def test_refinement_stage_count_changes_only_the_stage_list():
     assert keys1 <= set(keys3)
 
 
+def test_conv_macs_at_368_match_the_published_count():
+    """8.88 G conv multiply-accumulates at 368x368 (strides and widths; counted on the meta device)."""
+    with torch.device("meta"):
+        model = PoseEstimationWithMobileNet()
+    macs = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, _, out: macs.append(
+                out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]))
+    model(torch.zeros(1, 3, 368, 368, device="meta"))
+    assert round(sum(macs) / 1e9, 2) == 8.88
+
+
 def test_golden_outputs_of_every_stage(model_cpu, golden_io):
     with torch.no_grad():
         outputs = model_cpu(golden_io["input"])
