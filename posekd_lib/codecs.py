@@ -165,8 +165,7 @@ def flip_test_average(output, output_flipped_raw, flip_pairs, shift: bool = True
 
 
 # --------------------------------------------------------------------------- bottom-up PAFs
-_GAUSS_LOG_CUT = 4.6052
-_GAUSS_CUT = float(np.exp(-_GAUSS_LOG_CUT))   # LW-OpenPose drops Gaussian values below 0.01
+_GAUSS_CUT = float(np.exp(-4.6052))   # LW-OpenPose drops Gaussian values below 0.01
 
 
 def _box_cells(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,11 +205,11 @@ class PafCodec:
         self.paf_thickness = float(paf_thickness)
         self._limbs = np.array(OPENPOSE_LIMBS)                            # (L, 2) keypoint a, b
         self._paf_channels = np.array(OPENPOSE_PAF_CHANNELS)              # (L, 2) channel x, y
-        self._map_wh = np.array(self.map_size)[:, None]                  # (x|y, 1) against (..., x|y, n)
+        shift = self.stride / 2 - 0.5
+        self._cx = np.arange(self.map_size[0]) * self.stride + shift      # cell centres in input pixels
+        self._cy = np.arange(self.map_size[1]) * self.stride + shift
         self._last_cell = np.array(self.map_size) - 1
-        cells = self.map_size[0] * self.map_size[1]
-        self._heat_offset = np.arange(NUM_OPENPOSE_KEYPOINTS)[:, None] * cells     # first flat index per channel
-        self._paf_offset = self._paf_channels * float(cells)
+        self._paf_offset = self._paf_channels * float(self.map_size[0] * self.map_size[1])  # flat channel starts
 
     def __repr__(self) -> str:
         return (f"PafCodec(input_size={self.input_size}, stride={self.stride}, sigma={self.sigma}, "
@@ -232,13 +231,13 @@ class PafCodec:
         limb with both ends labelled, the unit vector a -> b in every cell whose centre lies within
         ``paf_thickness`` cells of the segment; averaged where people overlap.
 
-        Both are drawn only near the skeleton, with the same float64 operations as a dense drawing
-        over every cell of every (person, point | limb), so the result is bit-identical to it (tested
-        against that dense version): a Gaussian inside the fixed window of cells its cut-off leaves
-        non-zero, merged with ``np.maximum.at``; a PAF inside each limb's bounding box of cells (the
-        boxes of all people and limbs laid end to end as one flat list, :func:`_box_cells`), summed
-        with ``np.bincount``, which adds the people in order as the dense sum over people does. The
-        work grows with the number of people and limb lengths, not with the map area times limbs.
+        Heatmaps are separable Gaussians drawn densely (at these map sizes numpy's per-call cost, not
+        the cells, dominates). PAFs are drawn only near the skeleton: each limb's bounding box of
+        cells, the boxes of all people and limbs laid end to end as one flat list (:func:`_box_cells`),
+        the unit vectors summed with ``np.bincount``, which adds the people in order. The float64
+        operations per cell are those of a dense test of every cell for every (person, limb), so the
+        result is bit-identical to it (the test keeps that dense version), but the work grows with
+        the limb lengths instead of map area x limbs x people.
         """
         k = np.asarray(keypoints, dtype=np.float64).reshape(-1, 17, 3)
         op = coco17_to_openpose18(k)                                      # (P, 18, 3)
@@ -247,21 +246,14 @@ class PafCodec:
 
     def _encode_heatmaps(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
         w, h = self.map_size
-        s, shift = self.stride, self.stride / 2 - 0.5
-        # a window of n x n cells per point covers its Gaussian's support |d| <= r (r from the cut,
-        # widened a hair against rounding), n = floor(2 r / stride) + 1
-        r = self.sigma * np.sqrt(2 * _GAUSS_LOG_CUT) * (1 + 1e-9) + 1e-9
-        cells = np.ceil((op[..., :2] - (shift + r)) / s).astype(np.int64)[..., None] + np.arange(int(2 * r / s) + 1)
-        d = (cells * s + shift) - op[..., :2, None]                       # (P, 18, x|y, n)
-        # 1-D profiles, zero for unlabelled points and cells off the map (their products fall below the cut)
-        g1 = np.exp(np.square(d) * (-1.0 / (2 * self.sigma ** 2)))
-        g1 *= (cells >= 0) & (cells < self._map_wh) & lab[..., None, None]
-        g = g1[..., 1, :, None] * g1[..., 0, None, :]                     # (P, 18, n, n): gy * gx
-        keep = g >= _GAUSS_CUT
-        flat = (self._heat_offset + cells[..., 1, :] * w)[..., :, None] + cells[..., 0, None, :]
-        # max in float32: rounding is monotone, so max-then-round = round-then-max
+        inv = 1.0 / (2 * self.sigma ** 2)
+        gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (P, 18, w)
+        gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
+        g = gy[..., :, None] * gx[..., None, :]
+        g[g < _GAUSS_CUT] = 0.0
         heatmaps = np.zeros((NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
-        np.maximum.at(heatmaps.reshape(-1), flat[keep], g[keep].astype(np.float32))
+        if len(op):
+            heatmaps[:-1] = g.max(axis=0)
         heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
         return heatmaps
 
