@@ -89,7 +89,7 @@ def coco17_to_openpose18(kpts) -> np.ndarray:
     k = np.asarray(kpts, dtype=np.float64)
     if k.shape[-2:] != (NUM_COCO_KEYPOINTS, 3):
         raise ValueError(f"expected (..., 17, 3) COCO keypoints, got shape {k.shape}")
-    out = k[..., _GATHER_FROM_COCO, :]                  # a copy; the neck row is overwritten below
+    out = np.take(k, _GATHER_FROM_COCO, axis=-2)       # a C-ordered copy; the neck row is set below
     ls, rs = k[..., 5, :], k[..., 6, :]
     both = (ls[..., 2] > 0) & (rs[..., 2] > 0)
     out[..., OPENPOSE_NECK, :2] = np.where(both[..., None], (ls[..., :2] + rs[..., :2]) / 2, 0.0)

@@ -304,7 +304,7 @@ def test_coco17_to_openpose18_by_name_with_the_neck_rule():
     k[0, 5, 2], k[1, 6, 2] = 0, 0                                          # one shoulder missing
     before = k.copy()
     op = coco17_to_openpose18(k)
-    assert op.shape == (4, 18, 3)
+    assert op.shape == (4, 18, 3) and op.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(k, before)                               # input untouched
     for i, name in enumerate(OPENPOSE_KEYPOINTS):
         if name == "neck":
