@@ -209,7 +209,7 @@ class PafCodec:
         self._cx = np.arange(self.map_size[0]) * self.stride + shift      # cell centres in input pixels
         self._cy = np.arange(self.map_size[1]) * self.stride + shift
         self._last_cell = np.array(self.map_size) - 1
-        self._paf_offset = self._paf_channels * float(self.map_size[0] * self.map_size[1])  # flat channel starts
+        self._paf_offset = self._paf_channels * (self.map_size[0] * self.map_size[1])  # flat channel starts
 
     def __repr__(self) -> str:
         return (f"PafCodec(input_size={self.input_size}, stride={self.stride}, sigma={self.sigma}, "
@@ -249,42 +249,40 @@ class PafCodec:
         inv = 1.0 / (2 * self.sigma ** 2)
         gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (P, 18, w)
         gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
-        g = gy[..., :, None] * gx[..., None, :]
-        g[g < _GAUSS_CUT] = 0.0
         heatmaps = np.zeros((NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
         if len(op):
-            heatmaps[:-1] = g.max(axis=0)
+            peak = (gy[..., :, None] * gx[..., None, :]).max(axis=0)     # max over people, then the cut:
+            peak[peak < _GAUSS_CUT] = 0.0                                 # the same as cutting each first
+            heatmaps[:-1] = peak
         heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
         return heatmaps
 
     def _encode_pafs(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
         w, h = self.map_size
         th = self.paf_thickness
-        ends = (op[:, self._limbs, :2] - (self.stride / 2 - 0.5)) / self.stride   # to_map: (P, L, a|b, x|y)
+        ends = self.to_map(op[..., :2])[:, self._limbs]                   # (P, L, a|b, x|y)
         v = ends[..., 1, :] - ends[..., 0, :]
         length = np.sqrt((v * v).sum(axis=-1))
-        valid = lab[:, self._limbs].all(axis=-1) & (length > 1e-7)
+        valid = lab[:, self._limbs[:, 0]] & lab[:, self._limbs[:, 1]] & (length > 1e-7)
         u = v / np.where(valid, length, 1.0)[..., None]
         # the cells whose centre can lie within the thickness of the segment (1e-6 against rounding);
         # an empty box for a limb that is not drawn
         lo = np.maximum(np.ceil(ends.min(axis=-2) - (th + 1e-6)), 0)
         hi = np.where(valid[..., None], np.minimum(np.floor(ends.max(axis=-2) + (th + 1e-6)), self._last_cell), -1)
         box, xx, yy = _box_cells(lo.reshape(-1, 2).astype(np.int64), hi.reshape(-1, 2).astype(np.int64))
-        # per cell, in one gather: a, u, length and the flat offsets of its limb's x / y channels;
-        # boxes are person-major, so the cells of one limb come in the order of the people
-        per_limb = np.concatenate([ends[..., 0, :], u, length[..., None],
-                                   np.broadcast_to(self._paf_offset, u.shape)], axis=-1).reshape(-1, 7)[box]
+        # per cell, in one gather: a, u and the length of its limb; boxes are person-major, so the
+        # cells of one limb come in the order of the people
+        per_limb = np.concatenate([ends[..., 0, :], u, length[..., None]], axis=-1).reshape(-1, 5)[box]
         rx, ry, ux, uy = xx - per_limb[:, 0], yy - per_limb[:, 1], per_limb[:, 2], per_limb[:, 3]
         t_raw = rx * ux + ry * uy                                         # position along the limb
         t = np.minimum(np.maximum(t_raw, 0.0), per_limb[:, 4])            # nearest point of the segment
         dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)                 # |r - t u|^2
         on = dist2 <= th * th
-        drawn = per_limb[on]
         # sum and count per (channel, cell): bincount adds in array order, i.e. people in order
-        key = (drawn[:, 5:] + (yy * w + xx)[on, None]).astype(np.int64).ravel()   # x, y channel per cell
+        key = (self._paf_offset[box[on] % len(self._limbs)] + (yy * w + xx)[on, None]).ravel()  # x, y channel
         size = NUM_OPENPOSE_PAFS * h * w
         pafs = np.zeros(size, dtype=np.float32)
-        pafs[key] = np.bincount(key, drawn[:, 2:4].ravel(), size)[key] / np.bincount(key, minlength=size)[key]
+        pafs[key] = np.bincount(key, per_limb[on, 2:4].ravel(), size)[key] / np.bincount(key, minlength=size)[key]
         return pafs.reshape(-1, h, w)
 
     # ----------------------------------------------------------------------- decoding
