@@ -195,16 +195,18 @@ def _refinement_stages_in(state: Mapping) -> int:
 
 
 def load_lwopenpose_checkpoint(path_or_state_dict, num_refinement_stages: int = 1,
-                               map_location="cpu") -> PoseEstimationWithMobileNet:
-    """A :class:`PoseEstimationWithMobileNet` with the checkpoint's weights loaded strictly, in eval mode.
+                               device="cpu") -> PoseEstimationWithMobileNet:
+    """A :class:`PoseEstimationWithMobileNet` with the checkpoint's weights loaded strictly, in eval
+    mode on ``device``.
 
-    Accepts a file path or a dict: the official ``{"state_dict": ...}`` wrapping (the released
-    ``checkpoint_iter_370000.pth`` also carries ``optimizer`` / ``scheduler`` / ``iter``), a
+    Accepts a file path or a dict: the official ``{"state_dict": ...}`` wrapping (training
+    checkpoints of the official code also hold ``optimizer`` / ``scheduler`` / ``iter``), a
     ``{"model": ...}`` wrapping, or a bare state dict; a ``module.`` prefix (DataParallel) is
-    stripped. Any missing, unexpected or wrongly shaped key raises
+    stripped and fp16 / bf16 tensors become float32 (``hrnet_pose.checkpoint.read_state_dict``, shared
+    with the HRNet loader). Any missing, unexpected or wrongly shaped key raises
     :class:`hrnet_pose.checkpoint.CheckpointMismatchError` naming the file and the first keys of
-    each kind. (The official ``load_state`` instead keeps the random init for missing keys and
-    only prints a warning.)
+    each kind, and the number of refinement stages the checkpoint holds when it differs. (The
+    official ``load_state`` copies the matching entries and only warns about the others.)
     """
     from hrnet_pose.checkpoint import CheckpointMismatchError, _first, compare_state_dicts, read_state_dict
 
@@ -228,7 +230,7 @@ def load_lwopenpose_checkpoint(path_or_state_dict, num_refinement_stages: int = 
             lines.append(f"  The checkpoint has {found} refinement stage(s): pass num_refinement_stages={found}.")
         raise CheckpointMismatchError("\n".join(lines))
     model.load_state_dict(state, strict=True)
-    return model.to(map_location).eval()
+    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------- preprocessing
