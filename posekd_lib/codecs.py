@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .keypoints import (NUM_OPENPOSE_KEYPOINTS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
+from .keypoints import (NUM_OPENPOSE_KEYPOINTS, NUM_OPENPOSE_PAFS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
                         coco17_to_openpose18, flip_permutation, openpose18_to_coco17)
 
 
@@ -168,6 +168,18 @@ def flip_test_average(output, output_flipped_raw, flip_pairs, shift: bool = True
 _GAUSS_CUT = float(np.exp(-4.6052))   # LW-OpenPose drops Gaussian values below 0.01
 
 
+def _box_cells(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All cells of the integer boxes ``lo[i] <= (x, y) <= hi[i]`` (``(M, 2)`` each; empty where
+    hi < lo) as one flat list: ``(box index, x, y)`` per cell, box by box, row-major inside a box."""
+    size = np.maximum(hi - lo + 1, 0)
+    n = size[:, 0] * size[:, 1]
+    box = np.repeat(np.arange(len(n)), n)
+    local = np.arange(len(box)) - np.repeat(np.cumsum(n) - n, n)
+    dy, dx = np.divmod(local, size[box, 0])
+    start = lo[box]
+    return box, start[:, 0] + dx, start[:, 1] + dy
+
+
 @dataclass
 class Person:
     """One decoded person: COCO-17 ``keypoints`` (17, 3) = x, y (input pixels), score; pose ``score``."""
@@ -191,15 +203,13 @@ class PafCodec:
         self.map_size = (self.input_size[0] // self.stride, self.input_size[1] // self.stride)
         self.sigma = float(sigma)
         self.paf_thickness = float(paf_thickness)
+        self._limbs = np.array(OPENPOSE_LIMBS)                            # (L, 2) keypoint a, b
+        self._paf_channels = np.array(OPENPOSE_PAF_CHANNELS)              # (L, 2) channel x, y
         shift = self.stride / 2 - 0.5
-        self._cx = np.arange(self.map_size[0]) * self.stride + shift
+        self._cx = np.arange(self.map_size[0]) * self.stride + shift      # cell centres in input pixels
         self._cy = np.arange(self.map_size[1]) * self.stride + shift
-        self._gx = np.arange(self.map_size[0], dtype=np.float64)
-        self._gy = np.arange(self.map_size[1], dtype=np.float64)[:, None]
-        self._limb_a = np.array([a for a, _ in OPENPOSE_LIMBS])
-        self._limb_b = np.array([b for _, b in OPENPOSE_LIMBS])
-        self._paf_x = np.array([cx for cx, _ in OPENPOSE_PAF_CHANNELS])
-        self._paf_y = np.array([cy for _, cy in OPENPOSE_PAF_CHANNELS])
+        self._last_cell = np.array(self.map_size) - 1
+        self._paf_offset = self._paf_channels * (self.map_size[0] * self.map_size[1])  # flat channel starts
 
     def __repr__(self) -> str:
         return (f"PafCodec(input_size={self.input_size}, stride={self.stride}, sigma={self.sigma}, "
@@ -220,38 +230,60 @@ class PafCodec:
         labelled OpenPose-18 point, max over people, channel 18 = background = 1 - max. PAFs: for each
         limb with both ends labelled, the unit vector a -> b in every cell whose centre lies within
         ``paf_thickness`` cells of the segment; averaged where people overlap.
+
+        Heatmaps are separable Gaussians drawn densely (at these map sizes numpy's per-call cost, not
+        the cells, dominates). PAFs are drawn only near the skeleton: each limb's bounding box of
+        cells, the boxes of all people and limbs laid end to end as one flat list (:func:`_box_cells`),
+        the unit vectors summed with ``np.bincount``, which adds the people in order. The float64
+        operations per cell are those of a dense test of every cell for every (person, limb), so the
+        result is bit-identical to it (the test keeps that dense version), but the work grows with
+        the limb lengths instead of map area x limbs x people.
         """
         k = np.asarray(keypoints, dtype=np.float64).reshape(-1, 17, 3)
-        w, h = self.map_size
         op = coco17_to_openpose18(k)                                      # (P, 18, 3)
         lab = op[..., 2] > 0
+        return self._encode_heatmaps(op, lab), self._encode_pafs(op, lab)
+
+    def _encode_heatmaps(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        w, h = self.map_size
         inv = 1.0 / (2 * self.sigma ** 2)
         gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (P, 18, w)
         gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
-        g = gy[..., :, None] * gx[..., None, :]
-        g[g < _GAUSS_CUT] = 0.0
         heatmaps = np.zeros((NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
-        if len(k):
-            heatmaps[:-1] = g.max(axis=0)
+        if len(op):
+            peak = (gy[..., :, None] * gx[..., None, :]).max(axis=0)     # max over people, then the cut:
+            peak[peak < _GAUSS_CUT] = 0.0                                 # the same as cutting each first
+            heatmaps[:-1] = peak
         heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
+        return heatmaps
 
-        pafs = np.zeros((2 * len(OPENPOSE_LIMBS), h, w), dtype=np.float32)
-        if len(k):
-            a = self.to_map(op[:, self._limb_a, :2])                      # (P, L, 2)
-            v = self.to_map(op[:, self._limb_b, :2]) - a
-            length = np.sqrt((v * v).sum(axis=-1))
-            valid = lab[:, self._limb_a] & lab[:, self._limb_b] & (length > 1e-7)
-            u = v / np.where(valid, length, 1.0)[..., None]
-            rx = self._gx - a[..., 0, None, None]                         # (P, L, 1, w)
-            ry = self._gy - a[..., 1, None, None]                         # (P, L, h, 1)
-            t_raw = rx * u[..., 0, None, None] + ry * u[..., 1, None, None]  # position along the limb
-            t = np.minimum(np.maximum(t_raw, 0.0), length[..., None, None])  # nearest point of the segment
-            dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)            # |r - t u|^2
-            on = ((dist2 <= self.paf_thickness ** 2) & valid[..., None, None]).astype(np.float64)
-            count = np.maximum(on.sum(axis=0), 1.0)                       # (L, h, w)
-            pafs[self._paf_x] = np.einsum("plhw,pl->lhw", on, u[..., 0]) / count
-            pafs[self._paf_y] = np.einsum("plhw,pl->lhw", on, u[..., 1]) / count
-        return heatmaps, pafs
+    def _encode_pafs(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        w, h = self.map_size
+        th = self.paf_thickness
+        ends = self.to_map(op[..., :2])[:, self._limbs]                   # (P, L, a|b, x|y)
+        v = ends[..., 1, :] - ends[..., 0, :]
+        length = np.sqrt((v * v).sum(axis=-1))
+        valid = lab[:, self._limbs[:, 0]] & lab[:, self._limbs[:, 1]] & (length > 1e-7)
+        u = v / np.where(valid, length, 1.0)[..., None]
+        # the cells whose centre can lie within the thickness of the segment (1e-6 against rounding);
+        # an empty box for a limb that is not drawn
+        lo = np.maximum(np.ceil(ends.min(axis=-2) - (th + 1e-6)), 0)
+        hi = np.where(valid[..., None], np.minimum(np.floor(ends.max(axis=-2) + (th + 1e-6)), self._last_cell), -1)
+        box, xx, yy = _box_cells(lo.reshape(-1, 2).astype(np.int64), hi.reshape(-1, 2).astype(np.int64))
+        # per cell, in one gather: a, u and the length of its limb; boxes are person-major, so the
+        # cells of one limb come in the order of the people
+        per_limb = np.concatenate([ends[..., 0, :], u, length[..., None]], axis=-1).reshape(-1, 5)[box]
+        rx, ry, ux, uy = xx - per_limb[:, 0], yy - per_limb[:, 1], per_limb[:, 2], per_limb[:, 3]
+        t_raw = rx * ux + ry * uy                                         # position along the limb
+        t = np.minimum(np.maximum(t_raw, 0.0), per_limb[:, 4])            # nearest point of the segment
+        dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)                 # |r - t u|^2
+        on = dist2 <= th * th
+        # sum and count per (channel, cell): bincount adds in array order, i.e. people in order
+        key = (self._paf_offset[box[on] % len(self._limbs)] + (yy * w + xx)[on, None]).ravel()  # x, y channel
+        size = NUM_OPENPOSE_PAFS * h * w
+        pafs = np.zeros(size, dtype=np.float32)
+        pafs[key] = np.bincount(key, per_limb[on, 2:4].ravel(), size)[key] / np.bincount(key, minlength=size)[key]
+        return pafs.reshape(-1, h, w)
 
     # ----------------------------------------------------------------------- decoding
     def find_peaks(self, heatmaps, threshold: float = 0.1, radius: float = 6.0) -> list[np.ndarray]:

@@ -62,6 +62,7 @@ NUM_OPENPOSE_KEYPOINTS = len(OPENPOSE_KEYPOINTS)
 OPENPOSE_NECK = 1
 #: COCO index feeding each OpenPose keypoint; the neck (-1) is the mean of both shoulders.
 OPENPOSE_FROM_COCO: tuple[int, ...] = (0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
+_GATHER_FROM_COCO = np.array([max(c, 0) for c in OPENPOSE_FROM_COCO])  # neck row: computed instead
 #: OpenPose index feeding each COCO keypoint (inverse of the map above, neck unused).
 COCO_FROM_OPENPOSE: tuple[int, ...] = tuple(OPENPOSE_FROM_COCO.index(c) for c in range(NUM_COCO_KEYPOINTS))
 #: The 19 limbs in LW-OpenPose's grouping order (OpenPose-18 indices).
@@ -88,10 +89,7 @@ def coco17_to_openpose18(kpts) -> np.ndarray:
     k = np.asarray(kpts, dtype=np.float64)
     if k.shape[-2:] != (NUM_COCO_KEYPOINTS, 3):
         raise ValueError(f"expected (..., 17, 3) COCO keypoints, got shape {k.shape}")
-    out = np.zeros(k.shape[:-2] + (NUM_OPENPOSE_KEYPOINTS, 3), dtype=np.float64)
-    for op_i, coco_i in enumerate(OPENPOSE_FROM_COCO):
-        if coco_i >= 0:
-            out[..., op_i, :] = k[..., coco_i, :]
+    out = np.take(k, _GATHER_FROM_COCO, axis=-2)       # a C-ordered copy; the neck row is set below
     ls, rs = k[..., 5, :], k[..., 6, :]
     both = (ls[..., 2] > 0) & (rs[..., 2] > 0)
     out[..., OPENPOSE_NECK, :2] = np.where(both[..., None], (ls[..., :2] + rs[..., :2]) / 2, 0.0)

@@ -179,3 +179,143 @@ def test_paf_decode_empty_maps_give_nobody():
     heat, paf = codec.encode(np.zeros((0, 17, 3)))
     assert heat[18].min() == 1.0 and paf.max() == 0
     assert codec.decode(heat, paf) == []
+
+
+# --------------------------------------------------------------------------- PafCodec.encode: sparse == dense
+_CUT = float(np.exp(-4.6052))
+
+
+def _dense_encode_reference(codec: PafCodec, keypoints):
+    """The previous ``PafCodec.encode``, kept as the reference: every map cell of every (person, limb)
+    pair, a dense (P, L, h, w) test and an einsum over people. The sparse encoder must agree bit for bit."""
+    k = np.asarray(keypoints, dtype=np.float64).reshape(-1, 17, 3)
+    w, h = codec.map_size
+    shift = codec.stride / 2 - 0.5
+    cx = np.arange(w) * codec.stride + shift
+    cy = np.arange(h) * codec.stride + shift
+    op = coco17_to_openpose18(k)
+    lab = op[..., 2] > 0
+    inv = 1.0 / (2 * codec.sigma ** 2)
+    gx = np.exp(-((cx - op[..., 0, None]) ** 2) * inv)
+    gy = np.exp(-((cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
+    g = gy[..., :, None] * gx[..., None, :]
+    g[g < _CUT] = 0.0
+    heatmaps = np.zeros((19, h, w), dtype=np.float32)
+    if len(k):
+        heatmaps[:-1] = g.max(axis=0)
+    heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
+
+    limb_a = np.array([a for a, _ in OPENPOSE_LIMBS])
+    limb_b = np.array([b for _, b in OPENPOSE_LIMBS])
+    pafs = np.zeros((38, h, w), dtype=np.float32)
+    if len(k):
+        a = codec.to_map(op[:, limb_a, :2])
+        v = codec.to_map(op[:, limb_b, :2]) - a
+        length = np.sqrt((v * v).sum(axis=-1))
+        valid = lab[:, limb_a] & lab[:, limb_b] & (length > 1e-7)
+        u = v / np.where(valid, length, 1.0)[..., None]
+        rx = np.arange(w, dtype=np.float64) - a[..., 0, None, None]
+        ry = np.arange(h, dtype=np.float64)[:, None] - a[..., 1, None, None]
+        t_raw = rx * u[..., 0, None, None] + ry * u[..., 1, None, None]
+        t = np.minimum(np.maximum(t_raw, 0.0), length[..., None, None])
+        dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)
+        on = ((dist2 <= codec.paf_thickness ** 2) & valid[..., None, None]).astype(np.float64)
+        count = np.maximum(on.sum(axis=0), 1.0)
+        pafs[[cx for cx, _ in OPENPOSE_PAF_CHANNELS]] = np.einsum("plhw,pl->lhw", on, u[..., 0]) / count
+        pafs[[cy for _, cy in OPENPOSE_PAF_CHANNELS]] = np.einsum("plhw,pl->lhw", on, u[..., 1]) / count
+    return heatmaps, pafs
+
+
+def _assert_bitwise_equal(actual, expected, what):
+    assert actual.dtype == expected.dtype == np.float32 and actual.shape == expected.shape, what
+    diff = actual.view(np.uint32) != expected.view(np.uint32)
+    assert not diff.any(), f"{what}: {diff.sum()} cells differ, e.g. {np.argwhere(diff)[:3].tolist()}"
+
+
+def _crowd(rng, size, n):
+    """n people: random poses, jittered copies of one pose (3+ people on the same limbs and cells,
+    so the PAF average sums several unit vectors) and random visibility, some points off the map."""
+    w, h = size
+    out = []
+    for i in range(n):
+        if i % 3 == 2 and out:
+            p = out[-1].copy()
+            p[:, :2] += rng.normal(0, 2.0, (17, 2))
+        else:
+            p = _person(rng.uniform(-0.1, 1.1) * w, rng.uniform(0, 1) * h, rng.uniform(0.3, 2.5) * h / 256)
+        p[:, 2] = rng.choice([0, 1, 2], 17, p=[0.2, 0.2, 0.6])
+        out.append(p)
+    return np.stack(out) if out else np.zeros((0, 17, 3))
+
+
+@pytest.mark.parametrize("size,sigma,thickness", [
+    ((128, 128), 7.0, 1.0), ((368, 368), 7.0, 1.0), ((192, 256), 7.0, 1.0),
+    ((64, 96), 3.5, 0.5), ((128, 96), 12.0, 2.3), ((40, 48), 7.0, 1.0),
+])
+def test_paf_encode_is_bit_identical_to_the_dense_reference(size, sigma, thickness):
+    rng = np.random.default_rng(int(size[0] * sigma + size[1]))
+    codec = PafCodec(size, stride=8, sigma=sigma, paf_thickness=thickness)
+    for n in (0, 1, 2, 3, 4, 6, 9):
+        people = _crowd(rng, size, n)
+        heat, paf = codec.encode(people)
+        ref_heat, ref_paf = _dense_encode_reference(codec, people)
+        _assert_bitwise_equal(heat, ref_heat, f"heatmaps, {n} people")
+        _assert_bitwise_equal(paf, ref_paf, f"PAFs, {n} people")
+
+
+def test_paf_encode_bit_identical_on_cell_boundaries_and_degenerate_limbs():
+    """Limbs along grid lines at exactly the thickness from cell centres, zero-length limbs, exact duplicates."""
+    codec = PafCodec((128, 128), stride=8)
+    shift = codec.stride / 2 - 0.5
+    base = _person(64, 64)
+    grid = base.copy()
+    grid[:, :2] = np.round((grid[:, :2] - shift) / 8) * 8 + shift          # every point on a cell centre
+    zero = base.copy()
+    zero[6, :2] = zero[8, :2] = zero[10, :2] = [40.0, 40.0]                # r_sho -> r_elb -> r_wri: length 0
+    shifted = grid.copy()
+    shifted[:, 0] += 8.0 * codec.paf_thickness                             # exactly one thickness sideways
+    for people in ([grid], [zero], [grid, grid, grid], [grid, shifted], [base, grid, zero, shifted]):
+        people = np.stack(people)
+        heat, paf = codec.encode(people)
+        ref_heat, ref_paf = _dense_encode_reference(codec, people)
+        _assert_bitwise_equal(heat, ref_heat, "heatmaps")
+        _assert_bitwise_equal(paf, ref_paf, "PAFs")
+    assert np.abs(codec.encode(np.stack([grid, grid, grid]))[1]).max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_paf_encode_handles_people_far_outside_the_map():
+    codec = PafCodec((128, 128), stride=8)
+    far = np.stack([_person(-500, 64), _person(64, 2000), _person(60, 64)])
+    heat, paf = codec.encode(far)
+    ref_heat, ref_paf = codec.encode(far[2:])
+    _assert_bitwise_equal(heat, ref_heat, "heatmaps")
+    _assert_bitwise_equal(paf, ref_paf, "PAFs")
+
+
+# --------------------------------------------------------------------------- keypoint conversion
+def test_coco17_to_openpose18_by_name_with_the_neck_rule():
+    from posekd_lib.keypoints import COCO_KEYPOINTS, OPENPOSE_KEYPOINTS
+
+    side = {"r": "right", "l": "left"}
+    part = {"sho": "shoulder", "elb": "elbow", "wri": "wrist", "hip": "hip", "knee": "knee", "ank": "ankle",
+            "eye": "eye", "ear": "ear"}
+    rng = np.random.default_rng(3)
+    k = np.concatenate([rng.uniform(0, 100, (4, 17, 2)), rng.integers(0, 3, (4, 17, 1))], axis=-1)
+    k[0, 5, 2], k[1, 6, 2] = 0, 0                                          # one shoulder missing
+    before = k.copy()
+    op = coco17_to_openpose18(k)
+    assert op.shape == (4, 18, 3) and op.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(k, before)                               # input untouched
+    for i, name in enumerate(OPENPOSE_KEYPOINTS):
+        if name == "neck":
+            continue
+        coco = name if name == "nose" else f"{side[name[0]]}_{part[name[2:]]}"
+        np.testing.assert_array_equal(op[:, i], k[:, COCO_KEYPOINTS.index(coco)], err_msg=name)
+    neck = op[:, 1]
+    np.testing.assert_array_equal(neck[:2], 0.0)                           # needs both shoulders
+    both = (k[2:, 5, 2] > 0) & (k[2:, 6, 2] > 0)
+    np.testing.assert_allclose(neck[2:, :2][both], ((k[2:, 5, :2] + k[2:, 6, :2]) / 2)[both])
+    np.testing.assert_array_equal(neck[2:, 2][both], np.minimum(k[2:, 5, 2], k[2:, 6, 2])[both])
+    op[...] = -1
+    np.testing.assert_array_equal(k, before)                               # output is a copy
+    np.testing.assert_array_equal(coco17_to_openpose18(k[3]), coco17_to_openpose18(k)[3])
