@@ -3,6 +3,10 @@
 Run from the repository root:  python notebooks/solutions/07_unlabelled_kd_solutions.py
 (quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
 numbers only show that the code works — run in workshop mode for meaningful ones).
+
+The numbers quoted in the answers below were measured with the earlier demo teacher (HRNet-W8,
+AP 0.050) and the old workshop budget (500 steps, HRNet's augmentation); docs/history.md has
+them all. With today's teacher and budget the absolute numbers are higher: re-run to compare.
 """
 from __future__ import annotations
 
