@@ -532,7 +532,19 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
                                                  input_size=b.input_size, **settings)
     recipe = json.loads(json.dumps({"setting": tag, "method": method, **settings},
                                    default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
+    recipe["teacher"] = weights_fingerprint(teacher) if teacher is not None else None  # new teacher: new run
     return _KDFactory(build, recipe)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's state (names, shapes, dtypes and values of every tensor), so that a
+    distilled run's recipe names the teacher it was distilled from."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:12]
 
 
 class _KDFactory:
@@ -655,6 +667,12 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     common = dict(out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
                   save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
     run_dirs = (root / f"{name}_float", root / f"{name}_qat")
+    teacher_id = weights_fingerprint(teacher) if kd is not None else None
+    stored = _read_json(run_dirs[1] / "run_info.json") or {}
+    if kd is not None and stored and stored.get("teacher") != teacher_id:  # a finished run of another teacher
+        raise ValueError(f"run {name!r} in {root} was distilled from another teacher (stored "
+                         f"{stored.get('teacher')!r}, asked {teacher_id!r}); use another tag, or delete "
+                         f"{run_dirs[0].name} and {run_dirs[1].name} to retrain")
     done_before = sum(History.steps_done(d) for d in run_dirs)
     t0 = time.perf_counter()
     _upgrade_checkpoints(run_dirs[0], trainee)
@@ -669,7 +687,8 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     info = _read_json(run_dir / "run_info.json") or {}
     if sum(History.steps_done(d) for d in run_dirs) > done_before:   # trained now (not only loaded)
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + wall, 1)
-    info.update(variant=variant, kd=kd, seed=seed, steps=[float_steps, qat_steps], policy=policy)
+    info.update(variant=variant, kd=kd, seed=seed, steps=[float_steps, qat_steps], policy=policy,
+                teacher=teacher_id)
     _write_json(run_dir / "run_info.json", info)
 
     metrics, results = {}, {}

@@ -193,7 +193,8 @@ def test_a_cached_kd_run_remembers_its_settings():
     recipe = experiments.kd_recipe("feature", teacher, "squeezenet", "quick")
     assert recipe.recipe == {"setting": "feature", "method": "feature", "teacher_input_size": None,
                              "pairs": experiments.FEATURE_PAIRS["squeezenet"],
-                             **{k: v for k, v in experiments.KD_SETTINGS["feature"].items() if k != "method"}}
+                             **{k: v for k, v in experiments.KD_SETTINGS["feature"].items() if k != "method"},
+                             "teacher": experiments.weights_fingerprint(teacher)}
     run = train_student("squeezenet", steps=1, tag="kdrec", progress=False, kd=recipe)
     stored = experiments._read_json(run.run_dir / "run_info.json")["recipe"]
     assert stored["kd"] == recipe.recipe and stored["loss"] == "kd"
@@ -211,6 +212,21 @@ def test_a_cached_kd_run_remembers_its_settings():
     with pytest.raises(ValueError, match="another recipe.*'kd'"):        # other β, same tag: refused
         train_student("squeezenet", steps=1, tag="kdrec", progress=False,
                       kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick", beta=0.5))
+    other = _random_teacher()
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)                               # another teacher, same architecture
+    with pytest.raises(ValueError, match="another recipe.*'kd'"):        # same settings, new teacher: refused
+        train_student("squeezenet", steps=1, tag="kdrec", progress=False,
+                      kd=experiments.kd_recipe("feature", other, "squeezenet", "quick"))
+
+
+def test_weights_fingerprint_follows_the_values():
+    a, b = _random_teacher(), _random_teacher()
+    assert experiments.weights_fingerprint(a) == experiments.weights_fingerprint(b)   # same seed, same weights
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert experiments.weights_fingerprint(a) != experiments.weights_fingerprint(b)
+    assert len(experiments.weights_fingerprint(a)) == 12
 
 
 def test_localization_summary_separates_placement_from_ranking():
