@@ -288,6 +288,30 @@ def gap_closed(ap: float, baseline_ap: float, teacher_ap: float) -> float:
     return (ap - baseline_ap) / gap if gap > 0 else float("nan")
 
 
+def gap_by_budget(ap: dict, teacher_ap: float, kd_key="kd") -> list[dict]:
+    """Pair baseline and KD runs by (steps, seed) and summarise the gap closed at each budget.
+
+    ``ap`` maps ``(which, steps, seed)`` to an AP, ``which`` being ``"baseline"`` or ``kd_key``; only
+    complete pairs count. One dict per budget, fewest steps first: ``steps``, ``seeds`` (list),
+    ``baseline_AP``, ``kd_AP`` and ``closed`` (:func:`gap_closed` per seed against that seed's
+    baseline), each a mean over the seeds with ``<key>_pm``, half the range; ``closed_per_seed`` in
+    ``seeds`` order.
+    """
+    out = []
+    for steps in sorted({s for _, s, _ in ap}):
+        seeds = sorted(sd for w, s, sd in ap if w == "baseline" and s == steps and (kd_key, s, sd) in ap)
+        if not seeds:
+            continue
+        base = np.array([ap["baseline", steps, sd] for sd in seeds])
+        kd = np.array([ap[kd_key, steps, sd] for sd in seeds])
+        closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
+        row = {"steps": steps, "seeds": seeds, "closed_per_seed": [float(c) for c in closed]}
+        for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
+            row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
+        out.append(row)
+    return out
+
+
 def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
     """Fraction of labelled GT points (v > 0) predicted within ``thr`` x the person's size.
 

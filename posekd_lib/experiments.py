@@ -248,9 +248,10 @@ def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag:
     ``steps`` column. Baseline and KD runs are paired by (steps, seed) and only complete pairs count.
     One dict per budget, fewest steps first: ``steps``, ``seeds`` (list), ``baseline_AP``,
     ``kd_AP`` and ``closed`` (``evaluation.gap_closed`` per seed against that seed's baseline), each
-    a mean over the seeds with ``<key>_pm``, half the range; ``closed_per_seed`` in ``seeds`` order.
+    a mean over the seeds with ``<key>_pm``, half the range; ``closed_per_seed`` in ``seeds`` order
+    (:func:`~posekd_lib.evaluation.gap_by_budget`).
     """
-    from .evaluation import gap_closed
+    from .evaluation import gap_by_budget
 
     pattern = re.compile(rf"(baseline|{re.escape(kd_tag)})(?:_\d+)?(?: s\d+)?")
     ap = {}
@@ -261,19 +262,7 @@ def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag:
         if r.get("steps") in (None, ""):
             raise KeyError(f"results row {student_name}/{r['setting']} has no 'steps' value")
         ap[m.group(1), int(r["steps"]), int(r.get("seed") or 0)] = float(r["AP"])
-    out = []
-    for steps in sorted({s for _, s, _ in ap}):
-        seeds = sorted(sd for k, s, sd in ap if k == "baseline" and s == steps and (kd_tag, s, sd) in ap)
-        if not seeds:
-            continue
-        base = np.array([ap["baseline", steps, sd] for sd in seeds])
-        kd = np.array([ap[kd_tag, steps, sd] for sd in seeds])
-        closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
-        row = {"steps": steps, "seeds": seeds, "closed_per_seed": [float(c) for c in closed]}
-        for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
-            row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
-        out.append(row)
-    return out
+    return gap_by_budget(ap, teacher_ap, kd_key=kd_tag)
 
 
 def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: float, cache_dir: Path,
@@ -662,12 +651,14 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     torch.manual_seed(seed)
     model = ai85posenet(variant)
     trainee = HeatmapView(model)
+    teacher_id = None
     if kd is not None:  # one distiller for both phases: its KD schedule runs over float + QAT steps
-        trainee = kd_recipe(kd, teacher, variant, mode)(trainee, float_steps + qat_steps)
+        factory = kd_recipe(kd, teacher, variant, mode)
+        teacher_id = factory.recipe["teacher"]
+        trainee = factory(trainee, float_steps + qat_steps)
     common = dict(out_dir=root, seed=seed, device=b.device, threads=b.threads, progress=progress,
                   save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
     run_dirs = (root / f"{name}_float", root / f"{name}_qat")
-    teacher_id = weights_fingerprint(teacher) if kd is not None else None
     stored = _read_json(run_dirs[1] / "run_info.json") or {}
     if kd is not None and stored and stored.get("teacher") != teacher_id:  # a finished run of another teacher
         raise ValueError(f"run {name!r} in {root} was distilled from another teacher (stored "

@@ -754,9 +754,7 @@ def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunC
     one dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
     ``closed`` (each with ``<key>_pm``, half the range over seeds) and ``closed_per_seed``.
     """
-    import numpy as np
-
-    from .evaluation import gap_closed
+    from .evaluation import gap_by_budget
 
     if baseline_cfg is None:
         baseline_cfg = dataclasses.replace(kd_cfg, distill=DistillConfig(), stages=["train", "evaluate"])
@@ -765,16 +763,4 @@ def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunC
         rows = rows_like(table, c)
         for _, r in rows[rows["AP"].notna()].iterrows():
             ap[which, int(r["budget.steps"]), int(r["seed"])] = float(r["AP"])
-    out = []
-    for steps in sorted({s for _, s, _ in ap}):
-        seeds = sorted(sd for w, s, sd in ap if w == "baseline" and s == steps and ("kd", s, sd) in ap)
-        if not seeds:
-            continue
-        base = np.array([ap["baseline", steps, sd] for sd in seeds])
-        kd = np.array([ap["kd", steps, sd] for sd in seeds])
-        closed = np.array([gap_closed(k, b, teacher_ap) for k, b in zip(kd, base)])
-        row = {"steps": steps, "seeds": seeds, "closed_per_seed": [float(c) for c in closed]}
-        for key, v in (("baseline_AP", base), ("kd_AP", kd), ("closed", closed)):
-            row[key], row[key + "_pm"] = float(v.mean()), float(np.ptp(v) / 2)
-        out.append(row)
-    return out
+    return gap_by_budget(ap, teacher_ap)
