@@ -62,7 +62,7 @@ class HeatmapCodec:
         mu = mu.astype(np.int64)
         gx = self._profile[np.minimum(np.abs(self._xs - mu[..., 0, None]), m)]
         gy = self._profile[np.minimum(np.abs(self._ys - mu[..., 1, None]), m)] * weight[..., None]
-        heatmaps = np.einsum("...i,...j->...ij", gy, gx)
+        heatmaps = gy[..., :, None] * gx[..., None, :]                     # outer products (einsum: 6x slower)
         return heatmaps.astype(np.float32, copy=False), weight
 
     def decode(self, heatmaps: torch.Tensor, method: str = "official") -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,18 +147,32 @@ def augmentation(name_or_config: "str | AugConfig | None") -> AugConfig:
     return AUGMENTATIONS[name_or_config]()
 
 
-def colour_jitter(rgb: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness, contrast and saturation factors in ``1 ± cfg.<name>`` (uint8 in and out).
-
-    Applied in that order; all three are linear, so they fold into one ``a·x + b·gray + c`` pass.
-    """
+def jitter_factors(cfg: AugConfig, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Random brightness, contrast and saturation factors in ``1 ± cfg.<name>`` (drawn in that order)."""
     b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) if cfg.brightness else 1.0
     c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else 1.0
     s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation else 1.0
+    return float(b), float(c), float(s)
+
+
+def jitter_weights(factors) -> tuple[float, float, float]:
+    """``(a, g, m)`` of the jitter ``a·x + g·gray + m·mean(gray)`` for factors ``(b, c, s)``.
+
+    Brightness, contrast and saturation are all linear, so applied in that order they fold into
+    one pass; the batched device path (:mod:`posekd_lib.device_data`) uses the same weights.
+    """
+    b, c, s = factors
+    return s * c * b, (1 - s) * c * b, (1 - c) * b
+
+
+def colour_jitter(rgb: np.ndarray, cfg: AugConfig, rng: np.random.Generator, factors=None) -> np.ndarray:
+    """Random brightness, contrast and saturation (uint8 in and out); ``factors`` as drawn by
+    :func:`jitter_factors`, or drawn here from ``rng``."""
+    a, g, m = jitter_weights(factors if factors is not None else jitter_factors(cfg, rng))
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     mean = float(gray.mean())
     gray3 = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(rgb, s * c * b, gray3, (1 - s) * c * b, (1 - c) * b * mean)
+    return cv2.addWeighted(rgb, a, gray3, g, m * mean)
 
 
 def half_body_box(joints: np.ndarray, aspect_ratio: float, rng: np.random.Generator):
@@ -270,14 +284,17 @@ class TopDownDataset(Dataset):
     def image_path(self, index: int) -> Path:
         return self.img_dir / self.images[self.samples[index]["image_id"]]["file_name"]
 
-    def __getitem__(self, index: int) -> dict:
+    def draw(self, index: int, image_width: int, rng: np.random.Generator | None) -> dict:
+        """One sample's crop geometry and colour factors: ``joints`` (image pixels, flipped when the
+        sample is), ``center``, ``scale``, ``rot``, ``flipped``, ``M`` (image -> crop, for the joints),
+        ``warp`` (the matrix that cuts the crop out of the unflipped image) and ``colour`` (jitter
+        factors, None without training). ``rng`` draws the augmentation (None: no augmentation);
+        :meth:`__getitem__` and the batched device path both cut their crops from this."""
         s = self.samples[index]
-        img = read_rgb(self.image_path(index), f"sample {index}, image id {s['image_id']}")
         joints = s["joints"].copy()
         center, scale, rot, flipped = s["center"].copy(), s["scale"].copy(), 0.0, False
-
-        rng = sample_rng() if self.train else None
-        if self.train:
+        colour = None
+        if self.train and rng is not None:
             cfg = self.aug
             if (cfg.half_body_prob and (joints[:, 2] > 0).sum() > cfg.half_body_min_joints
                     and rng.random() < cfg.half_body_prob):
@@ -289,18 +306,38 @@ class TopDownDataset(Dataset):
             if rng.random() <= cfg.rotation_prob:
                 rot = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
             if rng.random() < cfg.flip_prob:
-                joints = fliplr_keypoints(joints, img.shape[1], self.flip_pairs)
-                center[0] = img.shape[1] - center[0] - 1
+                joints = fliplr_keypoints(joints, image_width, self.flip_pairs)
+                center[0] = image_width - center[0] - 1
                 flipped = True
-
+            colour = jitter_factors(cfg, rng)
         M = get_affine_transform(center, scale, rot, self.input_size)
         # a flipped sample crops the mirrored image: fold the mirror x -> W - 1 - x into the warp
-        warp = M @ np.array([[-1.0, 0, img.shape[1] - 1], [0, 1, 0], [0, 0, 1]]) if flipped else M
-        crop = cv2.warpAffine(img, warp, self.input_size, flags=cv2.INTER_LINEAR)
-        if self.train:
-            crop = colour_jitter(crop, self.aug, rng)
+        warp = M @ np.array([[-1.0, 0, image_width - 1], [0, 1, 0], [0, 0, 1]]) if flipped else M
+        return {"joints": joints, "center": center, "scale": scale, "rot": rot, "flipped": flipped, "M": M,
+                "warp": warp, "colour": colour}
+
+    def crop_joints(self, geo: dict) -> np.ndarray:
+        """The drawn joints in crop pixels (unlabelled ones stay 0)."""
+        joints = geo["joints"].copy()
         labelled = joints[:, 2:3] > 0
-        joints[:, :2] = np.where(labelled, affine_points(joints, M), 0.0)
+        joints[:, :2] = np.where(labelled, affine_points(joints, geo["M"]), 0.0)
+        return joints
+
+    def meta(self, index: int, geo: dict) -> dict:
+        s = self.samples[index]
+        return {"index": index, "image_id": s["image_id"], "ann_id": s["ann_id"],
+                "center": torch.from_numpy(geo["center"].astype(np.float32)),
+                "scale": torch.from_numpy(np.asarray(geo["scale"], dtype=np.float32)),
+                "rotation": float(geo["rot"]), "area": s["area"], "score": s["score"], "flipped": geo["flipped"]}
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        img = read_rgb(self.image_path(index), f"sample {index}, image id {s['image_id']}")
+        geo = self.draw(index, img.shape[1], sample_rng() if self.train else None)
+        crop = cv2.warpAffine(img, geo["warp"], self.input_size, flags=cv2.INTER_LINEAR)
+        if geo["colour"] is not None:
+            crop = colour_jitter(crop, self.aug, None, geo["colour"])
+        joints = self.crop_joints(geo)
         target, weight = self.codec.encode(joints)
         if self.use_joints_weight:
             weight = weight * COCO_JOINTS_WEIGHT
@@ -309,12 +346,7 @@ class TopDownDataset(Dataset):
             "target": torch.from_numpy(target),
             "target_weight": torch.from_numpy(weight.astype(np.float32)),
             "joints": torch.from_numpy(joints.astype(np.float32)),
-            "meta": {
-                "index": index, "image_id": s["image_id"], "ann_id": s["ann_id"],
-                "center": torch.from_numpy(center.astype(np.float32)),
-                "scale": torch.from_numpy(np.asarray(scale, dtype=np.float32)),
-                "rotation": float(rot), "area": s["area"], "score": s["score"], "flipped": flipped,
-            },
+            "meta": self.meta(index, geo),
         }
 
 

@@ -133,7 +133,19 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: the config's data.mode, "
                                                   "else $POSEKD_MODE, else workshop)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--device", default=None, help="train on this device (cpu, cuda, auto; default: the budget's); "
+                                                    "the run and its folder stay the same")
+    ap.add_argument("--loader", default=None, choices=("cpu", "device"),
+                    help="device: cut whole batches on the training device (a GPU's data path; default: the budget's)")
     args = ap.parse_args(argv)
+    from .experiments import budget_fields
+
+    where = {k: v for k, v in (("device", args.device), ("loader", args.loader)) if v is not None}
+    with budget_fields(**where):
+        return _run_all(args)
+
+
+def _run_all(args) -> int:
     import pandas as pd
 
     try:
