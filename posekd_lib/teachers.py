@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import REPO_ROOT, get_mode, run_paths
 
-DEMO_NAME = "demo_w16_128x96_ft"
+DEMO_NAME = "demo_w16_128x96_ft2"
 DEMO_CONFIG = "w16_128x96"
 DEMO_WEIGHTS = REPO_ROOT / "hrnet_pose" / "weights" / f"{DEMO_NAME}.pt"
 FULL_CONFIG = "w48_384x288"
