@@ -16,13 +16,12 @@ Each job runs as its own process (``python -m posekd_lib.run ... --device cuda -
 logging to ``OUT/logs``; the ones still running at ``--deadline-s`` are stopped (their folders keep a
 resumable ``latest.pt``). Then ``OUT`` receives the teacher's weights, card and curve, and
 ``reference_runs.tar.gz``: per run its config, recipe, history, metrics and an fp16 copy of the
-trained weights (``model_fp16.pt``). ``posekd_lib.reference`` reads them back.
+trained weights (``model_fp16.pt``): ``posekd_lib.reference.install`` puts them under ``reference/``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -36,7 +35,6 @@ TEACHER_NAME = "demo_w16_128x96_gpu"
 TEACHER_INIT = "hrnet_pose/weights/demo_w16_128x96_ft2.pt"
 BASELINES = [("baseline_squeezenet", s) for s in (0, 1, 2)]
 DISTILLED = [(c, s) for c in ("fpd_squeezenet", "feature_squeezenet") for s in (0, 1, 2)] + [("ai8x_tiny_fpd", 0)]
-RUN_FILES = ("config.yaml", "run_info.json", "history.json", "val_metrics.json")
 
 
 def _env(threads: int, mode: str) -> dict:
@@ -92,35 +90,6 @@ def _run_jobs(jobs: dict[str, list[str]], logs: Path, deadline: float, threads: 
     return codes
 
 
-def _fp16_weights(ckpt: Path) -> bytes:
-    import torch
-
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    buf = io.BytesIO()
-    torch.save(half, buf)
-    return buf.getvalue()
-
-
-def _pack_runs(out: Path, mode: str, prefix: str = "ref_") -> list[str]:
-    root = REPO / "runs" / mode / "checkpoints"
-    names = []
-    with tarfile.open(out / "reference_runs.tar.gz", "w:gz") as tar:
-        for run in sorted(root.glob(f"{prefix}*")):
-            for f in RUN_FILES:
-                if (run / f).is_file():
-                    tar.add(run / f, arcname=f"{run.name}/{f}")
-            for sub in sorted(run.glob("eval_*/val_metrics.json")):
-                tar.add(sub, arcname=f"{run.name}/{sub.parent.name}/{sub.name}")
-            if (run / "latest.pt").is_file():
-                data = _fp16_weights(run / "latest.pt")
-                info = tarfile.TarInfo(f"{run.name}/model_fp16.pt")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            names.append(run.name)
-    return names
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=("teacher", "students"))
@@ -166,7 +135,10 @@ def main(argv=None) -> int:
         curve = REPO / "images" / f"{args.teacher_name}_curve.png"
         if curve.is_file():
             (args.out / curve.name).write_bytes(curve.read_bytes())
-    packed = _pack_runs(args.out, args.mode)
+    from posekd_lib.config import run_paths
+    from posekd_lib.reference import pack_runs
+
+    packed = pack_runs(run_paths(args.mode).checkpoints, args.out / "reference_runs.tar.gz")
     with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
         tar.add(logs, arcname="logs")
     summary = {"phase": args.phase, "codes": codes, "runs": packed, "steps": args.steps,

@@ -1,0 +1,42 @@
+"""Reference runs: pack a trained run folder, install it, read its table row and its student back."""
+import tarfile
+
+import pytest
+import torch
+
+from posekd_lib import runconfig as rc
+from posekd_lib.config import REPO_ROOT, run_paths
+from posekd_lib.reference import install, load_reference_student, pack_runs, reference_table
+from posekd_lib.run import prepare, run_config
+
+
+def test_pack_install_table_and_load(tmp_path):
+    cfg = prepare(REPO_ROOT / "configs" / "baseline_squeezenet.yaml", ["optim.steps=2", "name=ref_baseline"], "quick")
+    row = run_config(cfg, progress=False)
+    run = rc.train_run(cfg, progress=False)          # the finished run, loaded
+    tar = tmp_path / "runs.tar.gz"
+    assert pack_runs(run_paths("quick").checkpoints, tar) == ["ref_baseline_squeezenet_s0"]
+    (folder,) = install(tar, tmp_path / "reference")
+    table = reference_table(tmp_path / "reference")
+    assert table.loc[0, "run"] == folder.name and table.loc[0, "steps"] == 2
+    assert table.loc[0, "AP"] == pytest.approx(row["AP"]) and table.loc[0, "config"] == "ref_baseline"
+    student = load_reference_student(folder.name, tmp_path / "reference")
+    x = torch.randn(2, 3, 128, 96)
+    run.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), run.model(x), rtol=0.02, atol=0.02)  # float16 weights
+
+
+def test_install_refuses_paths_outside_the_folder(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    (tmp_path / "x").write_text("x")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tmp_path / "x", arcname="../escape.txt")
+    with pytest.raises(ValueError, match="escape.txt"):
+        install(bad, tmp_path / "reference")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "reference").exists()
+
+
+def test_unknown_run_names_the_installed_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no reference run 'nope'"):
+        load_reference_student("nope", tmp_path)
