@@ -46,7 +46,7 @@ STUDENTS: dict[str, tuple[str, dict]] = {
     "mobilenetv3": ("mobilenetv3", {}),
     "mobilenetv3_os16": ("mobilenetv3", {"output_stride": 16}),
 }
-LOSSES = ("mse", "awing")
+LOSSES = ("mse", "awing", "mse_ce")
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,13 @@ def _device(name: str) -> torch.device:
 
 
 def build_loss(loss: str) -> Callable:
-    """``fit``'s ``loss_fn`` for a loss name: ``"mse"`` (HRNet's JointsMSE) or ``"awing"`` (Adaptive Wing)."""
-    from .losses import adaptive_wing, batch_loss, joints_mse
+    """``fit``'s ``loss_fn`` for a loss name: ``"mse"`` (HRNet's JointsMSE), ``"awing"`` (Adaptive
+    Wing) or ``"mse_ce"`` (the MSE plus a small spatial-softmax cross-entropy, ``losses.mse_with_ce``)."""
+    from .losses import adaptive_wing, batch_loss, joints_mse, mse_with_ce
 
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
-    return batch_loss(joints_mse if loss == "mse" else adaptive_wing)
+    return batch_loss({"mse": joints_mse, "awing": adaptive_wing, "mse_ce": mse_with_ce}[loss])
 
 
 #: Students whose CPU training is slower under bf16 autocast (measured: mobilenetv3 0.43 s against
