@@ -72,12 +72,15 @@ def run_curve(args) -> dict:
     out_dir = run_paths(mode).root / "curves"
     recipe = {"model": args.model, "aug": args.aug, "lr": args.lr, "batch": args.batch, "steps": args.steps,
               "amp": args.amp, "sigma": sigma, "seed": args.seed, "input_size": list(input_size),
-              "heatmap_size": list(heatmap_size), "val_images": len(img_ids), "scheduler": args.scheduler}
+              "heatmap_size": list(heatmap_size), "val_images": len(img_ids), "scheduler": args.scheduler,
+              **({"loss": args.loss} if args.loss != "mse" else {})}
     info_file = out_dir / name / "curve.json"
     if info_file.is_file() and json.loads(info_file.read_text())["recipe"] != recipe:
         raise SystemExit(f"{info_file} holds a curve of another recipe; pass another --name")
     t0 = time.perf_counter()
-    history = fit(model, loader, max_steps=args.steps, lr=args.lr, scheduler=args.scheduler, amp=args.amp,
+    from posekd_lib.experiments import build_loss
+
+    history = fit(model, loader, loss_fn=build_loss(args.loss), max_steps=args.steps, lr=args.lr, scheduler=args.scheduler, amp=args.amp,
                   device=args.device, out_dir=out_dir, run_name=name, seed=args.seed, threads=args.threads,
                   evaluate_fn=curve_evaluator(splits.val, img_ids, input_size, heatmap_size, sigma),
                   eval_every_steps=args.eval_every, save_every_steps=100, log_every=20,
@@ -119,6 +122,7 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--val-images", type=int, default=150)
     ap.add_argument("--sigma", type=float, default=None)
+    ap.add_argument("--loss", default="mse", help="experiments.LOSSES name (mse, awing, mse_ce)")
     ap.add_argument("--amp", default=None, help="bf16: autocast on the CPU (fast on AMX / AVX512-BF16 cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)

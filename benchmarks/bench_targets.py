@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/bench_targets.py``. Prints, from one run:
   1. top-down heatmaps (17 x 64 x 48, σ=2) per sample: loop reference vs ``HeatmapCodec.encode``;
-  2. bottom-up heatmaps + PAFs (OpenPose 19 + 38 channels) per sample: loop vs ``PafCodec.encode``;
+  2. bottom-up heatmaps + PAFs (OpenPose 19 + 38 channels) per sample: loop vs ``PafCodec.encode``,
+     and per image of a 32-image batch through ``PafCodec.encode_batch``;
   3. ``TopDownDataset`` samples/s with training augmentation (real COCO sample when present, else a
      generated image folder), in-process and through a 2-worker DataLoader.
 The loop versions are written here as the reference; the script asserts both agree numerically.
@@ -174,6 +175,13 @@ def main():
         print(f"heatmaps+PAFs {size[0]}x{size[1]} ({people_n} people, 57x{paf_codec.map_size[1]}x"
               f"{paf_codec.map_size[0]})  loop {t_loop * 1e3:8.2f} ms   vectorized {t_vec * 1e6:8.1f} us   "
               f"speed-up {t_loop / t_vec:7.0f}x")
+        # a training batch of 32 images encoded in one call (each image's maps equal encoding it alone)
+        batch = [people + rng.normal(0, 1.0, people.shape) * [1, 1, 0] for _ in range(32)]
+        heat_b, paf_b = paf_codec.encode_batch(batch)
+        np.testing.assert_array_equal(paf_b[0], paf_codec.encode(batch[0])[1])
+        (t_batch,) = per_call(lambda: paf_codec.encode_batch(batch), repeats=5)
+        print(f"  in batches of 32 images (encode_batch): {t_batch / 32 * 1e6:8.1f} us per image   "
+              f"speed-up {t_loop * 32 / t_batch:7.0f}x")
 
     # 3. data loading
     with tempfile.TemporaryDirectory() as tmp:

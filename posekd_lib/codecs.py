@@ -239,51 +239,65 @@ class PafCodec:
         result is bit-identical to it (the test keeps that dense version), but the work grows with
         the limb lengths instead of map area x limbs x people.
         """
-        k = np.asarray(keypoints, dtype=np.float64).reshape(-1, 17, 3)
-        op = coco17_to_openpose18(k)                                      # (P, 18, 3)
+        heatmaps, pafs = self.encode_batch([keypoints])
+        return heatmaps[0], pafs[0]
+
+    def encode_batch(self, people) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode` of a batch of images at once: ``people[i]`` is image i's ``(P_i, 17, 3)``
+        keypoints -> ``(heatmaps (B, 19, h, w), pafs (B, 38, h, w))``, equal bit for bit to encoding
+        each image alone. The images' people are padded to the largest count with unlabelled people
+        (which draw nothing), so numpy's per-call cost is paid once per batch rather than per image."""
+        ks = [np.asarray(p, dtype=np.float64).reshape(-1, 17, 3) for p in people]
+        k = np.zeros((len(ks), max((len(x) for x in ks), default=0), 17, 3))
+        for i, x in enumerate(ks):
+            k[i, :len(x)] = x
+        op = coco17_to_openpose18(k)                                      # (B, P, 18, 3)
         lab = op[..., 2] > 0
         return self._encode_heatmaps(op, lab), self._encode_pafs(op, lab)
 
     def _encode_heatmaps(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
         w, h = self.map_size
         inv = 1.0 / (2 * self.sigma ** 2)
-        gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (P, 18, w)
+        gx = np.exp(-((self._cx - op[..., 0, None]) ** 2) * inv)          # separable: (B, P, 18, w)
         gy = np.exp(-((self._cy - op[..., 1, None]) ** 2) * inv) * lab[..., None]
-        heatmaps = np.zeros((NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
-        if len(op):
-            peak = (gy[..., :, None] * gx[..., None, :]).max(axis=0)     # max over people, then the cut:
+        heatmaps = np.zeros((len(op), NUM_OPENPOSE_KEYPOINTS + 1, h, w), dtype=np.float32)
+        if op.shape[1]:
+            peak = (gy[..., :, None] * gx[..., None, :]).max(axis=1)     # max over people, then the cut:
             peak[peak < _GAUSS_CUT] = 0.0                                 # the same as cutting each first
-            heatmaps[:-1] = peak
-        heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
+            heatmaps[:, :-1] = peak
+        heatmaps[:, -1] = 1.0 - heatmaps[:, :-1].max(axis=1)
         return heatmaps
 
     def _encode_pafs(self, op: np.ndarray, lab: np.ndarray) -> np.ndarray:
         w, h = self.map_size
-        th = self.paf_thickness
-        ends = self.to_map(op[..., :2])[:, self._limbs]                   # (P, L, a|b, x|y)
+        n_img, n_people = op.shape[:2]
+        th, n_limbs = self.paf_thickness, len(self._limbs)
+        ends = self.to_map(op[..., :2])[:, :, self._limbs]                # (B, P, L, a|b, x|y)
         v = ends[..., 1, :] - ends[..., 0, :]
         length = np.sqrt((v * v).sum(axis=-1))
-        valid = lab[:, self._limbs[:, 0]] & lab[:, self._limbs[:, 1]] & (length > 1e-7)
+        valid = lab[..., self._limbs[:, 0]] & lab[..., self._limbs[:, 1]] & (length > 1e-7)
         u = v / np.where(valid, length, 1.0)[..., None]
         # the cells whose centre can lie within the thickness of the segment (1e-6 against rounding);
         # an empty box for a limb that is not drawn
         lo = np.maximum(np.ceil(ends.min(axis=-2) - (th + 1e-6)), 0)
         hi = np.where(valid[..., None], np.minimum(np.floor(ends.max(axis=-2) + (th + 1e-6)), self._last_cell), -1)
         box, xx, yy = _box_cells(lo.reshape(-1, 2).astype(np.int64), hi.reshape(-1, 2).astype(np.int64))
-        # per cell, in one gather: a, u and the length of its limb; boxes are person-major, so the
-        # cells of one limb come in the order of the people
+        # per cell, in one gather: a, u and the length of its limb; boxes are image- then person-major,
+        # so the cells of one limb of one image come in the order of its people
         per_limb = np.concatenate([ends[..., 0, :], u, length[..., None]], axis=-1).reshape(-1, 5)[box]
         rx, ry, ux, uy = xx - per_limb[:, 0], yy - per_limb[:, 1], per_limb[:, 2], per_limb[:, 3]
         t_raw = rx * ux + ry * uy                                         # position along the limb
         t = np.minimum(np.maximum(t_raw, 0.0), per_limb[:, 4])            # nearest point of the segment
         dist2 = (rx * rx + ry * ry) + t * (t - 2 * t_raw)                 # |r - t u|^2
         on = dist2 <= th * th
-        # sum and count per (channel, cell): bincount adds in array order, i.e. people in order
-        key = (self._paf_offset[box[on] % len(self._limbs)] + (yy * w + xx)[on, None]).ravel()  # x, y channel
-        size = NUM_OPENPOSE_PAFS * h * w
+        # sum and count per (image, channel, cell): bincount adds in array order, i.e. people in order
+        b_on = box[on]
+        image = b_on // max(n_people * n_limbs, 1)
+        key = (self._paf_offset[b_on % n_limbs] + (image * (NUM_OPENPOSE_PAFS * h * w) + (yy * w + xx)[on])[:, None]).ravel()
+        size = n_img * NUM_OPENPOSE_PAFS * h * w
         pafs = np.zeros(size, dtype=np.float32)
         pafs[key] = np.bincount(key, per_limb[on, 2:4].ravel(), size)[key] / np.bincount(key, minlength=size)[key]
-        return pafs.reshape(-1, h, w)
+        return pafs.reshape(n_img, NUM_OPENPOSE_PAFS, h, w)
 
     # ----------------------------------------------------------------------- decoding
     def find_peaks(self, heatmaps, threshold: float = 0.1, radius: float = 6.0) -> list[np.ndarray]:

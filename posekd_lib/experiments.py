@@ -46,7 +46,7 @@ STUDENTS: dict[str, tuple[str, dict]] = {
     "mobilenetv3": ("mobilenetv3", {}),
     "mobilenetv3_os16": ("mobilenetv3", {"output_stride": 16}),
 }
-LOSSES = ("mse", "awing")
+LOSSES = ("mse", "awing", "mse_ce")
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,13 @@ def _device(name: str) -> torch.device:
 
 
 def build_loss(loss: str) -> Callable:
-    """``fit``'s ``loss_fn`` for a loss name: ``"mse"`` (HRNet's JointsMSE) or ``"awing"`` (Adaptive Wing)."""
-    from .losses import adaptive_wing, batch_loss, joints_mse
+    """``fit``'s ``loss_fn`` for a loss name: ``"mse"`` (HRNet's JointsMSE), ``"awing"`` (Adaptive
+    Wing) or ``"mse_ce"`` (the MSE plus a small spatial-softmax cross-entropy, ``losses.mse_with_ce``)."""
+    from .losses import adaptive_wing, batch_loss, joints_mse, mse_with_ce
 
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
-    return batch_loss(joints_mse if loss == "mse" else adaptive_wing)
+    return batch_loss({"mse": joints_mse, "awing": adaptive_wing, "mse_ce": mse_with_ce}[loss])
 
 
 #: Students whose CPU training is slower under bf16 autocast (measured: mobilenetv3 0.43 s against
@@ -508,7 +509,8 @@ FEATURE_PAIRS: dict[str, dict[str, str]] = {
 }
 
 
-def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, **overrides) -> Callable:
+def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, teacher_cache: bool = False,
+              **overrides) -> Callable:
     """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
@@ -516,6 +518,11 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     The teacher sees the student's crops resized to the input size of the mode's teacher config when
     it differs from the budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher
     shares the crop); pass ``teacher_input_size=(w, h)`` in ``overrides`` for another teacher.
+
+    ``teacher_cache`` (logits settings only): the teacher's heatmaps of every training person's
+    plain crop are computed once (:func:`teacher_cache_for`) and warped to each augmented crop, so a
+    distilled step costs no teacher forward; the recipe records it (a run with and one without
+    are different runs).
     """
     from hrnet_pose.configs import load_configs
 
@@ -542,7 +549,32 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     recipe = json.loads(json.dumps({"setting": tag, "method": method, **settings},
                                    default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
     recipe["teacher"] = weights_fingerprint(teacher) if teacher is not None else None  # new teacher: new run
+    if teacher_cache:
+        if method != "logits":
+            raise ValueError(f"kd_recipe({tag!r}, teacher_cache=True): the cache holds the teacher's heatmaps only, "
+                             "and a feature setting needs its live features; use a logits setting (fpd, kl)")
+        recipe["teacher_cache"] = True
+        settings["cache"] = teacher_cache_for(teacher, b.mode, settings["teacher_input_size"] or b.input_size)
     return _KDFactory(build, recipe)
+
+
+def teacher_cache_for(teacher: nn.Module, mode: str | None = None, input_size=None):
+    """The :class:`~posekd_lib.teacher_cache.TeacherCache` of ``teacher`` on the mode's training
+    persons at ``input_size`` (default the budget's): built once (one teacher forward per person)
+    and stored under ``run_paths(mode).root / "teacher_cache"``, named by the teacher's
+    :func:`weights_fingerprint`, so another teacher never reads it."""
+    from .teacher_cache import TeacherCache, cached_teacher
+
+    b = budget(mode)
+    size = tuple(int(v) for v in (input_size or b.input_size))
+    ds = training_set(b.mode)
+    path = run_paths(b.mode).root / "teacher_cache" / f"{weights_fingerprint(teacher)}_{size[0]}x{size[1]}_{len(ds)}.pt"
+    device = next(teacher.parameters()).device
+
+    def build():
+        return TeacherCache.build(lambda x: teacher(x.to(device)), ds, input_size=size, source=str(path))
+
+    return cached_teacher(path, build)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -319,3 +319,19 @@ def test_coco17_to_openpose18_by_name_with_the_neck_rule():
     op[...] = -1
     np.testing.assert_array_equal(k, before)                               # output is a copy
     np.testing.assert_array_equal(coco17_to_openpose18(k[3]), coco17_to_openpose18(k)[3])
+
+
+def test_paf_encode_batch_equals_each_image_alone():
+    """A batch of images with different numbers of people (none included) encodes bit for bit as
+    each image alone: the padding people draw nothing and the PAF sums stay per image."""
+    rng = np.random.default_rng(7)
+    codec = PafCodec((128, 96), stride=8)
+    images = [_crowd(rng, (128, 96), n) for n in (2, 0, 5, 1, 3)]
+    heat, paf = codec.encode_batch(images)
+    assert heat.shape == (5, 19, 12, 16) and paf.shape == (5, 38, 12, 16)
+    for i, people in enumerate(images):
+        one_heat, one_paf = codec.encode(people)
+        _assert_bitwise_equal(heat[i], one_heat, f"heatmaps of image {i}")
+        _assert_bitwise_equal(paf[i], one_paf, f"PAFs of image {i}")
+    empty_heat, empty_paf = codec.encode_batch([])
+    assert empty_heat.shape == (0, 19, 12, 16) and empty_paf.shape == (0, 38, 12, 16)

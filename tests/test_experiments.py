@@ -334,3 +334,24 @@ def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     out = capsys.readouterr().out
     assert any(line.startswith("feature-hints_only ") for line in out.splitlines()), out
     assert not any("pairs" in line for line in out.splitlines())
+
+
+def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
+    """teacher_cache=True: the heatmaps come from the cache (built once, stored, named by the
+    teacher), the recipe says so, and a feature setting is refused."""
+    from posekd_lib.distill import freeze
+    from posekd_lib.experiments import kd_recipe, teacher_cache_for, train_student
+    from posekd_lib.teachers import load_teacher
+
+    teacher = freeze(load_teacher(mode="quick")[0])
+    cache = teacher_cache_for(teacher, "quick")
+    assert len(cache) > 0 and teacher_cache_for(teacher, "quick").heatmaps.shape == cache.heatmaps.shape  # reloaded
+    kd = kd_recipe("fpd", teacher, "squeezenet", "quick", teacher_cache=True)
+    assert kd.recipe["teacher_cache"] is True
+    calls = []
+    monkeypatch.setattr(type(teacher), "forward", lambda self, x: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("the teacher ran")))
+    run = train_student("squeezenet", mode="quick", kd=kd, tag="fpd_cached", progress=False, steps=2)
+    assert not calls and run.history.step[-1] == 2
+    with pytest.raises(ValueError, match="feature setting needs its live features"):
+        kd_recipe("feature", teacher, "squeezenet", "quick", teacher_cache=True)

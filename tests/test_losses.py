@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -102,3 +104,29 @@ def test_batch_loss_reads_the_batch():
     assert fn(pred, {"target": target, "target_weight": weight}) == adaptive_wing(pred, target, weight)
     with pytest.raises(TypeError, match="heatmap tensor"):
         batch_loss()((pred,), {"target": target})
+
+
+def test_heatmap_softmax_ce_is_smallest_at_the_target_distribution():
+    from posekd_lib.losses import heatmap_softmax_ce, joints_mse, mse_with_ce
+
+    from posekd_lib.codecs import HeatmapCodec
+    codec = HeatmapCodec((96, 128), (24, 32), 2.0)
+    target, weight = codec.encode(np.array([[[40.0, 50.0, 2]] * 3]))
+    target, weight = torch.from_numpy(target), torch.from_numpy(weight)      # (1, 3, 32, 24)
+    p = target / target.sum(dim=(-2, -1), keepdim=True)
+    best = (0.1 * torch.log(p.clamp_min(1e-30))).requires_grad_()           # softmax(best / 0.1) == p
+    loss = heatmap_softmax_ce(best, target, weight)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum() / 3
+    torch.testing.assert_close(loss, entropy.float(), rtol=1e-4, atol=1e-4)
+    loss.backward()
+    assert best.grad.abs().max() < 1e-4
+    assert heatmap_softmax_ce(torch.zeros_like(target), target, weight) > loss + 1   # a flat map is far worse
+    # masked joints and empty targets do not count
+    w2 = weight.clone()
+    w2[0, 1] = 0
+    shifted = best.detach().clone()
+    shifted[0, 1] = shifted[0, 1].roll(5, dims=-1)
+    torch.testing.assert_close(heatmap_softmax_ce(shifted, target, w2), heatmap_softmax_ce(best, target, w2))
+    x = torch.rand_like(target)
+    torch.testing.assert_close(mse_with_ce(x, target, weight, ce_weight=0.5),
+                               joints_mse(x, target, weight) + 0.5 * heatmap_softmax_ce(x, target, weight))

@@ -345,3 +345,14 @@ def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
     kl_t1 = rc.apply_overrides(cfg, ["distill.terms.0.kind=kl", "distill.terms.0.options.temperature=1.0"])
     with pytest.raises(rc.ConfigError, match=r"distill.terms: \{'temperature': 1.0\} differ from .*KD_SETTINGS\['kl'\]"):
         rc.check_mapping(kl_t1)
+
+
+def test_teacher_cache_is_a_logits_distiller_option():
+    """``distill.options.teacher_cache`` reaches kd_recipe; the feature distiller refuses it by name."""
+    fpd = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "fpd_squeezenet.yaml")
+    tag, overrides = rc.kd_setting(rc.apply_overrides(fpd, ["distill.options.teacher_cache=true"]))
+    assert tag == "fpd" and overrides["teacher_cache"] is True
+    assert "teacher_cache" not in rc.kd_setting(fpd)[1]
+    feature = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "feature_squeezenet.yaml")
+    with pytest.raises(rc.ConfigError, match=r"distill\.options\.teacher_cache: unknown option"):
+        rc.kd_setting(rc.apply_overrides(feature, ["distill.options.teacher_cache=true"]))
