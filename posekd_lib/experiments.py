@@ -554,7 +554,8 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
             raise ValueError(f"kd_recipe({tag!r}, teacher_cache=True): the cache holds the teacher's heatmaps only, "
                              "and a feature setting needs its live features; use a logits setting (fpd, kl)")
         recipe["teacher_cache"] = True
-        settings["cache"] = teacher_cache_for(teacher, b.mode, settings["teacher_input_size"] or b.input_size)
+        if teacher is not None:      # (None: only the recipe is wanted)
+            settings["cache"] = teacher_cache_for(teacher, b.mode, settings["teacher_input_size"] or b.input_size)
     return _KDFactory(build, recipe)
 
 
