@@ -64,12 +64,6 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def logits_cache(tag: str) -> dict:
-    """Logits settings distil from the teacher cache, as notebook 03's runs (``--set teacher_cache=false``
-    for a live teacher)."""
-    return {"teacher_cache": True} if KD_SETTINGS[tag]["method"] == "logits" else {}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
@@ -108,7 +102,7 @@ def main(argv=None) -> int:
             runs.setdefault(tag + suffix + data, []).append(train_student(
                 args.student, mode=mode, seed=seed, tag=tag + suffix + data + steps,
                 steps=args.steps, progress=False, labelled=args.labelled, unlabelled=args.unlabelled,
-                kd=kd_recipe(tag, teacher, args.student, mode, **{**logits_cache(tag), **overrides})))
+                kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
             torch.set_num_threads(args.threads)
 
     val = dataset_splits(mode).val

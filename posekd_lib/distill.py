@@ -30,6 +30,7 @@ does not: ``align_corners=False`` reads ``(j+0.5)·W/w - 0.5`` (half a cell off 
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -746,7 +747,13 @@ class LogitsKD(Distiller):
             if "meta" not in batch:
                 raise KeyError("LogitsKD(cache=TeacherCache) needs batch['meta'] (index, center, scale, rotation, "
                                "flipped) from TopDownDataset")
-            return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
+            try:
+                return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
+            except KeyError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
+                if not getattr(self, "_warned_cache", False):
+                    warnings.warn(f"{e}; the live teacher runs for such batches", RuntimeWarning, stacklevel=2)
+                    self._warned_cache = True
+                return super().teacher_outputs(batch)
         if self.cache is None:
             return super().teacher_outputs(batch)
         keys = _sample_keys(batch)

@@ -497,8 +497,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 #: (33.6 %) with the teacher's flip-test heatmaps as the KL's target. The recipe stays, shared by
 #: every budget's runs (README).
 KD_SETTINGS: dict[str, dict] = {
-    "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5},
-    "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5},
+    "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5, "teacher_cache": True},
+    "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5, "teacher_cache": True},
     "feature": {"method": "feature", "beta": 1.0, "alpha_logits": 0.5, "kind": "mse"},
 }
 #: Feature-KD layer pairs per student, ``{student layer: teacher layer}``: the student's last neck
@@ -509,8 +509,7 @@ FEATURE_PAIRS: dict[str, dict[str, str]] = {
 }
 
 
-def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, teacher_cache: bool = False,
-              **overrides) -> Callable:
+def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, **overrides) -> Callable:
     """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
@@ -519,10 +518,11 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     it differs from the budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher
     shares the crop); pass ``teacher_input_size=(w, h)`` in ``overrides`` for another teacher.
 
-    ``teacher_cache`` (logits settings only): the teacher's heatmaps of every training person's
-    plain crop are computed once (:func:`teacher_cache_for`) and warped to each augmented crop, so a
-    distilled step costs no teacher forward; the recipe records it (a run with and one without
-    are different runs).
+    ``teacher_cache`` (the logits settings' default, ``teacher_cache=False`` to run the teacher
+    live): the teacher's heatmaps of every training person's plain crop are computed once
+    (:func:`teacher_cache_for`) and warped to each augmented crop, so a distilled step costs no
+    teacher forward; the recipe records it (a run with and one without are different runs). Batches
+    the cache does not cover (a labelled subset, unlabelled persons) get the live teacher.
     """
     from hrnet_pose.configs import load_configs
 
@@ -536,6 +536,7 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
     default_size = None if teacher_size == tuple(b.input_size) else teacher_size
     settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
+    teacher_cache = bool(settings.pop("teacher_cache", False))
     if method == "logits":
         build = lambda student, total: LogitsKD(teacher, student, total_steps=total, **settings)  # noqa: E731
     else:
@@ -555,8 +556,22 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
                              "and a feature setting needs its live features; use a logits setting (fpd, kl)")
         recipe["teacher_cache"] = True
         if teacher is not None:      # (None: only the recipe is wanted)
-            settings["cache"] = teacher_cache_for(teacher, b.mode, settings["teacher_input_size"] or b.input_size)
+            size = settings["teacher_input_size"] or b.input_size
+            settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b.mode, size))
     return _KDFactory(build, recipe)
+
+
+class _LazyCache:
+    """A teacher cache built (or loaded) at the first batch that needs it, so that loading a
+    finished distilled run never builds one."""
+
+    def __init__(self, make: Callable):
+        self._make, self._cache = make, None
+
+    def for_batch(self, batch: dict, *args, **kwargs) -> torch.Tensor:
+        if self._cache is None:
+            self._cache = self._make()
+        return self._cache.for_batch(batch, *args, **kwargs)
 
 
 def teacher_cache_for(teacher: nn.Module, mode: str | None = None, input_size=None):

@@ -346,8 +346,9 @@ def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     teacher = freeze(load_teacher(mode="quick")[0])
     cache = teacher_cache_for(teacher, "quick")
     assert len(cache) > 0 and teacher_cache_for(teacher, "quick").heatmaps.shape == cache.heatmaps.shape  # reloaded
-    kd = kd_recipe("fpd", teacher, "squeezenet", "quick", teacher_cache=True)
+    kd = kd_recipe("fpd", teacher, "squeezenet", "quick")           # the logits settings' default
     assert kd.recipe["teacher_cache"] is True
+    assert "teacher_cache" not in kd_recipe("fpd", teacher, "squeezenet", "quick", teacher_cache=False).recipe
     calls = []
     monkeypatch.setattr(type(teacher), "forward", lambda self, x: calls.append(1) or (_ for _ in ()).throw(
         AssertionError("the teacher ran")))
@@ -355,3 +356,17 @@ def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     assert not calls and run.history.step[-1] == 2
     with pytest.raises(ValueError, match="feature setting needs its live features"):
         kd_recipe("feature", teacher, "squeezenet", "quick", teacher_cache=True)
+
+
+def test_the_teacher_cache_falls_back_to_the_live_teacher_where_it_does_not_cover_the_data():
+    """A labelled subset re-indexes the persons: the cache (built on every training person) refuses
+    those batches by their annotation ids, and the distiller runs the teacher live instead."""
+    from posekd_lib.distill import freeze
+    from posekd_lib.experiments import kd_recipe, train_student
+    from posekd_lib.teachers import load_teacher
+
+    teacher = freeze(load_teacher(mode="quick")[0])
+    with pytest.warns(RuntimeWarning, match="the live teacher runs for such batches"):
+        run = train_student("squeezenet", mode="quick", kd=kd_recipe("fpd", teacher, "squeezenet", "quick"),
+                            tag="fpd_half", labelled=0.5, progress=False, steps=2)
+    assert run.history.step[-1] == 2

@@ -155,9 +155,8 @@ def test_distillation_terms_map_onto_the_notebooks_kd_recipe(name):
     """Each config's terms give exactly the recipe notebooks 03-04 make, so the run is the same one."""
     cfg = rc.from_yaml(REPO / "configs" / f"{name}_squeezenet.yaml")
     tag, overrides = rc.kd_setting(cfg)
-    notebook = {"teacher_cache": True} if name in ("fpd", "kl") else {}    # notebook 03's logits runs
     assert kd_recipe(tag, None, "squeezenet", "quick", **overrides).recipe == \
-        kd_recipe(name, None, "squeezenet", "quick", **notebook).recipe
+        kd_recipe(name, None, "squeezenet", "quick").recipe
     hints_alone = rc.apply_overrides(cfg, ["distill.terms.1.weight=0"]) if name == "feature" else None
     if hints_alone is not None:
         assert kd_recipe(*rc.kd_setting(hints_alone)[:1], None, "squeezenet", "quick",
@@ -235,7 +234,7 @@ def test_a_config_run_equals_the_notebook_call_for_the_same_seed():
                              ["data.mode=quick", "optim.steps=2", "name=fpd-cfg"])
     ours = rc.train_run(cfg, teacher=teacher, progress=False)
     direct = train_student("squeezenet", mode="quick", seed=0, tag="fpd-direct", steps=2, progress=False,
-                           kd=kd_recipe("fpd", teacher, "squeezenet", "quick", teacher_cache=True))
+                           kd=kd_recipe("fpd", teacher, "squeezenet", "quick"))
     assert ours.metrics["AP"] == direct.metrics["AP"] and ours.metrics["PCK@0.2"] == direct.metrics["PCK@0.2"]
     assert ours.results == direct.results
     sa, sb = ours.model.state_dict(), direct.model.state_dict()
@@ -349,12 +348,14 @@ def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
 
 
 def test_teacher_cache_is_a_logits_distiller_option():
-    """``distill.options.teacher_cache`` reaches kd_recipe; the feature distiller refuses it by name."""
+    """The logits settings distil from the teacher cache by default; ``distill.options.teacher_cache:
+    false`` runs the teacher live (another recipe); the feature distiller refuses the option by name."""
     fpd = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "fpd_squeezenet.yaml")
-    tag, overrides = rc.kd_setting(rc.apply_overrides(fpd, ["distill.options.teacher_cache=true"]))
-    assert tag == "fpd" and overrides["teacher_cache"] is True
-    assert rc.kd_setting(fpd)[1]["teacher_cache"] is True          # as notebook 03 runs it
-    assert "teacher_cache" not in rc.kd_setting(rc.apply_overrides(fpd, ["distill.options={}"]))[1]
+    assert "teacher_cache" not in rc.kd_setting(fpd)[1]                      # the default, as notebook 03
+    assert kd_recipe(*rc.kd_setting(fpd)[:1], None, "squeezenet", "quick").recipe["teacher_cache"] is True
+    tag, overrides = rc.kd_setting(rc.apply_overrides(fpd, ["distill.options.teacher_cache=false"]))
+    assert tag == "fpd" and overrides["teacher_cache"] is False
+    assert "teacher_cache" not in kd_recipe(tag, None, "squeezenet", "quick", **overrides).recipe
     feature = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "feature_squeezenet.yaml")
     with pytest.raises(rc.ConfigError, match=r"distill\.options\.teacher_cache: unknown option"):
         rc.kd_setting(rc.apply_overrides(feature, ["distill.options.teacher_cache=true"]))

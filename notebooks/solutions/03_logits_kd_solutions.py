@@ -35,8 +35,7 @@ def _train(tag: str, mode, steps, student: str = STUDENT, **overrides) -> dict:
     teacher = _teacher(mode)
     suffix = "" if steps is None else f"_{steps}"
     m = train_student(student, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
-                      kd=kd_recipe(tag.split("_")[0], teacher, student, mode,
-                                   **{"teacher_cache": True, **overrides})).metrics   # as the notebook's runs
+                      kd=kd_recipe(tag.split("_")[0], teacher, student, mode, **overrides)).metrics
     return {k: m[k] for k in KEYS}
 
 
