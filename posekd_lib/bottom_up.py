@@ -103,19 +103,27 @@ class BottomUpRun:
 
 
 def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 0, teacher_kp: dict | None = None,
-                    alpha: float = 0.5, steps: tuple[int, int] = (1000, 250), batch_size: int = 32, lr: float = 2e-3,
-                    tag: str | None = None, progress: bool = True, threads: int | None = None) -> BottomUpRun:
+                    alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
+                    lr: float | None = None, tag: str | None = None, progress: bool = True,
+                    threads: int | None = None) -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
-    evaluates the float, QAT and integer-simulated models on the whole validation images."""
+    evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
+    batch size and learning rate default to the top-down MAX78000 student's
+    (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget."""
     import copy
 
     from . import ai8x
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
+    from .experiments import AI8X_STEPS, budget
     from .train import History, fit
 
     mode = get_mode(mode)
+    b = budget(mode)
+    steps = steps or AI8X_STEPS[mode]
+    batch_size, lr = batch_size or b.batch_size, lr or b.lr
+    threads = threads if threads is not None else b.threads
     name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
     root = run_paths(mode).checkpoints
     float_steps, qat_steps = steps
@@ -125,7 +133,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
     loss_fn = bottom_up_mse if teacher_kp is None else kd_loss(alpha)
     common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, progress=progress, threads=threads,
-                  save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
+                  channels_last=b.channels_last, save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()

@@ -406,7 +406,7 @@ class BottomUpDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _to_input(self, kpts: np.ndarray, M: np.ndarray, flipped: bool) -> np.ndarray:
+    def to_input(self, kpts: np.ndarray, M: np.ndarray, flipped: bool = False) -> np.ndarray:
         """People's keypoints ``(P, 17, 3)`` from image pixels into the network input (``M``, then
         the left/right swap of a flip); points off the input become unlabelled."""
         kpts = np.array(kpts, dtype=np.float64, copy=True)
@@ -465,7 +465,7 @@ class BottomUpDataset(Dataset):
         ign = cv2.warpAffine(ignore, M, size, flags=cv2.INTER_NEAREST)
         if self.train:
             x = colour_jitter(x, self.aug, rng)
-        kpts = self._to_input(kpts, M, flipped)
+        kpts = self.to_input(kpts, M, flipped)
         heatmaps, pafs = self.codec.encode(kpts)
         mw, mh = self.codec.map_size
         mask = 1.0 - cv2.resize(ign.astype(np.float32), (mw, mh), interpolation=cv2.INTER_AREA)
@@ -474,7 +474,7 @@ class BottomUpDataset(Dataset):
         if self.teacher_keypoints is not None:
             tk = np.asarray([self.teacher_keypoints.get(a["id"], np.zeros((NUM_COCO_KEYPOINTS, 3))) for a in people],
                             dtype=np.float64).reshape(-1, NUM_COCO_KEYPOINTS, 3)
-            t_hm, t_paf = self.codec.encode(self._to_input(tk, M, flipped))
+            t_hm, t_paf = self.codec.encode(self.to_input(tk, M, flipped))
             extra = {"teacher_heatmaps": torch.from_numpy(t_hm), "teacher_pafs": torch.from_numpy(t_paf)}
         return {
             "image": to_tensor_normalized(x),
