@@ -125,6 +125,42 @@ def ai85posenet(variant: str = "tiny", num_joints: int = 17, input_size=AI8X_STU
     return model
 
 
+# --------------------------------------------------------------------------------------------
+# Bottom-up students: whole 128x128 frames in, OpenPose-18 heatmaps + PAFs out at stride 8
+
+#: (w, h) of the bottom-up student's input: a whole (letterboxed) camera frame, CHW first layer
+#: (128 x 128 = 16,384 B per channel: one data-memory instance each).
+BOTTOM_UP_INPUT = (128, 128)
+#: Output channels: 19 heatmaps (18 OpenPose keypoints + background) and 38 PAF channels, in
+#: ``codecs.PafCodec``'s order, from one wide head.
+BOTTOM_UP_OUTPUTS = 19 + 38
+#: Encoder-only chains (three fused 2x2 pools: stride 8, 16x16 maps) for the bottom-up student.
+#: ``max78000.resource_report(m, (3, 128, 128), data_format="CHW")``: tiny 145,737 params,
+#: 144,624 weight bytes (32.7 % of 442,368), 218,261 cycles (4.37 ms at 50 MHz); small 222,165
+#: params, 220,656 B (49.9 %), 278,765 cycles (5.58 ms). The 64-channel 16x16 layers (4 and 5 of
+#: them) give the receptive field that links a person's joints through the PAFs: 3x3 layers at
+#: stride 8 add 16 input pixels each.
+BOTTOM_UP_VARIANTS = {
+    "tiny": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc3", "pool", 48), ("enc3b", "conv", 48),
+             ("enc4", "conv", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64)),
+    "small": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc2b", "conv", 32), ("enc3", "pool", 64),
+              ("enc3b", "conv", 64), ("enc4", "conv", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64),
+              ("enc4d", "conv", 64)),
+}
+
+
+def ai85bottomup(variant: str = "tiny", input_size=BOTTOM_UP_INPUT, **layer_kw) -> AI85PoseNet:
+    """A bottom-up MAX78000 student: a whole frame in, ``BOTTOM_UP_OUTPUTS`` maps (heatmaps, then
+    PAFs) out at input/8, from the legal layers of :class:`AI85PoseNet` (``variant`` tiny or small,
+    :data:`BOTTOM_UP_VARIANTS`). Split its output with ``out[:, :19]`` / ``out[:, 19:]``."""
+    if variant not in BOTTOM_UP_VARIANTS:
+        raise KeyError(f"unknown bottom-up ai8x variant {variant!r}; choose one of {sorted(BOTTOM_UP_VARIANTS)}")
+    model = ai85posenet(variant, num_joints=BOTTOM_UP_OUTPUTS, input_size=input_size,
+                        spec=BOTTOM_UP_VARIANTS[variant], **layer_kw)
+    model.variant = f"bottom_up_{variant}"
+    return model
+
+
 def input_shape(model_or_size=AI8X_STUDENT_INPUT) -> tuple[int, int, int]:
     """(C, H, W) for `resource_report` / `network_yaml` from a model or an (w, h) size."""
     w, h = getattr(model_or_size, "input_size", model_or_size)

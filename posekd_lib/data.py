@@ -383,8 +383,13 @@ class BottomUpDataset(Dataset):
     """
 
     def __init__(self, ann_file, img_dir, input_size=(128, 128), stride: int = 8, train: bool = False,
-                 aug: AugConfig | None = None, sigma: float = 7.0, paf_thickness: float = 1.0):
+                 aug: AugConfig | None = None, sigma: float = 7.0, paf_thickness: float = 1.0,
+                 teacher_keypoints: dict | None = None):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        #: ``{ann_id: (17, 3)}`` keypoints a teacher found (image pixels, v > 0 where it is
+        #: confident): with them each sample also carries ``teacher_heatmaps`` / ``teacher_pafs``
+        #: drawn from them through the same augmentation (KD targets for a bottom-up student).
+        self.teacher_keypoints = teacher_keypoints
         self.coco = load_coco_person_keypoints(ann_file)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.codec = PafCodec(self.input_size, stride, sigma, paf_thickness)
@@ -400,6 +405,18 @@ class BottomUpDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def to_input(self, kpts: np.ndarray, M: np.ndarray, flipped: bool = False) -> np.ndarray:
+        """People's keypoints ``(P, 17, 3)`` from image pixels into the network input (``M``, then
+        the left/right swap of a flip); points off the input become unlabelled."""
+        kpts = np.array(kpts, dtype=np.float64, copy=True)
+        labelled = kpts[..., 2:3] > 0
+        kpts[..., :2] = np.where(labelled, affine_points(kpts, M), 0.0)
+        if flipped:
+            kpts = kpts[:, list(COCO_FLIP_INDEX)]
+        inside = np.all((kpts[..., :2] >= 0) & (kpts[..., :2] <= np.array(self.input_size) - 1.0), axis=-1)
+        kpts[~inside] = 0.0
+        return kpts
 
     def _ignore_mask(self, anns, img_h: int, img_w: int) -> np.ndarray:
         from pycocotools import mask as mask_utils
@@ -448,21 +465,23 @@ class BottomUpDataset(Dataset):
         ign = cv2.warpAffine(ignore, M, size, flags=cv2.INTER_NEAREST)
         if self.train:
             x = colour_jitter(x, self.aug, rng)
-        labelled = kpts[..., 2:3] > 0
-        kpts[..., :2] = np.where(labelled, affine_points(kpts, M), 0.0)
-        if flipped:
-            kpts = kpts[:, list(COCO_FLIP_INDEX)]
-        inside = np.all((kpts[..., :2] >= 0) & (kpts[..., :2] <= np.array(size) - 1.0), axis=-1)
-        kpts[~inside] = 0.0
+        kpts = self.to_input(kpts, M, flipped)
         heatmaps, pafs = self.codec.encode(kpts)
         mw, mh = self.codec.map_size
         mask = 1.0 - cv2.resize(ign.astype(np.float32), (mw, mh), interpolation=cv2.INTER_AREA)
         mask = (mask > 0.5).astype(np.float32)
+        extra = {}
+        if self.teacher_keypoints is not None:
+            tk = np.asarray([self.teacher_keypoints.get(a["id"], np.zeros((NUM_COCO_KEYPOINTS, 3))) for a in people],
+                            dtype=np.float64).reshape(-1, NUM_COCO_KEYPOINTS, 3)
+            t_hm, t_paf = self.codec.encode(self.to_input(tk, M, flipped))
+            extra = {"teacher_heatmaps": torch.from_numpy(t_hm), "teacher_pafs": torch.from_numpy(t_paf)}
         return {
             "image": to_tensor_normalized(x),
             "heatmaps": torch.from_numpy(heatmaps),
             "pafs": torch.from_numpy(pafs),
             "mask": torch.from_numpy(mask[None]),
+            **extra,
             "meta": {"index": index, "image_id": int(image_id), "flipped": flipped,
                      "affine": torch.from_numpy(np.asarray(M, dtype=np.float32)),
                      "num_persons": len(people)},

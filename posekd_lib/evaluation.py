@@ -114,6 +114,60 @@ def evaluate_topdown(model, split, input_size, heatmap_size, sigma: float = 2.0,
     return (metrics, results) if return_results else metrics
 
 
+def bottom_up_results(heatmaps, pafs, affines, image_ids, codec, threshold: float = 0.1) -> list[dict]:
+    """COCO results of whole-image maps: each image's people from ``codec.decode`` (peaks + greedy
+    PAF grouping, ``codecs.PafCodec``), their keypoints mapped from the network input back to the
+    image through the inverse of its ``affines[i]`` (image -> input, ``(2, 3)``); keypoints the
+    grouping did not find stay at 0 with score 0."""
+    import torch
+
+    from .transforms import affine_points
+
+    results = []
+    for hm, paf, M, image_id in zip(heatmaps, pafs, affines, image_ids):
+        full = np.vstack([np.asarray(torch.as_tensor(M).double()), [0.0, 0.0, 1.0]])
+        inv = np.linalg.inv(full)[:2]
+        for person in codec.decode(hm, paf, threshold=threshold):
+            k = np.array(person.keypoints, dtype=np.float64)
+            found = k[:, 2] > 0
+            k[:, :2] = np.where(found[:, None], affine_points(k[:, :2], inv), 0.0)
+            results.append({"image_id": int(image_id), "category_id": 1, "keypoints": k.reshape(-1).tolist(),
+                            "score": float(person.score)})
+    return results
+
+
+def evaluate_bottom_up(model, split, input_size=(128, 128), stride: int = 8, batch_size: int = 32, device="cpu",
+                       progress: bool = False, return_results: bool = False, img_ids=None):
+    """COCO keypoint AP of a bottom-up model on whole images (no person boxes): every image of
+    ``split`` letterboxed to ``input_size`` (``data.BottomUpDataset``), the model's 19 heatmaps
+    and 38 PAFs (one tensor, heatmaps first, or LW-OpenPose's per-stage list: the last stage is
+    used) decoded into people (:func:`bottom_up_results`) and scored by ``coco_evaluate``, so the
+    bottom-up rows sit in the same table as the top-down ones."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import BottomUpDataset
+
+    ds = BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=False)
+    if img_ids is not None:
+        keep = {int(i) for i in img_ids}
+        ds.image_ids = [i for i in ds.image_ids if i in keep]
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    was_training = model.training
+    model.eval()
+    results = []
+    n_hm = ds.codec.encode(np.zeros((0, 17, 3)))[0].shape[0]
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="bottom-up eval", disable=not progress, leave=False):
+            out = model(batch["image"].to(device))
+            hm, paf = (out[:, :n_hm], out[:, n_hm:]) if torch.is_tensor(out) else (out[-2], out[-1])
+            results += bottom_up_results(hm.float().cpu().numpy(), paf.float().cpu().numpy(), batch["meta"]["affine"],
+                                         batch["meta"]["image_id"].tolist(), ds.codec)
+    model.train(was_training)
+    metrics = coco_evaluate(split.ann_file, results, img_ids=img_ids)
+    return (metrics, results) if return_results else metrics
+
+
 def first_images(ann_file, n_images: int) -> list[int]:
     """The ids of the first ``n_images`` images (by id) of a COCO file that hold labelled persons:
     a fixed validation subset, so learning curves of different recipes score the same images."""

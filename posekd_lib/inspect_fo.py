@@ -212,7 +212,8 @@ def add_predictions(dataset, results, field: str, gt_ann_file, min_oks: float = 
         w, h = sizes[img_id]
         p = sorted(preds.get(img_id, []), key=lambda t: -t[1]["score"])  # stable, like COCOeval
         g = gts.get(img_id, [])
-        pk = np.asarray([r["keypoints"] for _, r in p], dtype=np.float64).reshape(len(p), -1, 3)
+        pk = (np.asarray([r["keypoints"] for _, r in p], dtype=np.float64).reshape(len(p), -1, 3) if p
+              else np.zeros((0, 17, 3)))                   # an image where a bottom-up model found nobody
         ignore = np.array([bool(a.get("iscrowd", 0)) or a.get("num_keypoints", 1) == 0 for a in g], bool)
         if len(p) and len(g):
             ious = oks_matrix(pk, [np.reshape(a["keypoints"], (-1, 3)) for a in g],

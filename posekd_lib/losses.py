@@ -110,6 +110,32 @@ def mse_with_ce(pred: torch.Tensor, target: torch.Tensor, target_weight: torch.T
                                                                                      temperature)
 
 
+def bottom_up_mse(outputs, batch: dict) -> torch.Tensor:
+    """Masked MSE of bottom-up maps: ``0.5 * mean(mask * (pred - target)^2)`` over the heatmaps and
+    the PAFs of ``batch`` (``heatmaps`` (N, 19, h, w), ``pafs`` (N, 38, h, w), ``mask`` (N, 1, h, w):
+    0 over crowds and unlabelled people, as ``data.BottomUpDataset`` makes them), summed over the
+    stages. ``outputs`` is one tensor with the heatmap channels first (an ai8x bottom-up student)
+    or LW-OpenPose's list ``[heatmaps, pafs, heatmaps, pafs, ...]`` (one pair per stage)."""
+    hm_t, paf_t, mask = batch["heatmaps"], batch["pafs"], batch["mask"]
+    n_hm = hm_t.shape[1]
+    if torch.is_tensor(outputs):
+        if outputs.shape[1] != n_hm + paf_t.shape[1]:
+            raise ValueError(f"bottom-up output has {outputs.shape[1]} channels; expected {n_hm} heatmaps + "
+                             f"{paf_t.shape[1]} PAFs")
+        stages = [(outputs[:, :n_hm], outputs[:, n_hm:])]
+    else:
+        if len(outputs) % 2:
+            raise ValueError(f"expected [heatmaps, pafs] per stage, got {len(outputs)} tensors")
+        stages = list(zip(outputs[0::2], outputs[1::2]))
+    total = 0.0
+    for hm, paf in stages:
+        for pred, target in ((hm, hm_t), (paf, paf_t)):
+            if pred.shape != target.shape:
+                raise ValueError(f"bottom-up prediction {tuple(pred.shape)} != target {tuple(target.shape)}")
+            total = total + 0.5 * (mask * (pred.float() - target.float()) ** 2).mean()
+    return total
+
+
 class JointsMSELoss(nn.Module):
     """Module form of :func:`joints_mse` (``use_target_weight=False`` ignores the weights)."""
 

@@ -17,7 +17,7 @@ Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and ev
 student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the notebooks write
 it); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
 (``int8.AP`` ... columns); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config
-id with every config field as a column (:func:`~posekd_lib.runconfig.runs_table`); ``export``
+id with every config field as a column (:func:`~posekd_lib.runs_table.runs_table`); ``export``
 writes ``student.onnx``. ``qat`` trains the MAX78000 student (``model.student: ai85posenet``) with
 ``experiments.train_ai8x``, float then QAT, and evaluates the float, QAT and integer-simulated
 models; its ``izer`` export is not wired yet.
@@ -28,6 +28,7 @@ import argparse
 import sys
 
 from . import runconfig as rc
+from . import runs_table as rt
 
 
 def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
@@ -64,7 +65,7 @@ def _check_folder(cfg: rc.RunConfig) -> None:
         return
     old = rc.from_yaml(stored)
     if _training_part(old) != _training_part(cfg):
-        a, b = rc.flat_fields(old), rc.flat_fields(cfg)
+        a, b = rt.flat_fields(old), rt.flat_fields(cfg)
         diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
         raise rc.ConfigError(f"name: run {cfg.name!r} in {stored.parent} was made with another config "
                              f"(stored, asked): {diff}; use another name (--set name=...) or delete that folder")
@@ -78,13 +79,13 @@ def run_config(cfg: rc.RunConfig, teacher=None, progress: bool = True) -> dict:
     run = rc.train_run(cfg, teacher=teacher, progress=progress)
     if run.run_dir != folder:
         raise RuntimeError(f"train_student trained in {run.run_dir}, expected {folder}")
-    row = rc.runs_row(cfg, run)
+    row = rt.runs_row(cfg, run)
     if "quantize" in cfg.stages:
         row.update(quantize(cfg, run))
     if "export" in cfg.stages:
         row["onnx"] = str(_export(cfg, run))
     if "evaluate" in cfg.stages:
-        rc.record_run(row, rc.resolved_mode(cfg))
+        rt.record_run(row, rc.resolved_mode(cfg))
     return row
 
 
@@ -167,7 +168,7 @@ def _run_all(args) -> int:
         except rc.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        cols = [*rc.SUMMARY_COLUMNS, *(["int8.AP"] if "int8.AP" in row else [])]
+        cols = [*rt.SUMMARY_COLUMNS, *(["int8.AP"] if "int8.AP" in row else [])]
         print(pd.DataFrame([{k: row.get(k) for k in cols}]).to_markdown(index=False, floatfmt=".4f"))
     return 0
 

@@ -241,3 +241,19 @@ def test_simulate_heatmaps_come_back_in_the_input_dtype():
     wide = ai8x.wide_output_to_float(torch.from_numpy(export.expected_output(sim, sample)).float()[None],
                                      am.head_layer(sim))
     torch.testing.assert_close(wide, hm)                  # notebook 06's check
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small"])
+def test_bottom_up_students_fit_the_max78000(variant):
+    """128x128 frames in, 19 heatmaps + 38 PAFs at stride 8 out; weights within 442,368 B and the
+    estimated latency within 10 ms (issue goals), with the rules checked by the resource report."""
+    m = am.ai85bottomup(variant)
+    y = m(torch.randn(2, 3, 128, 128))
+    assert y.shape == (2, am.BOTTOM_UP_OUTPUTS, 16, 16) and m.stride == 8
+    r = max78000.resource_report(m, am.input_shape(m), data_format=am.AI8X_DATA_FORMAT)
+    lim = max78000.limits(85)
+    assert r.fits, r.reasons
+    assert r.totals["weight_bytes"] <= lim.weight_memory_bytes == 442_368
+    assert r.totals["cycles"] / lim.cnn_clock_hz <= 0.010
+    with pytest.raises(KeyError, match="unknown bottom-up ai8x variant"):
+        am.ai85bottomup("huge")

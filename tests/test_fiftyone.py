@@ -233,3 +233,16 @@ def test_app_hint_command_finds_the_dataset_from_a_fresh_shell(fo, tmp_path, cap
     assert dict(w.split("=", 1) for w in env_words)["FIFTYONE_DATABASE_DIR"] == str(fo.config.database_dir)
     assert Path(cmd[0]).is_file()  # the venv's own CLI, not whatever a new shell has on PATH
     assert line == inspect_fo.app_command("app-hint-val", 5152)
+
+
+def test_add_predictions_takes_images_where_nobody_was_found(ds, sample_files):
+    """A bottom-up model can find nobody in an image: that image gets an empty field and OKS 0."""
+    root, gt = sample_files
+    gt_file = root / "person_keypoints.json"
+    results = json.loads((root / "person_keypoints_results_hrnet.json").read_text())
+    first = ds.first().coco_id
+    some = [r for r in results if r["image_id"] != first]
+    counts = inspect_fo.add_predictions(ds, some, "partial", gt_file)
+    assert counts["predictions"] == len(some)
+    s = ds[ds.first().filepath]
+    assert s.partial.keypoints == [] and s.partial_oks == 0

@@ -130,3 +130,23 @@ def test_heatmap_softmax_ce_is_smallest_at_the_target_distribution():
     x = torch.rand_like(target)
     torch.testing.assert_close(mse_with_ce(x, target, weight, ce_weight=0.5),
                                joints_mse(x, target, weight) + 0.5 * heatmap_softmax_ce(x, target, weight))
+
+
+def test_bottom_up_mse_masks_and_takes_both_output_forms():
+    from posekd_lib.losses import bottom_up_mse
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"heatmaps": torch.rand(2, 19, 4, 4, generator=g), "pafs": torch.rand(2, 38, 4, 4, generator=g) - 0.5,
+             "mask": torch.ones(2, 1, 4, 4)}
+    exact = torch.cat([batch["heatmaps"], batch["pafs"]], dim=1)
+    assert bottom_up_mse(exact, batch) == 0
+    off = exact + 0.1
+    expected = 0.5 * 0.01 * 2                      # 0.5 * mean(0.1^2), heatmaps and PAFs
+    torch.testing.assert_close(bottom_up_mse(off, batch), torch.tensor(expected))
+    # LW-OpenPose's per-stage list: two stages count twice
+    two_stages = [off[:, :19], off[:, 19:], off[:, :19], off[:, 19:]]
+    torch.testing.assert_close(bottom_up_mse(two_stages, batch), torch.tensor(2 * expected))
+    masked = {**batch, "mask": torch.zeros(2, 1, 4, 4)}
+    assert bottom_up_mse(off, masked) == 0
+    with pytest.raises(ValueError, match="50 channels"):
+        bottom_up_mse(torch.zeros(2, 50, 4, 4), batch)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from posekd_lib import runconfig as rc
+from posekd_lib import runs_table as rt
 from posekd_lib.experiments import budget, kd_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,7 +248,7 @@ def test_every_config_runs_in_quick_mode(tmp_path):
     cmd = [sys.executable, "-m", "posekd_lib.run", *map(str, CONFIGS), "--mode", "quick", "--quiet"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    table = rc.runs_table("quick")
+    table = rt.runs_table("quick")
     for path in CONFIGS:
         cfg = rc.apply_overrides(rc.from_yaml(path), ["data.mode=quick"])
         folder = rc.run_dir(cfg)
@@ -275,7 +276,7 @@ def test_every_config_runs_in_quick_mode(tmp_path):
     assert (rc.run_dir(base) / "student.onnx").is_file() and (rc.run_dir(base) / "student.int8.onnx").is_file()
     written = rc.from_yaml(rc.run_dir(base) / "config.yaml")
     assert written.stages == stages and written.name == "baseline"
-    row = rc.runs_table("quick").set_index("config_id").loc[rc.config_id(written)]
+    row = rt.runs_table("quick").set_index("config_id").loc[rc.config_id(written)]
     assert 0 <= row["int8.AP"] <= 1 and row["onnx"].endswith("student.onnx")
     assert "int8.AP" in again.stdout
 
@@ -301,17 +302,17 @@ def test_budget_trend_is_a_query_that_gives_the_regex_versions_numbers(tmp_path)
                     continue                                  # an unpaired baseline: not counted
                 c = rc.apply_overrides(cfg, [f"seed={seed}", f"optim.steps={steps}"])
                 value = next(ap)
-                table_rows.append({"config_id": rc.config_id(c), **rc.flat_fields(c), "budget.steps": steps, "AP": value})
+                table_rows.append({"config_id": rc.config_id(c), **rt.flat_fields(c), "budget.steps": steps, "AP": value})
                 suffix = "" if steps == 500 else f"_{steps}"
                 result_rows.append({"model": rc.student_key(c.model), "setting": tag + suffix + (f" s{seed}" if seed else ""),
                                     "seed": seed, "steps": steps, "AP": value})
     path = tmp_path / "runs.csv"
     pd.DataFrame(table_rows).to_csv(path, index=False)          # through CSV, as runs_table reads it
     table = pd.read_csv(path, dtype={"config_id": str})
-    ours = rc.budget_trend(table, feature, teacher_ap=0.3)
+    ours = rt.budget_trend(table, feature, teacher_ap=0.3)
     assert ours == budget_trend(result_rows, "squeezenet", 0.3, "feature")
     assert [r["steps"] for r in ours] == [4, 500, 2000] and ours[-1]["seeds"] == [0]
-    assert len(rc.rows_like(table, feature)) == 5 and len(rc.rows_like(table, other_beta)) == 6
+    assert len(rt.rows_like(table, feature)) == 5 and len(rt.rows_like(table, other_beta)) == 6
 
 
 def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
@@ -326,7 +327,7 @@ def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
     assert main([str(REPO / "configs" / "kl_squeezenet.yaml"), "--set", "distill.terms.0.options.tau=1",
                  "name=kl-bad-option"]) == 2
     assert "distill.terms[0].options.tau: unknown option; a kl term takes" in capsys.readouterr().err
-    assert not list((rc.runs_csv("quick").parent / "checkpoints").glob("kl-bad-option*"))   # nothing written
+    assert not list((rt.runs_csv("quick").parent / "checkpoints").glob("kl-bad-option*"))   # nothing written
 
 
 def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):

@@ -1,0 +1,157 @@
+"""The bottom-up MAX78000 system: a whole-frame student distilled from the top-down HRNet teacher.
+
+A MAX78000 camera has no person detector to give a top-down model its boxes, so its pose model
+must find every person in the frame by itself: 19 keypoint heatmaps and 38 part affinity fields
+(PAFs) at stride 8 (``ai8x_models.ai85bottomup``), grouped into people by ``codecs.PafCodec``.
+
+No bottom-up teacher is trained here yet (a Lightweight OpenPose learns slowly on two CPU cores),
+so the student distils **across architectures** from the top-down demo teacher: the teacher runs
+once on every training person's box (flip test), its confident keypoints (score above
+``min_score``) become a second set of targets, drawn as heatmaps and PAFs through the same
+augmentation as the labels (``data.BottomUpDataset(teacher_keypoints=...)``), and the loss is the
+α-weighted sum of the two masked MSEs (:func:`kd_loss`). That transfers the teacher's placements
+(where it puts joints the labels miss or place differently), not the shape of its heatmaps.
+
+    teacher_kp = teacher_keypoints(teacher, mode)                    # once per teacher
+    run = train_bottom_up("tiny", mode, seed=0, teacher_kp=teacher_kp, alpha=0.5)
+    run.metrics["float"]["AP"], run.metrics["int8"]["AP"]            # whole-image COCO AP
+
+Runs are cached by name under ``run_paths(mode).checkpoints`` like the top-down students'.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .ai8x_models import BOTTOM_UP_INPUT, DEFAULT_QAT_POLICY, HeatmapView, ai85bottomup, simulate_copy
+from .config import get_mode, run_paths
+from .losses import bottom_up_mse
+
+STRIDE = 8
+#: Teacher keypoints below this heatmap peak are left unlabelled in its targets (HRNet's
+#: ``in_vis_thr``, the confidence above which a keypoint counts towards a person's score).
+MIN_SCORE = 0.2
+
+
+def training_set(mode: str | None = None, teacher_kp: dict | None = None, input_size=BOTTOM_UP_INPUT):
+    """The mode's training images as a ``BottomUpDataset`` with whole-image augmentation."""
+    from .data import BottomUpDataset, dataset_splits
+
+    split = dataset_splits(get_mode(mode)).train
+    return BottomUpDataset(split.ann_file, split.img_dir, input_size, STRIDE, train=True, teacher_keypoints=teacher_kp)
+
+
+@torch.no_grad()
+def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: float = MIN_SCORE,
+                      batch_size: int = 64, progress: bool = False, cache: bool = True) -> dict[int, np.ndarray]:
+    """``{ann_id: (17, 3)}``: the top-down teacher's keypoints for every training person (its GT
+    box, flip test, image pixels), ``v`` = 2 where the peak is at least ``min_score``, else the point
+    is unlabelled. Stored once per teacher (``weights_fingerprint``) under the mode's folder."""
+    from .data import TopDownDataset, dataset_splits, predict_topdown
+    from .experiments import budget, weights_fingerprint
+
+    mode = get_mode(mode)
+    b = budget(mode)
+    path = run_paths(mode).root / "teacher_cache" / f"keypoints_{weights_fingerprint(teacher)}_{min_score:g}.json"
+    if cache and path.is_file():
+        return {int(k): np.asarray(v, dtype=np.float64) for k, v in json.loads(path.read_text()).items()}
+    split = dataset_splits(mode).train
+    ds = TopDownDataset(split.ann_file, split.img_dir, b.input_size, b.heatmap_size, b.sigma, train=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    device = next(teacher.parameters()).device
+    results = predict_topdown(teacher, loader, ds.codec, flip_test=True, device=device, progress=progress)
+    out = {}
+    for sample, r in zip(ds.samples, results):
+        k = np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)
+        k[:, 2] = np.where(k[:, 2] >= min_score, 2.0, 0.0)
+        k[k[:, 2] == 0, :2] = 0.0
+        out[int(sample["ann_id"])] = k
+    if cache:
+        from .config import atomic_write
+
+        atomic_write(path, lambda f: json.dump({k: np.round(v, 2).tolist() for k, v in out.items()}, f), mode="w")
+    return out
+
+
+def kd_loss(alpha: float = 0.5) -> Callable:
+    """``(1-α)·MSE(S, GT) + α·MSE(S, teacher targets)``, both masked (:func:`losses.bottom_up_mse`),
+    as ``fit``'s ``loss_fn``; returns ``{"loss", "gt", "kd"}`` (fit logs each)."""
+    def loss_fn(outputs, batch: dict) -> dict:
+        gt = bottom_up_mse(outputs, batch)
+        kd = bottom_up_mse(outputs, {"heatmaps": batch["teacher_heatmaps"], "pafs": batch["teacher_pafs"],
+                                     "mask": batch["mask"]})
+        return {"loss": (1 - alpha) * gt + alpha * kd, "gt": gt, "kd": kd}
+
+    return loss_fn
+
+
+@dataclass
+class BottomUpRun:
+    name: str
+    model: nn.Module              # QAT mode
+    float_model: nn.Module
+    metrics: dict                 # {"float", "qat", "int8"}: whole-image COCO metrics
+    run_dir: Path
+    train_time_s: float | None
+
+
+def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 0, teacher_kp: dict | None = None,
+                    alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
+                    lr: float | None = None, tag: str | None = None, progress: bool = True,
+                    threads: int | None = None) -> BottomUpRun:
+    """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
+    ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
+    evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
+    batch size and learning rate default to the top-down MAX78000 student's
+    (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget."""
+    import copy
+
+    from . import ai8x
+    from .data import dataset_splits
+    from .evaluation import evaluate_bottom_up
+    from .experiments import AI8X_STEPS, budget
+    from .train import History, fit
+
+    mode = get_mode(mode)
+    b = budget(mode)
+    steps = steps or AI8X_STEPS[mode]
+    batch_size, lr = batch_size or b.batch_size, lr or b.lr
+    threads = threads if threads is not None else b.threads
+    name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
+    root = run_paths(mode).checkpoints
+    float_steps, qat_steps = steps
+    torch.manual_seed(seed)
+    model = ai85bottomup(variant)
+    ds = training_set(mode, teacher_kp)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
+    loss_fn = bottom_up_mse if teacher_kp is None else kd_loss(alpha)
+    common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, progress=progress, threads=threads,
+                  channels_last=b.channels_last, save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
+    dirs = (root / f"{name}_float", root / f"{name}_qat")
+    before = sum(History.steps_done(d) for d in dirs)
+    t0 = time.perf_counter()
+    view = HeatmapView(model)
+    fit(view, loader, max_steps=float_steps, lr=lr, run_name=f"{name}_float", **common)
+    float_model = copy.deepcopy(model).eval()
+    ai8x.initiate_qat(model, DEFAULT_QAT_POLICY)
+    opt = torch.optim.Adam(model.parameters(), lr=lr / 10)
+    fit(view, loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
+    info_file = dirs[1] / "run_info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if sum(History.steps_done(d) for d in dirs) > before:
+        info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
+    info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
+                kd=teacher_kp is not None, batch_size=batch_size, lr=lr)
+    info_file.write_text(json.dumps(info, indent=1))
+    val = dataset_splits(mode).val
+    model.eval()
+    metrics = {key: evaluate_bottom_up(HeatmapView(net), val)
+               for key, net in (("float", float_model), ("qat", model), ("int8", simulate_copy(model)))}
+    return BottomUpRun(name, model, float_model, metrics, dirs[1], info.get("train_time_s"))

@@ -1,0 +1,165 @@
+"""The runs table: one row per run config (``<mode folder>/runs.csv``), every config field a column.
+
+``python -m posekd_lib.run`` records each run it makes here (:func:`runs_row`, :func:`record_run`);
+:func:`runs_table` reads it back as a pandas DataFrame, so "every budget of the hinted run" is a
+query (:func:`rows_like`, :func:`budget_trend`) rather than a regex over run names. The configs
+themselves are :mod:`posekd_lib.runconfig`'s.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from .runconfig import (AI8X_STUDENT, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
+                        resolved_mode, to_dict)
+
+
+def flat_fields(cfg: RunConfig) -> dict:
+    """The config as one flat row: dotted keys (``optim.lr``), list items by index
+    (``distill.terms.0.kind``), maps as sorted YAML flow text, plus ``distill.kinds`` (``hint+fpd``)."""
+    out = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict) and not (prefix.endswith(".options") or prefix.endswith(".pairs")):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                walk(f"{prefix}.{i}", x)
+        elif isinstance(v, (dict, list)):
+            out[prefix] = yaml.safe_dump(v, default_flow_style=True, sort_keys=True).strip() if v else ""
+        else:
+            out[prefix] = v
+
+    walk("", to_dict(cfg))
+    out["distill.kinds"] = "+".join(t.kind for t in cfg.distill.terms)
+    return out
+
+
+# --------------------------------------------------------------------------- the runs table
+#: What ``python -m posekd_lib.run`` prints of a run's row.
+SUMMARY_COLUMNS = ("name", "config_id", "model.student", "distill.kinds", "budget.steps", "AP", "AP50", "AP75",
+                   "PCK@0.2", "train_time_s")
+
+
+def runs_csv(mode: str | None = None) -> Path:
+    """The mode's runs table: one row per config id (``<mode folder>/runs.csv``)."""
+    from .config import run_paths
+
+    return run_paths(mode).root / "runs.csv"
+
+
+def runs_row(cfg: RunConfig, run) -> dict:
+    """A runs-table row: ``config_id``, every config field (:func:`flat_fields`), the budget the run
+    trained with (``budget.*``: the mode's values where the config says null) and its metrics."""
+    from .experiments import ROW_METRICS
+
+    if cfg.model.student == AI8X_STUDENT:
+        return _ai8x_row(cfg, run)
+    b = run.budget
+    row = {"config_id": config_id(cfg), **flat_fields(cfg),
+           "budget.steps": run.row["steps"], "budget.batch_size": b.batch_size, "budget.lr": b.lr,
+           "budget.input_size": f"{b.input_size[0]}x{b.input_size[1]}"}
+    row.update({k: run.row.get(k) for k in (*ROW_METRICS, "PCK@0.2", "params", "MACs", "int8_kB", "train_time_s")})
+    row["run_dir"] = str(run.run_dir)
+    return row
+
+
+def _ai8x_row(cfg: RunConfig, run) -> dict:
+    """A MAX78000 run's row: the QAT model's metrics as ``AP`` ..., the float model's as ``float.AP``
+    ..., the integer simulation's (the MAX78000's arithmetic) as ``int8.AP`` ..."""
+    import json
+
+    from .ai8x_models import AI8X_STUDENT_INPUT
+    from .experiments import ROW_METRICS, budget, budget_fields as with_budget
+
+    with with_budget(**budget_fields(cfg)):
+        b = budget(resolved_mode(cfg))
+    float_steps, qat_steps = ai8x_steps(cfg)
+    info_file = run.run_dir / "run_info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    row = {"config_id": config_id(cfg), **flat_fields(cfg), "budget.steps": float_steps,
+           "budget.qat_steps": qat_steps, "budget.batch_size": b.batch_size, "budget.lr": b.lr,
+           "budget.input_size": f"{AI8X_STUDENT_INPUT[0]}x{AI8X_STUDENT_INPUT[1]}"}
+    for prefix, key in (("", "qat"), ("float.", "float"), ("int8.", "int8")):
+        row.update({prefix + k: run.metrics[key].get(k) for k in (*ROW_METRICS, "PCK@0.2")})
+    row["params"] = sum(p.numel() for p in run.float_model.parameters())
+    row["train_time_s"] = info.get("train_time_s")
+    row["run_dir"] = str(run.run_dir)
+    return row
+
+
+def runs_table(mode: str | None = None):
+    """The runs table as a pandas DataFrame (empty when no run was recorded), e.g. every budget of
+    the hinted runs: ``df[df["distill.kinds"].str.contains("hint")][["budget.steps", "AP"]]``."""
+    import pandas as pd
+
+    path = runs_csv(mode)
+    return pd.read_csv(path, dtype={"config_id": str}) if path.is_file() else pd.DataFrame(columns=["config_id"])
+
+
+def record_run(row: dict, mode: str | None = None) -> None:
+    """Insert ``row`` into the runs table, replacing the row of the same ``config_id``."""
+    import pandas as pd
+
+    from .config import atomic_write
+
+    df = runs_table(mode)
+    df = df[df["config_id"].astype(str) != row["config_id"]]
+    new = pd.DataFrame([row])
+    df = new if df.empty else pd.concat([df, new], ignore_index=True)
+    atomic_write(runs_csv(mode), lambda f: df.to_csv(f, index=False), mode="w")
+
+
+#: Fields that may differ between the rows of one recipe at several budgets and seeds.
+_TREND_FREE = ("name", "seed", "optim.steps", "stages", "data.mode")
+
+
+def _norm(v) -> str:
+    """A CSV cell and a config value in one spelling (None, NaN and "" alike; 1 and 1.0 alike)."""
+    import math
+
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return str(bool(v))
+    try:
+        return repr(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def rows_like(table, cfg: RunConfig, free=_TREND_FREE):
+    """The rows of the runs table made with ``cfg`` up to the ``free`` fields (any budget and seed)."""
+    keep = table.index == table.index
+    for k, v in flat_fields(cfg).items():
+        if k in free:
+            continue
+        if k in table:
+            keep &= table[k].map(_norm).to_numpy() == _norm(v)
+        elif _norm(v) != "":         # a column older rows lack counts as unset
+            return table.iloc[:0]
+    return table[keep]
+
+
+def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunConfig | None = None) -> list[dict]:
+    """``experiments.budget_trend`` as a query over the runs table instead of a regex over tags.
+
+    The KD rows are those made with ``kd_cfg`` up to name, seed and steps (:func:`rows_like`), the
+    baseline rows those of ``baseline_cfg`` (default: ``kd_cfg`` without distillation, a ``train``
+    run); they pair by (``budget.steps``, ``seed``). Same output as ``experiments.budget_trend``:
+    one dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
+    ``closed`` (each with ``<key>_pm``, half the range over seeds) and ``closed_per_seed``.
+    """
+    from .evaluation import gap_by_budget
+
+    if baseline_cfg is None:
+        baseline_cfg = dataclasses.replace(kd_cfg, distill=DistillConfig(), stages=["train", "evaluate"])
+    ap = {}
+    for which, c in (("baseline", baseline_cfg), ("kd", kd_cfg)):
+        rows = rows_like(table, c)
+        for _, r in rows[rows["AP"].notna()].iterrows():
+            ap[which, int(r["budget.steps"]), int(r["seed"])] = float(r["AP"])
+    return gap_by_budget(ap, teacher_ap)

@@ -1,0 +1,47 @@
+"""The bottom-up MAX78000 student: teacher keypoints as targets, the KD loss, a short train -> QAT -> int8 run."""
+import numpy as np
+import pytest
+import torch
+
+from posekd_lib import bottom_up
+from posekd_lib.distill import freeze
+from posekd_lib.teachers import load_teacher
+
+
+def test_teacher_keypoints_become_targets_through_the_same_augmentation():
+    teacher = freeze(load_teacher(mode="quick")[0])
+    kp = bottom_up.teacher_keypoints(teacher, "quick")
+    ds = bottom_up.training_set("quick", kp)
+    assert len(kp) > 0
+    assert all(k.shape == (17, 3) and set(np.unique(k[:, 2])) <= {0.0, 2.0} for k in kp.values())
+    torch.manual_seed(0)
+    s = ds[0]
+    assert s["teacher_heatmaps"].shape == s["heatmaps"].shape and s["teacher_pafs"].shape == s["pafs"].shape
+    # the ground truth given as the "teacher's" keypoints: its targets equal the ground-truth targets
+    gt_as_teacher = {a["id"]: np.asarray(a["keypoints"], float).reshape(17, 3)
+                     for anns in ds.anns.values() for a in anns}
+    mirror = bottom_up.training_set("quick", gt_as_teacher)
+    torch.manual_seed(0)
+    m = mirror[0]
+    torch.testing.assert_close(m["teacher_heatmaps"], m["heatmaps"])
+    torch.testing.assert_close(m["teacher_pafs"], m["pafs"])
+    assert bottom_up.teacher_keypoints(teacher, "quick").keys() == kp.keys()     # read back from its cache
+
+
+def test_kd_loss_weights_the_two_targets():
+    z = torch.zeros(1, 19, 2, 2), torch.zeros(1, 38, 2, 2)
+    batch = {"heatmaps": z[0] + 1, "pafs": z[1], "mask": torch.ones(1, 1, 2, 2),
+             "teacher_heatmaps": z[0], "teacher_pafs": z[1]}
+    out = bottom_up.kd_loss(0.25)(torch.zeros(1, 57, 2, 2), batch)
+    torch.testing.assert_close(out["loss"], 0.75 * out["gt"] + 0.25 * out["kd"])
+    assert out["kd"] == 0 and out["gt"] > 0
+
+
+@pytest.mark.slow  # train (2 + 2 steps) and three whole-image evaluations in quick mode: ~20 s
+def test_a_short_distilled_run_trains_quantizes_and_scores():
+    teacher = freeze(load_teacher(mode="quick")[0])
+    run = bottom_up.train_bottom_up("tiny", "quick", teacher_kp=bottom_up.teacher_keypoints(teacher, "quick"),
+                                    steps=(2, 2), batch_size=4, progress=False)
+    assert set(run.metrics) == {"float", "qat", "int8"}
+    assert all(0 <= m["AP"] <= 1 for m in run.metrics.values())
+    assert (run.run_dir / "run_info.json").is_file()
