@@ -313,10 +313,13 @@ class PafCodec:
             ys, xs = torch.nonzero(is_max[k], as_tuple=True)
             cand = np.stack([xs.numpy(), ys.numpy(), hm[k, ys, xs].numpy()], axis=1).astype(np.float64)
             cand = cand[np.argsort(-cand[:, 2], kind="stable")]
-            keep = []
+            # greedy suppression, strongest first: one distance table, then a pass that keeps a peak
+            # when no kept (stronger) peak lies within the radius
+            d = cand[:, None, :2] - cand[None, :, :2]
+            close = np.hypot(d[..., 0], d[..., 1]) < radius
+            keep = np.zeros(len(cand), dtype=bool)
             for i in range(len(cand)):
-                if all(np.hypot(*(cand[i, :2] - cand[j, :2])) >= radius for j in keep):
-                    keep.append(i)
+                keep[i] = not close[i, :i][keep[:i]].any()
             out.append(cand[keep])
         return out
 
