@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ai8x_models import BOTTOM_UP_INPUT, DEFAULT_QAT_POLICY, HeatmapView, ai85bottomup, simulate_copy
+from .ai8x_models import (BOTTOM_UP_INPUT, DEFAULT_QAT_POLICY, HeatmapView, ai85bottomup, simulate_copy,
+                          train_ai8x_student)
 from .config import get_mode, run_paths
 from .losses import bottom_up_mse
 
@@ -111,38 +112,32 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
     batch size and learning rate default to the top-down MAX78000 student's
     (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget."""
-    import copy
-
-    from . import ai8x
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .experiments import AI8X_STEPS, budget
-    from .train import History, fit
+    from .train import History, load_checkpoint
 
     mode = get_mode(mode)
     b = budget(mode)
-    steps = steps or AI8X_STEPS[mode]
+    float_steps, qat_steps = steps or AI8X_STEPS[mode]
     batch_size, lr = batch_size or b.batch_size, lr or b.lr
-    threads = threads if threads is not None else b.threads
     name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
     root = run_paths(mode).checkpoints
-    float_steps, qat_steps = steps
     torch.manual_seed(seed)
     model = ai85bottomup(variant)
-    ds = training_set(mode, teacher_kp)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
-    loss_fn = bottom_up_mse if teacher_kp is None else kd_loss(alpha)
-    common = dict(loss_fn=loss_fn, out_dir=root, seed=seed, progress=progress, threads=threads,
-                  channels_last=b.channels_last, save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
+    loader = torch.utils.data.DataLoader(training_set(mode, teacher_kp), batch_size=batch_size, shuffle=True,
+                                         drop_last=True)
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
-    view = HeatmapView(model)
-    fit(view, loader, max_steps=float_steps, lr=lr, run_name=f"{name}_float", **common)
-    float_model = copy.deepcopy(model).eval()
-    ai8x.initiate_qat(model, DEFAULT_QAT_POLICY)
-    opt = torch.optim.Adam(model.parameters(), lr=lr / 10)
-    fit(view, loader, max_steps=qat_steps, optimizer=opt, run_name=f"{name}_qat", **common)
+    train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,
+                       loss_fn=bottom_up_mse if teacher_kp is None else kd_loss(alpha), float_steps=float_steps,
+                       qat_steps=qat_steps, seed=seed, progress=progress,
+                       threads=threads if threads is not None else b.threads, channels_last=b.channels_last,
+                       save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
+    float_model = ai85bottomup(variant)                     # the float phase's final weights, before QAT
+    load_checkpoint(dirs[0] / "latest.pt", HeatmapView(float_model))
+    float_model.eval()
     info_file = dirs[1] / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if sum(History.steps_done(d) for d in dirs) > before:

@@ -8,8 +8,7 @@ factors on the CPU with the dataset's own :meth:`~posekd_lib.data.TopDownDataset
 random draws, in the same order, as the per-sample path), encodes the heatmap targets with the
 dataset's codec (vectorised over the batch), and cuts all crops in one ``grid_sample``::
 
-    crops = DeviceCrops(train_ds, "cuda")
-    loader = DataLoader(crops, batch_size=256, shuffle=True, drop_last=True, collate_fn=as_batch)
+    loader = shuffled_loader(train_ds, 256, loader="device", device="cuda")   # DeviceCrops + as_batch
     fit(model, loader, device="cuda", ...)
 
 The batches have the per-sample path's keys and shapes (``image``, ``target``, ``target_weight``,
@@ -23,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, TopDownDataset, jitter_weights, sample_rng
 from .images import read_rgb
@@ -38,6 +37,22 @@ def _collate(values: list):
     if torch.is_tensor(values[0]):
         return torch.stack(values)
     return torch.as_tensor(values, dtype=torch.float64 if isinstance(values[0], float) else None)
+
+
+LOADERS = ("cpu", "device")
+
+
+def shuffled_loader(ds, batch_size: int, loader: str = "cpu", device="cpu", num_workers: int = 0):
+    """The shuffled training DataLoader (full batches only) of ``ds``: per-sample crops on
+    ``num_workers`` workers (``loader="cpu"``), or whole batches cut on ``device`` by
+    :class:`DeviceCrops` (``"device"``: the same draws and targets; for a GPU, whose small students
+    a CPU cannot feed). ``experiments.Budget.loader`` chooses it for the students."""
+    if loader not in LOADERS:
+        raise ValueError(f"loader={loader!r}; choose one of {LOADERS}")
+    if loader == "device":
+        return DataLoader(DeviceCrops(ds, device), batch_size=batch_size, shuffle=True, drop_last=True,
+                          collate_fn=as_batch)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers)
 
 
 def as_batch(batch: dict) -> dict:

@@ -41,6 +41,7 @@ from torch import nn
 from .codecs import flip_test_average
 from .keypoints import COCO_FLIP_PAIRS
 from .losses import joints_mse
+from .teacher_cache import CacheMissError
 
 SCHEDULES = ("constant", "linear_decay")
 LOGIT_KINDS = ("mse", "kl")
@@ -749,7 +750,7 @@ class LogitsKD(Distiller):
                                "flipped) from TopDownDataset")
             try:
                 return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
-            except KeyError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
+            except CacheMissError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
                 if not getattr(self, "_warned_cache", False):
                     warnings.warn(f"{e}; the live teacher runs for such batches", RuntimeWarning, stacklevel=2)
                     self._warned_cache = True

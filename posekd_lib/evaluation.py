@@ -119,14 +119,11 @@ def bottom_up_results(heatmaps, pafs, affines, image_ids, codec, threshold: floa
     PAF grouping, ``codecs.PafCodec``), their keypoints mapped from the network input back to the
     image through the inverse of its ``affines[i]`` (image -> input, ``(2, 3)``); keypoints the
     grouping did not find stay at 0 with score 0."""
-    import torch
-
     from .transforms import affine_points
 
     results = []
     for hm, paf, M, image_id in zip(heatmaps, pafs, affines, image_ids):
-        full = np.vstack([np.asarray(torch.as_tensor(M).double()), [0.0, 0.0, 1.0]])
-        inv = np.linalg.inv(full)[:2]
+        inv = np.linalg.inv(np.vstack([np.asarray(M, dtype=np.float64), [0.0, 0.0, 1.0]]))[:2]
         for person in codec.decode(hm, paf, threshold=threshold):
             k = np.array(person.keypoints, dtype=np.float64)
             found = k[:, 2] > 0
@@ -147,6 +144,7 @@ def evaluate_bottom_up(model, split, input_size=(128, 128), stride: int = 8, bat
     from tqdm.auto import tqdm
 
     from .data import BottomUpDataset
+    from .keypoints import NUM_OPENPOSE_KEYPOINTS
 
     ds = BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=False)
     if img_ids is not None:
@@ -156,7 +154,7 @@ def evaluate_bottom_up(model, split, input_size=(128, 128), stride: int = 8, bat
     was_training = model.training
     model.eval()
     results = []
-    n_hm = ds.codec.encode(np.zeros((0, 17, 3)))[0].shape[0]
+    n_hm = NUM_OPENPOSE_KEYPOINTS + 1                     # heatmaps (with the background) come first
     with torch.no_grad():
         for batch in tqdm(loader, desc="bottom-up eval", disable=not progress, leave=False):
             out = model(batch["image"].to(device))

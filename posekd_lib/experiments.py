@@ -342,25 +342,6 @@ def training_set(mode: str | None = None, input_size=None, heatmap_size=None, la
     return torch.utils.data.ConcatDataset([kept, hidden]) if unlabelled else kept
 
 
-LOADERS = ("cpu", "device")
-
-
-def train_loader(train_ds, b: Budget) -> torch.utils.data.DataLoader:
-    """The shuffled training DataLoader of a budget: per-sample crops (``b.loader == "cpu"``, on
-    ``b.num_workers`` workers) or whole batches cut on ``b.device`` (``"device"``:
-    :class:`~posekd_lib.device_data.DeviceCrops`, same draws and targets; for a GPU, whose small
-    students a CPU cannot feed)."""
-    if b.loader not in LOADERS:
-        raise ValueError(f"Budget.loader={b.loader!r}; choose one of {LOADERS}")
-    if b.loader == "device":
-        from .device_data import DeviceCrops, as_batch
-
-        return torch.utils.data.DataLoader(DeviceCrops(train_ds, _device(b.device)), batch_size=b.batch_size,
-                                           shuffle=True, drop_last=True, collate_fn=as_batch)
-    return torch.utils.data.DataLoader(train_ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
-                                       num_workers=b.num_workers)
-
-
 def label_tag(labelled: float = 1.0, unlabelled: bool = False) -> str:
     """The run-tag suffix of a label budget: ``""`` on every label, ``"_l10"`` for 10 %, ``"_l10u"``
     when the other images' persons are added unlabelled (``benchmarks/bench_kd.py``, notebook 07)."""
@@ -451,7 +432,9 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     if len(train_ds) < b.batch_size:
         raise ValueError(f"train_student: {len(train_ds)} training persons (labelled={labelled}) make no batch of "
                          f"{b.batch_size}; label a larger fraction")
-    loader = train_loader(train_ds, b)
+    from .device_data import shuffled_loader
+
+    loader = shuffled_loader(train_ds, b.batch_size, b.loader, _device(b.device), b.num_workers)
     _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()
     history = fit(net, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
@@ -705,7 +688,9 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
         raise ValueError(f"the MAX78000 student works at {am.AI8X_STUDENT_INPUT}, the {mode} budget at {b.input_size}")
     splits = dataset_splits(mode)
     train_ds = training_set(mode, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP)
-    loader = train_loader(train_ds, b)
+    from .device_data import shuffled_loader
+
+    loader = shuffled_loader(train_ds, b.batch_size, b.loader, _device(b.device), b.num_workers)
     if kd is not None:
         if KD_SETTINGS.get(kd, {}).get("method") != "logits":
             raise ValueError(f"kd={kd!r}: the MAX78000 student distils with a logits setting "

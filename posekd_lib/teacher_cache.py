@@ -34,6 +34,11 @@ from .keypoints import COCO_FLIP_PAIRS, flip_permutation
 from .transforms import get_affine_transform
 
 
+class CacheMissError(KeyError):
+    """A batch holds samples the cache was not built for (another dataset, or a subset of it that
+    numbers its persons differently)."""
+
+
 def _homogeneous(m: np.ndarray) -> np.ndarray:
     return np.vstack([np.asarray(m, dtype=np.float64), [0.0, 0.0, 1.0]])
 
@@ -123,7 +128,7 @@ class TeacherCache:
         meta = batch["meta"]
         index = torch.as_tensor(meta["index"]).long()
         if int(index.max()) >= len(self) or not torch.equal(self.ann_ids[index], torch.as_tensor(meta["ann_id"]).long()):
-            raise KeyError(f"teacher cache {self.source or '(unnamed)'} was built for another dataset: "
+            raise CacheMissError(f"teacher cache {self.source or '(unnamed)'} was built for another dataset: "
                            f"batch samples {index.tolist()[:8]} have other annotation ids; rebuild it")
         hm = self.heatmaps[index].float()
         rows = index.numpy()

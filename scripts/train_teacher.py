@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     from hrnet_pose.configs import load_configs
     from hrnet_pose.hrnetpose_model import get_pose_net
     from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.device_data import shuffled_loader
     from posekd_lib.evaluation import curve_evaluator, evaluate_topdown, first_images
     from posekd_lib.train import History, fit, load_checkpoint
     from posekd_lib.plotting import learning_curves
@@ -114,14 +115,7 @@ def main(argv=None) -> int:
                               aug=args.aug)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    if args.loader == "device":
-        from posekd_lib.device_data import DeviceCrops, as_batch
-
-        loader = torch.utils.data.DataLoader(DeviceCrops(train_ds, device), batch_size=args.batch_size, shuffle=True,
-                                             drop_last=True, collate_fn=as_batch)
-    else:
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=args.workers)
+    loader = shuffled_loader(train_ds, args.batch_size, args.loader, device, args.workers)
     print(f"{name}: {args.config}, {len(train_ds)} training persons, {len(loader)} steps/epoch", flush=True)
 
     torch.manual_seed(args.seed)
