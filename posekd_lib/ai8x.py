@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posekd_lib.max78000 import Limits, limits
+from posekd_lib.hardware import Limits, limits
 
 ACTIVATIONS = (None, "ReLU", "Abs")
 POOLINGS = (None, "Max", "Avg")

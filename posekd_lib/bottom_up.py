@@ -56,7 +56,8 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
     box, flip test, image pixels), ``v`` = 2 where the peak is at least ``min_score``, else the point
     is unlabelled. Stored once per teacher (``weights_fingerprint``) under the mode's folder."""
     from .data import TopDownDataset, dataset_splits, predict_topdown
-    from .experiments import budget, weights_fingerprint
+    from .budgets import budget
+    from .recipes import weights_fingerprint
 
     mode = get_mode(mode)
     b = budget(mode)
@@ -114,7 +115,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
-    from .experiments import AI8X_STEPS, budget
+    from .budgets import budget
+    from .experiments import AI8X_STEPS
     from .train import History, load_checkpoint
 
     mode = get_mode(mode)

@@ -46,7 +46,7 @@ def shuffled_loader(ds, batch_size: int, loader: str = "cpu", device="cpu", num_
     """The shuffled training DataLoader (full batches only) of ``ds``: per-sample crops on
     ``num_workers`` workers (``loader="cpu"``), or whole batches cut on ``device`` by
     :class:`DeviceCrops` (``"device"``: the same draws and targets; for a GPU, whose small students
-    a CPU cannot feed). ``experiments.Budget.loader`` chooses it for the students."""
+    a CPU cannot feed). ``budgets.Budget.loader`` chooses it for the students."""
     if loader not in LOADERS:
         raise ValueError(f"loader={loader!r}; choose one of {LOADERS}")
     if loader == "device":

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from posekd_lib import ai8x
-from posekd_lib.max78000 import MAX78000, limits, plan_hardware_layers
+from posekd_lib.hardware import MAX78000, limits
+from posekd_lib.max78000 import plan_hardware_layers
 
 _PLAIN = (int, float, str, bool, type(None))
 

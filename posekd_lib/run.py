@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--loader", default=None, choices=("cpu", "device"),
                     help="device: cut whole batches on the training device (a GPU's data path; default: the budget's)")
     args = ap.parse_args(argv)
-    from .experiments import budget_fields
+    from .budgets import budget_fields
 
     where = {k: v for k, v in (("device", args.device), ("loader", args.loader)) if v is not None}
     with budget_fields(**where):

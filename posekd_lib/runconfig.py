@@ -21,7 +21,7 @@ folder)::
     export: {opset: 17, dynamic_batch: true, dynamo: false}
     stages: [distil, evaluate]       # of STAGES; qat/prune sections are placeholders, not wired yet
 
-``null`` means "the mode's :class:`~posekd_lib.experiments.Budget` value", so one file serves every
+``null`` means "the mode's :class:`~posekd_lib.budgets.Budget` value", so one file serves every
 mode. :func:`from_dict` checks every key and value and raises a :class:`ConfigError` naming the
 dotted key (``distill.terms[1].kind``); :func:`apply_overrides` applies ``--set a.b=c`` items
 (values read as YAML); :func:`config_id` is a short hash of the canonical YAML.
@@ -103,7 +103,7 @@ class OptimConfig:
     schedule: str = "cosine"
     loss: str = "mse"                  # ground-truth loss of a train stage: mse | awing
     amp: str | None = None             # Budget.amp: auto | bf16 | fp16 | off (float32); null: the budget's.
-                                       # experiments.student_amp still trains FLOAT32_ON_CPU students in float32
+                                       # budgets.student_amp still trains FLOAT32_ON_CPU students in float32
 
 
 @dataclass
@@ -489,11 +489,11 @@ def ai8x_steps(cfg: RunConfig) -> tuple[int, int]:
 
 
 def budget_fields(cfg: RunConfig) -> dict:
-    """The :class:`~posekd_lib.experiments.Budget` fields the config sets (its non-null ones).
+    """The :class:`~posekd_lib.budgets.Budget` fields the config sets (its non-null ones).
 
     ``augmentation`` and ``optim.amp`` map onto ``Budget.aug`` / ``Budget.amp``; setting them on a
     budget without those fields is a :class:`ConfigError`."""
-    from .experiments import Budget
+    from .budgets import Budget
 
     have = {f.name for f in dataclasses.fields(Budget)}
     out = {}
@@ -515,7 +515,7 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
     have only when it differs from the distiller's default, so a config that spells out a
     notebook's recipe yields exactly that recipe (and reuses its cached run)."""
     from .distill import FeatureKD, LogitsKD
-    from .experiments import KD_SETTINGS
+    from .recipes import KD_SETTINGS
 
     terms = cfg.distill.terms
     i_hint = next((i for i, t in enumerate(terms) if t.kind == "hint"), None)
@@ -536,7 +536,7 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
     shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
                        "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
     if cls is LogitsKD:
-        shared |= {"teacher_cache"}      # experiments.kd_recipe's: the teacher's heatmaps computed once
+        shared |= {"teacher_cache"}      # recipes.kd_recipe's: the teacher's heatmaps computed once
     for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
                                  (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
                                  ("distill", cfg.distill, shared)):
@@ -557,7 +557,7 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
 def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     """Train (or load, or resume) the run ``cfg`` describes with ``experiments.train_student``.
 
-    A ``distil`` stage builds the distiller with ``experiments.kd_recipe`` (:func:`kd_setting`);
+    A ``distil`` stage builds the distiller with ``recipes.kd_recipe`` (:func:`kd_setting`);
     ``teacher`` is the frozen teacher (loaded from ``distill.teacher`` when None). Returns
     ``train_student``'s :class:`~posekd_lib.experiments.Run`: the model, metrics and results row;
     for the MAX78000 student ``experiments.train_ai8x``'s :class:`~posekd_lib.experiments.Ai8xRun`
@@ -565,7 +565,9 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     """
     import os
 
-    from .experiments import budget_fields as with_budget, kd_recipe, train_student
+    from .budgets import budget_fields as with_budget
+    from .experiments import train_student
+    from .recipes import kd_recipe
 
     mode = resolved_mode(cfg)
     if cfg.data.coco_root is not None:
@@ -592,12 +594,13 @@ def check_mapping(cfg: RunConfig) -> None:
     if "distil" in cfg.stages:
         tag, overrides = kd_setting(cfg)
         if cfg.model.student == AI8X_STUDENT and overrides:
-            raise ConfigError(f"distill.terms: {overrides} differ from experiments.KD_SETTINGS[{tag!r}], which "
+            raise ConfigError(f"distill.terms: {overrides} differ from recipes.KD_SETTINGS[{tag!r}], which "
                               "train_ai8x distils with as is")
 
 
 def _train_ai8x(cfg: RunConfig, teacher, progress: bool):
-    from .experiments import budget_fields as with_budget, train_ai8x
+    from .budgets import budget_fields as with_budget
+    from .experiments import train_ai8x
 
     check_mapping(cfg)
     kd = None

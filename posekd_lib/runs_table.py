@@ -73,7 +73,8 @@ def _ai8x_row(cfg: RunConfig, run) -> dict:
     import json
 
     from .ai8x_models import AI8X_STUDENT_INPUT
-    from .experiments import ROW_METRICS, budget, budget_fields as with_budget
+    from .budgets import budget, budget_fields as with_budget
+    from .experiments import ROW_METRICS
 
     with with_budget(**budget_fields(cfg)):
         b = budget(resolved_mode(cfg))
@@ -145,11 +146,11 @@ def rows_like(table, cfg: RunConfig, free=_TREND_FREE):
 
 
 def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunConfig | None = None) -> list[dict]:
-    """``experiments.budget_trend`` as a query over the runs table instead of a regex over tags.
+    """``analysis.budget_trend`` as a query over the runs table instead of a regex over tags.
 
     The KD rows are those made with ``kd_cfg`` up to name, seed and steps (:func:`rows_like`), the
     baseline rows those of ``baseline_cfg`` (default: ``kd_cfg`` without distillation, a ``train``
-    run); they pair by (``budget.steps``, ``seed``). Same output as ``experiments.budget_trend``:
+    run); they pair by (``budget.steps``, ``seed``). Same output as ``analysis.budget_trend``:
     one dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
     ``closed`` (each with ``<key>_pm``, half the range over seeds) and ``closed_per_seed``.
     """

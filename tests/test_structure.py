@@ -1,0 +1,66 @@
+"""The library's shape: module-level imports between ``posekd_lib`` modules form no cycle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parent.parent / "posekd_lib"
+
+
+def module_imports(path: Path) -> set[str]:
+    """``posekd_lib`` modules that ``path`` imports at module level (not inside functions)."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 1 or mod.startswith("posekd_lib"):
+                base = mod.removeprefix("posekd_lib").lstrip(".")
+                if base:
+                    out.add(base.split(".")[0])
+                else:                                  # from posekd_lib import ai8x / from . import x
+                    out.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("posekd_lib."))
+    return out
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_module_imports_reads_both_spellings(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from posekd_lib.hardware import limits\nfrom . import ai8x\nfrom .data import X\n"
+                 "def g():\n    from posekd_lib import export\n")
+    assert module_imports(f) == {"hardware", "ai8x", "data"}
+
+
+def test_library_has_no_import_cycle():
+    graph = {p.stem: module_imports(p) for p in LIB.glob("*.py")}
+    graph = {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
+    assert graph["max78000"] >= {"ai8x", "hardware"} and "max78000" not in graph["ai8x"]
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
