@@ -43,8 +43,8 @@ def exercise_2(mode: str | None = None) -> dict:
     b = budget(mode)
     splits = dataset_splits(mode)
     teacher, _ = load_teacher(mode=mode)
-    student = train_student("squeezenet", mode=mode, tag="feature", progress=False,
-                            kd=kd_recipe("feature", teacher, "squeezenet", mode)).model.eval()
+    student = train_student("squeezenet", mode=mode, tag="kl", progress=False,
+                            kd=kd_recipe("kl", teacher, "squeezenet", mode)).model.eval()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         f = ox.export_onnx(student, Path(tmp) / "f.onnx", input_size=b.input_size, dynamo=False)
