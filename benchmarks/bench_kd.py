@@ -3,14 +3,17 @@
     python benchmarks/bench_kd.py                          # workshop mode, SqueezeNet, seeds 0 and 1
     python benchmarks/bench_kd.py --seeds 0 1 2 --student mobilenetv3
     python benchmarks/bench_kd.py --settings feature --set beta=0.25 --seeds 0   # tuning: own tag
-    python benchmarks/bench_kd.py --settings feature --steps 1000 --seeds 0      # a longer budget
+    python benchmarks/bench_kd.py --settings feature --steps 1200 --seeds 0      # equal steps, another budget
     python benchmarks/bench_kd.py --settings feature --labelled 0.1 --unlabelled  # few labels, teacher labels the rest
     python benchmarks/bench_kd.py --mode quick             # seconds: checks that everything runs
 
-Every setting (``baseline`` and the tags of ``experiments.KD_SETTINGS``) is trained with the
-mode's budget (same steps, batch, data, augmentation, learning rate; only the loss and the seed
-change) through ``experiments.train_student``, so runs the notebooks already made are reused from
-the cache and missing ones are trained (in workshop mode ~5 min per run on 2 cores). For each
+Every setting (``baseline`` and the tags of ``recipes.KD_SETTINGS``) is trained with the
+mode's budget (same batch, data, augmentation, learning rate; only the loss and the seed change;
+in workshop mode the same training *time*: 3,000 steps for the baseline and the logits settings,
+``Budget.feature_steps`` = 1,500 for ``feature``, whose step also runs the teacher) through
+``experiments.train_student``, so runs the notebooks already made are reused from the cache and
+missing ones are trained (in workshop mode 6-7 min per run on 2 idle cores). ``--steps N`` gives
+every run N steps instead (equal steps, tags get ``_<N>``). For each
 setting it prints COCO AP (flip test, GT boxes), AP50, AP75 and PCK@0.2 as mean ± half the range
 over the seeds, and the fraction of the teacher-baseline AP gap closed, computed per seed against
 that seed's baseline and then averaged.
@@ -109,18 +112,19 @@ def main(argv=None) -> int:
     size = runs["baseline"][0].budget.input_size
     t_ap = t.metrics["AP"]
     t_loc = localization_summary(t.results, val, size)
-    print(f"mode {mode}, student {args.student}, {runs['baseline'][0].row['steps']} steps, seeds {args.seeds}, "
+    print(f"mode {mode}, student {args.student}, seeds {args.seeds}, "
           f"keypoints of {100 * args.labelled:g} % of the training images"
           f"{' (KD runs also see the rest, unlabelled)' if args.unlabelled else ''}; "
           f"teacher {t.name} AP {t_ap:.4f} "
           f"(AP50 {t.metrics['AP50']:.3f}, PCK@0.2 {t.metrics['PCK@0.2']:.3f})")
     w = max(14, *(len(tag) + 2 for tag in runs))   # the setting column fits the longest tag
-    print(f"{'setting':{w}s}" + "".join(f"{m:>18s}" for m in METRICS) + f"{'gap closed':>18s}")
+    print(f"{'setting':{w}s}{'steps':>7s}" + "".join(f"{m:>18s}" for m in METRICS) + f"{'gap closed':>18s}")
     for tag, rs in runs.items():
         ms = [r.metrics for r in rs]
         closed = np.array([gap_closed(x["AP"], b.metrics["AP"], t_ap) for x, b in zip(ms, runs["baseline"])])
         gc = "" if tag == "baseline" else f"{100 * closed.mean():7.1f} % ± {50 * np.ptp(closed):.1f}"
-        print(f"{tag:{w}s}" + "".join(f"{_cell([x[m] for x in ms]):>18s}" for m in METRICS) + f"{gc:>18s}")
+        print(f"{tag:{w}s}{rs[0].row['steps']:>7d}" + "".join(f"{_cell([x[m] for x in ms]):>18s}" for m in METRICS)
+              + f"{gc:>18s}")
     print("per seed AP: " + "; ".join(f"{tag} " + ", ".join(f"{r.metrics['AP']:.4f}" for r in rs)
                                       for tag, rs in runs.items()))
 

@@ -78,8 +78,11 @@ def _demo_teacher_sizes() -> tuple:
             ("heatmap_size", tuple(int(v) for v in m.HEATMAP_SIZE)), ("sigma", float(m.SIGMA)))
 
 
-def budget(mode: str | None = None) -> Budget:
-    """The :class:`Budget` of ``mode`` (default: ``$POSEKD_MODE``)."""
+def budget(mode: str | Budget | None = None) -> Budget:
+    """The :class:`Budget` of ``mode`` (default: ``$POSEKD_MODE``); a :class:`Budget` is returned as
+    it is, so a run resolves its mode once and passes the budget to the functions it calls."""
+    if isinstance(mode, Budget):
+        return mode
     mode = get_mode(mode)
     sizes = {} if mode == "full" else demo_teacher_sizes()
     return Budget(mode, **{**sizes, **_OVERRIDES[mode], **_BUDGET_FIELDS.get()})
@@ -131,18 +134,20 @@ def student_amp(student_name: str, b: Budget) -> str | None:
     return b.amp
 
 
-def training_set(mode: str | None = None, input_size=None, heatmap_size=None, labelled: float = 1.0,
-                 unlabelled: bool = False):
+def training_set(mode: str | Budget | None = None, input_size=None, heatmap_size=None, labelled: float = 1.0,
+                 unlabelled: bool = False, split=None):
     """The mode's training persons with augmentation, at the budget's crop/heatmap size (or the given).
 
-    ``labelled < 1`` keeps the keypoints of that fraction of the training images only
+    ``mode`` is a mode name or an already resolved :class:`Budget` (a run resolves its mode once and
+    passes the budget down), ``split`` the training split when the caller has it (default: the
+    mode's). ``labelled < 1`` keeps the keypoints of that fraction of the training images only
     (:func:`~posekd_lib.data.split_labelled`, the same images for every seed); ``unlabelled`` then
     adds the other images' persons without keypoints, for a teacher to label.
     """
     from .data import TopDownDataset, dataset_splits, split_labelled
 
-    b = budget(mode)
-    split = dataset_splits(b.mode).train
+    b = mode if isinstance(mode, Budget) else budget(mode)
+    split = split if split is not None else dataset_splits(b.mode).train
     ds = TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
                         b.sigma, train=True, aug=b.aug)
     if labelled >= 1:

@@ -30,7 +30,7 @@ from torch import nn
 from .analysis import budget_trend, localization_summary, pck_of_results  # noqa: F401 (notebooks import them here)
 from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields,  # noqa: F401 (ditto)
                       demo_teacher_sizes, example_batch, label_tag, steps_for, student_amp, training_set)
-from .config import atomic_write, get_mode, run_paths
+from .config import atomic_write, run_paths
 from .recipes import FEATURE_PAIRS, KD_SETTINGS, kd_recipe, teacher_cache_for, weights_fingerprint  # noqa: F401
 
 #: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
@@ -137,10 +137,10 @@ def _row(model_name: str, setting: str, seed, metrics: dict, cplx: dict, train_t
             "train_time_s": train_time_s, "steps": steps}
 
 
-def _add_row(mode: str, row: dict) -> None:
+def _add_row(results_csv: Path, row: dict) -> None:
     from .evaluation import ResultsTable
 
-    ResultsTable(run_paths(mode).results_csv).add(row)
+    ResultsTable(results_csv).add(row)
 
 
 # --------------------------------------------------------------------------- students
@@ -183,11 +183,11 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     from .data import dataset_splits
     from .train import History, fit
 
-    mode = get_mode(mode)
-    b = budget(mode)
+    b = budget(mode)                      # the mode, resolved once: everything below reads b and paths
+    mode, paths = b.mode, run_paths(b.mode)
     total = int(steps or steps_for(b, (getattr(kd, "recipe", None) or {}).get("method")))
     name = f"{tag}_{student_name}_s{seed}"
-    run_dir = run_paths(mode).checkpoints / name
+    run_dir = paths.checkpoints / name
     amp = student_amp(student_name, b)
     recipe = {"student": student_name, "loss": "kd" if kd is not None else loss, "steps": total,
               "batch_size": b.batch_size, "lr": b.lr, "input_size": list(b.input_size),
@@ -218,7 +218,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
     done_before = History.steps_done(run_dir)
 
-    train_ds = training_set(mode, labelled=labelled, unlabelled=unlabelled)
+    train_ds = training_set(b, labelled=labelled, unlabelled=unlabelled, split=splits.train)
     if len(train_ds) < b.batch_size:
         raise ValueError(f"train_student: {len(train_ds)} training persons (labelled={labelled}) make no batch of "
                          f"{b.batch_size}; label a larger fraction")
@@ -228,7 +228,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     _write_json(info_file, {**info, "recipe": recipe})
     t0 = time.perf_counter()
     history = fit(net, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
-                  device=b.device, out_dir=run_paths(mode).checkpoints, run_name=name, seed=seed,
+                  device=b.device, out_dir=paths.checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
                   save_every_steps=100 if total > 200 else None, channels_last=b.channels_last, amp=amp)
     wall = time.perf_counter() - t0
@@ -248,7 +248,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
                                        key={"step": trained}, batch_size=b.eval_batch_size, progress=progress)
     setting = tag if seed == 0 else f"{tag} s{seed}"
     row = _row(student_name, setting, seed, metrics, info["complexity"], info.get("train_time_s"), trained)
-    _add_row(mode, row)
+    _add_row(paths.results_csv, row)
     return Run(name, model, history, metrics, results, row, run_dir, b)
 
 
@@ -272,10 +272,10 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
     from .data import dataset_splits
     from .teachers import load_teacher
 
-    mode = get_mode(mode)
     b = budget(mode)
+    mode, paths = b.mode, run_paths(b.mode)
     model, info = load_teacher(name, mode=mode, path=path, device=_device(b.device))
-    run_dir = run_paths(mode).checkpoints / f"teacher_{info.name}_{_sha1(info.weights)[:10]}"
+    run_dir = paths.checkpoints / f"teacher_{info.name}_{_sha1(info.weights)[:10]}"
     splits = dataset_splits(mode)
     metrics, results = evaluate_cached(model, splits.val, info.input_size, info.heatmap_size, info.sigma, run_dir,
                                        key={"weights": str(info.weights)}, batch_size=b.eval_batch_size,
@@ -287,7 +287,7 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
         _write_json(cplx_file, cplx)
     row = _row(info.name, "teacher", info.card.get("seed"), metrics, cplx,
                info.card.get("train_wall_time_s_this_session"), None)
-    _add_row(mode, row)
+    _add_row(paths.results_csv, row)
     return Run(info.name, model, None, metrics, results, row, run_dir, b)
 
 
@@ -325,8 +325,8 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     from .data import dataset_splits
     from .train import History
 
-    mode = get_mode(mode)
     b = budget(mode)
+    mode = b.mode
     float_steps, qat_steps = steps or AI8X_STEPS[mode]
     policy = qat_policy if qat_policy is not None else am.DEFAULT_QAT_POLICY
     name = tag or f"ai8x_{variant}_{kd or 'gt'}_s{seed}"
@@ -334,7 +334,7 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     if tuple(b.input_size) != tuple(am.AI8X_STUDENT_INPUT) and mode != "full":
         raise ValueError(f"the MAX78000 student works at {am.AI8X_STUDENT_INPUT}, the {mode} budget at {b.input_size}")
     splits = dataset_splits(mode)
-    train_ds = training_set(mode, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP)
+    train_ds = training_set(b, am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP, split=splits.train)
     from .device_data import shuffled_loader
 
     loader = shuffled_loader(train_ds, b.batch_size, b.loader, _device(b.device), b.num_workers)
@@ -348,7 +348,7 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
             from .teachers import load_teacher
 
             teacher = freeze(load_teacher(mode=mode, device=_device(b.device))[0])
-        factory = kd_recipe(kd, teacher, variant, mode)
+        factory = kd_recipe(kd, teacher, variant, b)
         teacher_id = factory.recipe["teacher"]
     torch.manual_seed(seed)
     model = ai85posenet(variant)

@@ -47,7 +47,7 @@ FEATURE_PAIRS: dict[str, dict[str, str]] = {
 }
 
 
-def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None = None, **overrides) -> Callable:
+def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **overrides) -> Callable:
     """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
@@ -95,7 +95,7 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode: str | None 
         recipe["teacher_cache"] = True
         if teacher is not None:      # (None: only the recipe is wanted)
             size = settings["teacher_input_size"] or b.input_size
-            settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b.mode, size))
+            settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b, size))
     return _KDFactory(build, recipe)
 
 
@@ -112,7 +112,7 @@ class _LazyCache:
         return self._cache.for_batch(batch, *args, **kwargs)
 
 
-def teacher_cache_for(teacher: nn.Module, mode: str | None = None, input_size=None):
+def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None):
     """The :class:`~posekd_lib.teacher_cache.TeacherCache` of ``teacher`` on the mode's training
     persons at ``input_size`` (default the budget's): built once (one teacher forward per person)
     and stored under ``run_paths(mode).root / "teacher_cache"``, named by the teacher's
@@ -121,7 +121,7 @@ def teacher_cache_for(teacher: nn.Module, mode: str | None = None, input_size=No
 
     b = budget(mode)
     size = tuple(int(v) for v in (input_size or b.input_size))
-    ds = training_set(b.mode)
+    ds = training_set(b)
     path = run_paths(b.mode).root / "teacher_cache" / f"{weights_fingerprint(teacher)}_{size[0]}x{size[1]}_{len(ds)}.pt"
     device = next(teacher.parameters()).device
 
