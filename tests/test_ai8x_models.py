@@ -183,13 +183,21 @@ def test_network_yaml_per_variant(variant):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"), reason="AI8X_SYNTHESIS_DIR not set")
-@pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned"])
+@pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned", "bottomup-tiny", "bottomup-small"])
 def test_izer_synthesizes_variant(variant, tmp_path):
-    """izer accepts the student (and a channel-pruned one), its weight bytes and cycle estimate
-    equal the resource report's, and its computed output equals the simulate-mode model's."""
+    """izer accepts the student (a channel-pruned one, and the bottom-up 128x128 students of
+    notebook 08), its weight bytes and cycle estimate equal the resource report's, and its computed
+    output equals the simulate-mode model's."""
     from posekd_lib import pruning
 
-    m = _warmed(variant.split("-")[0], am.AI8X_STUDENT_INPUT)
+    if variant.startswith("bottomup"):
+        torch.manual_seed(0)
+        m = am.ai85bottomup(variant.split("-")[1])
+        with torch.no_grad():
+            m.train()(torch.rand(4, 3, *am.BOTTOM_UP_INPUT[::-1]) * 2 - 1)
+        m.eval()
+    else:
+        m = _warmed(variant.split("-")[0], am.AI8X_STUDENT_INPUT)
     if variant.endswith("pruned"):
         m = pruning.prune_channels(m, am.input_shape(m), 0.5)
     ai8x.initiate_qat(m, am.DEFAULT_QAT_POLICY)
