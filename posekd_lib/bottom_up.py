@@ -117,7 +117,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
     from .experiments import AI8X_STEPS
-    from .train import History, load_checkpoint
+    from .device_data import shuffled_loader
+    from .train import History
 
     mode = get_mode(mode)
     b = budget(mode)
@@ -127,19 +128,17 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     root = run_paths(mode).checkpoints
     torch.manual_seed(seed)
     model = ai85bottomup(variant)
-    loader = torch.utils.data.DataLoader(training_set(mode, teacher_kp), batch_size=batch_size, shuffle=True,
-                                         drop_last=True)
+    loader = shuffled_loader(training_set(mode, teacher_kp), batch_size)
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
-    train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,
-                       loss_fn=bottom_up_mse if teacher_kp is None else kd_loss(alpha), float_steps=float_steps,
-                       qat_steps=qat_steps, seed=seed, progress=progress,
-                       threads=threads if threads is not None else b.threads, channels_last=b.channels_last,
-                       save_every_steps=100, log_every=max(1, min(10, float_steps // 4)))
-    float_model = ai85bottomup(variant)                     # the float phase's final weights, before QAT
-    load_checkpoint(dirs[0] / "latest.pt", HeatmapView(float_model))
-    float_model.eval()
+    trained = train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,
+                                 loss_fn=bottom_up_mse if teacher_kp is None else kd_loss(alpha),
+                                 float_steps=float_steps, qat_steps=qat_steps, seed=seed, progress=progress,
+                                 threads=threads if threads is not None else b.threads,
+                                 channels_last=b.channels_last, save_every_steps=100,
+                                 log_every=max(1, min(10, float_steps // 4)))
+    float_model = trained["float_model"]                    # the float phase's final weights, before QAT
     info_file = dirs[1] / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if sum(History.steps_done(d) for d in dirs) > before:
