@@ -121,6 +121,24 @@ def evaluate_cached(model: nn.Module, split, input_size, heatmap_size, sigma: fl
     return metrics, results
 
 
+#: Validation images (the first ones with labelled persons, by id) a learning curve scores.
+CURVE_IMAGES = 100
+
+
+def curve_fit_kw(split, view: Callable[[], nn.Module], input_size, heatmap_size, sigma: float,
+                 every: int | None) -> dict:
+    """``fit`` keywords for a learning curve every ``every`` steps (none when ``every`` is None):
+    COCO AP on :data:`CURVE_IMAGES` fixed validation images of ``split`` (GT boxes, flip test),
+    of the heatmap model ``view()`` returns (the student, whatever module ``fit`` trains around it);
+    the points land in ``history.json``'s ``evals``."""
+    if not every:
+        return {}
+    from .evaluation import curve_evaluator, first_images
+
+    evaluate = curve_evaluator(split, first_images(split.ann_file, CURVE_IMAGES), input_size, heatmap_size, sigma)
+    return {"evaluate_fn": lambda _trainee: evaluate(view().eval()), "eval_every_steps": int(every)}
+
+
 def _complexity(model: nn.Module, input_size) -> dict:
     from .models import complexity
 
@@ -165,7 +183,8 @@ def _upgrade_checkpoints(run_dir: Path, net: nn.Module, step_offset: int = 0) ->
 
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
-                  steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False) -> Run:
+                  steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False,
+                  curve_every: int | None = None) -> Run:
     """Train (or load) one student with the mode's :class:`Budget`, evaluate it and record its row.
 
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps)``
@@ -174,7 +193,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     feature-KD recipe, whose step also runs the teacher). ``labelled`` and ``unlabelled`` choose the training data as
     :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
     ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
-    its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
+    ``curve_every`` adds a learning curve (:func:`curve_fit_kw`) to its history.
+    Its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
     :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
     the same tag is an error rather than a silent mix (a hand-written ``kd`` factory cannot be
     checked: give each of its settings its own tag). The results row
@@ -230,7 +250,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     history = fit(net, loader, loss_fn=loss_fn, max_steps=total, optimizer=optimizer, lr=b.lr,
                   device=b.device, out_dir=paths.checkpoints, run_name=name, seed=seed,
                   threads=b.threads, progress=progress, log_every=max(1, min(10, total // 4)),
-                  save_every_steps=100 if total > 200 else None, channels_last=b.channels_last, amp=amp)
+                  save_every_steps=100 if total > 200 else None, channels_last=b.channels_last, amp=amp,
+                  **curve_fit_kw(splits.val, lambda: model, b.input_size, b.heatmap_size, b.sigma, curve_every))
     wall = time.perf_counter() - t0
     for hooked in (net, loss_fn):  # a feature distiller: take its hooks off the student and teacher again
         if hasattr(hooked, "remove"):
@@ -311,7 +332,8 @@ class Ai8xRun:
 
 def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd: str | None = "fpd",
                teacher: nn.Module | None = None, qat_policy=None, tag: str | None = None,
-               steps: tuple[int, int] | None = None, progress: bool = True) -> Ai8xRun:
+               steps: tuple[int, int] | None = None, progress: bool = True,
+               curve_every: int | None = None) -> Ai8xRun:
     """Train (or load) a MAX78000 pose student: float training, then QAT, each ``AI8X_STEPS[mode]``.
 
     ``kd`` is a :data:`KD_SETTINGS` logits tag (``"fpd"``, ``"kl"``) distilled from ``teacher``
@@ -319,6 +341,8 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     ``f"{tag}_float"`` / ``f"{tag}_qat"`` (tag default ``f"ai8x_{variant}_{kd or 'gt'}_s{seed}"``)
     are cached like :func:`train_student`'s; the float weights, the QAT weights and the integer
     simulate model are evaluated (COCO AP with flip test, PCK@0.2; cached per step).
+    ``curve_every`` adds a learning curve (:func:`curve_fit_kw`, the float then the QAT model) to
+    both phases' histories.
     """
     from . import ai8x_models as am
     from .ai8x_models import HeatmapView, ai85posenet, simulate_copy
@@ -364,7 +388,9 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
         model, loader, qat_policy=policy, float_steps=float_steps, qat_steps=qat_steps, out_dir=root,
         run_name=name, lr=b.lr, wrap=None if factory is None else (lambda view: factory(view, float_steps + qat_steps)),
         on_phase=_upgrade_checkpoints, seed=seed, device=b.device, threads=b.threads, progress=progress,
-        save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last)
+        save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last,
+        **curve_fit_kw(splits.val, lambda: HeatmapView(model), am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP,
+                       b.sigma, curve_every))
     float_model = trained["float_model"]
     wall = time.perf_counter() - t0
     run_dir = run_dirs[1]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import runconfig as rc
 from . import runs_table as rt
@@ -73,6 +74,44 @@ def _check_folder(cfg: rc.RunConfig) -> None:
 
 def run_config(cfg: rc.RunConfig, teacher=None, progress: bool = True) -> dict:
     """Run ``cfg``'s stages; returns its runs-table row (config fields, budget, metrics)."""
+    return _run_stages(cfg, teacher, progress)[1]
+
+
+def config_path(config) -> Path:
+    """``configs/<config>.yaml`` for a bare name such as ``"kl_squeezenet"``, else ``config`` as a path."""
+    from .config import REPO_ROOT
+
+    path = Path(config)
+    if path.suffix not in (".yaml", ".yml") and path.parent == Path("."):
+        path = REPO_ROOT / "configs" / f"{path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.yaml"))
+        raise FileNotFoundError(f"{path}: no such config (configs/ holds {known})")
+    return path
+
+
+def launch(config, sets=(), mode: str | None = None, teacher=None, progress: bool = True, show: bool = True):
+    """A notebook's training cell: the config ``config`` names (a ``configs/`` name, a path, or a
+    :class:`~posekd_lib.runconfig.RunConfig`), with ``sets`` applied as ``--set`` would, run as
+    ``python -m posekd_lib.run`` runs it; ``show`` prints the YAML it runs first.
+
+    Returns the trained run (``experiments.Run``, for the MAX78000 student ``Ai8xRun``), loaded
+    from its folder when the command or an earlier cell already made it."""
+    if isinstance(config, rc.RunConfig):
+        from .config import get_mode
+
+        cfg = rc.apply_overrides(config, [f"data.mode={get_mode(mode or config.data.mode)}", *sets])
+        rc.check_mapping(cfg)
+    else:
+        cfg = prepare(config_path(config), sets, mode)
+    if show:
+        print(f"# {cfg.name}: id {rc.config_id(cfg)}, folder {rc.run_dir(cfg)}")
+        print(rc.to_yaml(cfg))
+    return _run_stages(cfg, teacher, progress)[0]
+
+
+def _run_stages(cfg: rc.RunConfig, teacher, progress: bool):
+    """(the trained run, its runs-table row) after ``cfg``'s stages."""
     _check_folder(cfg)
     folder = rc.run_dir(cfg)
     rc.to_yaml(cfg, folder / "config.yaml")
@@ -86,7 +125,7 @@ def run_config(cfg: rc.RunConfig, teacher=None, progress: bool = True) -> dict:
         row["onnx"] = str(_export(cfg, run))
     if "evaluate" in cfg.stages:
         rt.record_run(row, rc.resolved_mode(cfg))
-    return row
+    return run, row
 
 
 def _export(cfg: rc.RunConfig, run):
@@ -150,7 +189,7 @@ def _run_all(args) -> int:
     import pandas as pd
 
     try:
-        cfgs = [prepare(p, args.sets, args.mode) for p in args.configs]
+        cfgs = [prepare(config_path(p), args.sets, args.mode) for p in args.configs]
     except (rc.ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

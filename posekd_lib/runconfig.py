@@ -102,6 +102,7 @@ class OptimConfig:
     lr: float | None = None
     schedule: str = "cosine"
     loss: str = "mse"                  # ground-truth loss of a train stage: mse | awing
+    eval_every: int | None = None      # a learning curve: validation AP on fixed images every N steps
     amp: str | None = None             # Budget.amp: auto | bf16 | fp16 | off (float32); null: the budget's.
                                        # budgets.student_amp still trains FLOAT32_ON_CPU students in float32
 
@@ -295,7 +296,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.labelled: {cfg.data.labelled} is not a fraction in (0, 1]")
     ai8x = cfg.model.student == AI8X_STUDENT
     ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
-    for k in ("steps", "batch_size"):
+    for k in ("steps", "batch_size", "eval_every"):
         v = getattr(cfg.optim, k)
         if v is not None and v < 1:
             raise ConfigError(f"optim.{k}: {v} must be at least 1")
@@ -584,7 +585,7 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
             kd = kd_recipe(tag, teacher, student, mode, **overrides)
         return train_student(student, mode=mode, seed=cfg.seed, loss=cfg.optim.loss, kd=kd, tag=cfg.name,
                              progress=progress, steps=cfg.optim.steps, labelled=cfg.data.labelled,
-                             unlabelled=cfg.data.unlabelled)
+                             unlabelled=cfg.data.unlabelled, curve_every=cfg.optim.eval_every)
 
 
 def check_mapping(cfg: RunConfig) -> None:
@@ -610,7 +611,8 @@ def _train_ai8x(cfg: RunConfig, teacher, progress: bool):
             teacher = load_frozen_teacher(cfg)
     with with_budget(**budget_fields(cfg)):
         return train_ai8x(ai8x_variant(cfg.model), mode=resolved_mode(cfg), seed=cfg.seed, kd=kd, teacher=teacher,
-                          tag=f"{cfg.name}_s{cfg.seed}", steps=ai8x_steps(cfg), progress=progress)
+                          tag=f"{cfg.name}_s{cfg.seed}", steps=ai8x_steps(cfg), progress=progress,
+                          curve_every=cfg.optim.eval_every)
 
 
 def load_frozen_teacher(cfg: RunConfig):

@@ -23,6 +23,8 @@ measures how far the warped maps are from the live teacher's under the training 
 """
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,9 +99,17 @@ class TeacherCache:
             plain.codec = HeatmapCodec(size, dataset.codec.heatmap_size, dataset.codec.sigma)
         loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
         rows = []
-        for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
-            rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
-        hm = torch.cat(rows)
+        # Built outside any caller's autocast (fit builds it lazily at its first batch, inside bf16
+        # autocast): the cache holds the float teacher's heatmaps, whatever context it is built in.
+        # The global RNG is left as it was (the loader draws a seed), so a run that builds the cache
+        # trains exactly as one that loads it.
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            for kind in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+                rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
+            hm = torch.cat(rows)
         s = dataset.samples
         widths = [dataset.images[x["image_id"]]["width"] for x in s]
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,

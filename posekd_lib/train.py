@@ -427,8 +427,8 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
     ``batch["target"]``; see the module docstring for the loss
     and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
     (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``optimizer`` defaults to Adam(lr);
-    ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch,
-    every ``eval_every_steps`` steps when given (a learning curve) and at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
+    ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch
+    (every ``eval_every_steps`` steps instead when given: a learning curve) and at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
     continues from ``latest.pt`` at the exact step and batch it saved; a run that already finished
     loads its final weights and returns its history at once. Under ``torchrun`` the same call
     trains with DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and saves, and
@@ -618,8 +618,8 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     sums, count = defaultdict(float), 0
                 if epoch_end:
                     epoch, batch_in_epoch = epoch + 1, 0
-                if evaluate_fn is not None and (epoch_end or step == total_steps
-                                                or (eval_every_steps and step % eval_every_steps == 0)):
+                if evaluate_fn is not None and (step == total_steps or (
+                        step % eval_every_steps == 0 if eval_every_steps else epoch_end)):
                     metrics = evaluate()
                     history.evals.append(metrics)
                     if is_better(metrics[best_metric]):

@@ -284,6 +284,20 @@ def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
         experiments.train_ai8x("tiny", kd="feature", teacher=_random_teacher(), steps=(1, 1), progress=False)
 
 
+def test_train_ai8x_learning_curve_scores_the_student_on_fixed_images():
+    from posekd_lib.ai8x_models import AI8X_STUDENT_HEATMAP, AI8X_STUDENT_INPUT, HeatmapView
+    from posekd_lib.data import dataset_splits
+    from posekd_lib.evaluation import curve_evaluator, first_images
+
+    run = experiments.train_ai8x("tiny", kd=None, steps=(4, 2), tag="curve", progress=False, curve_every=2)
+    assert [e["step"] for e in run.histories["float"].evals] == [2, 4]
+    assert [e["step"] for e in run.histories["qat"].evals] == [2]
+    val = dataset_splits("quick").val
+    again = curve_evaluator(val, first_images(val.ann_file, experiments.CURVE_IMAGES), AI8X_STUDENT_INPUT,
+                            AI8X_STUDENT_HEATMAP, experiments.budget("quick").sigma)(HeatmapView(run.float_model).eval())
+    assert again["mean_OKS"] == run.histories["float"].evals[-1]["mean_OKS"]
+
+
 def test_budget_trend_pairs_runs_by_budget_and_seed():
     def row(setting, seed, ap, steps, model="squeezenet"):
         return {"model": model, "setting": setting, "seed": seed, "AP": ap, "steps": steps}

@@ -38,6 +38,18 @@ def test_cache_without_augmentation_is_the_teachers_output():
     torch.testing.assert_close(cache.for_batch(batch), live, rtol=0, atol=0)
 
 
+def test_a_cache_built_inside_autocast_holds_the_float_teachers_output():
+    """fit builds the cache lazily at its first batch, inside bf16 autocast: it still works, and
+    its values are the float teacher's, not bf16 ones."""
+    ds = _dataset(train=False)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    plain = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False)
+    assert inside.heatmaps.dtype == torch.float16
+    torch.testing.assert_close(inside.heatmaps, plain.heatmaps, rtol=0, atol=0)
+
+
 def test_warp_moves_each_joint_with_the_augmented_crop():
     """Warped plain-crop targets peak where the augmented crop's own targets peak (within a cell)."""
     cache = _targets_cache(_dataset(train=False))

@@ -245,6 +245,18 @@ def test_evaluation_per_epoch_and_best_checkpoint(tmp_path):
         run(tmp_path / "x", evaluate_fn=lambda m: {"AR": 0.1})
 
 
+def test_eval_every_steps_replaces_the_per_epoch_evaluation(tmp_path):
+    """A learning curve: every 3 steps and at the end, not at the epochs' ends (4 steps each)."""
+    steps = []
+
+    def evaluate_fn(model):
+        steps.append(None)
+        return {"AP": 0.1 * len(steps)}
+
+    _, hist = run(tmp_path, epochs=3, evaluate_fn=evaluate_fn, eval_every_steps=3)
+    assert [e["step"] for e in hist.evals] == [3, 6, 9, 12]
+
+
 def test_extra_loss_terms_are_added_and_logged(tmp_path):
     seen = []
 
