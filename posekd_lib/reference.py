@@ -1,18 +1,21 @@
 """Reference runs: long-budget runs of the notebooks' configs, trained offline and shipped small.
 
 A notebook's live run is what a laptop trains in minutes; a reference run is the same config
-trained for longer by the same code (``scripts/train_reference.py``, on a GPU), so a comparison
-table can show what the recipe does at a budget the room cannot afford. A run travels as its
-folder's small files (``config.yaml``, ``run_info.json``, ``history.json``, ``val_metrics.json``,
-the MAX78000 runs' ``eval_*/val_metrics.json``) plus ``model_fp16.pt``, the trained weights in
-float16::
+trained for longer by the same code (``scripts/train_reference.py``: on the CPU, one thread per
+run, two side by side; resumable from its run folder), so a notebook can show what the recipe does
+at a budget the room cannot afford, beside its live run. A run travels as its folder's small files
+(``config.yaml``, ``run_info.json``, ``history.json`` with its learning curve, ``val_metrics.json``,
+the MAX78000 runs' ``eval_*/val_metrics.json``), ``card.json`` (command, teacher, CPU, training
+time) and the trained weights: ``model_fp16.pt`` in float16, or for a MAX78000 QAT folder
+``model.pt`` in float32 (its integer model must be exactly the trained one)::
 
-    pack_runs(run_paths("workshop").checkpoints, "reference_runs.tar.gz")   # where it was trained
-    install("reference_runs.tar.gz")                                        # into reference/
+    ship([run_paths("workshop").checkpoints / "ref_ai8x_tiny_fpd_s0_float", ...])  # into reference/
     reference_table()                    # one row per run: name, config, seed, steps, metrics
     model = load_reference_student("ref_fpd_squeezenet_s0")
+    nets = load_reference_ai8x("ref_ai8x_tiny_fpd_s0_qat")         # {"float": ..., "qat": ...}
 
-``reference/`` is where shipped runs live in the repository (:data:`REFERENCE_DIR`).
+``pack_runs`` / ``install`` move the same files through one archive (a run made on another
+machine). ``reference/`` is where shipped runs live in the repository (:data:`REFERENCE_DIR`).
 """
 from __future__ import annotations
 
@@ -30,14 +33,29 @@ REFERENCE_DIR = REPO_ROOT / "reference"
 #: The files of a run folder that travel (besides ``model_fp16.pt`` and ``eval_*/val_metrics.json``).
 RUN_FILES = ("config.yaml", "run_info.json", "history.json", "val_metrics.json")
 WEIGHTS_FILE = "model_fp16.pt"
+QAT_WEIGHTS_FILE = "model.pt"
+CARD_FILE = "card.json"
 
 
-def fp16_state(checkpoint: Path) -> dict:
-    """The ``model`` state of a ``fit`` checkpoint with its floating-point tensors in float16."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "model" not in state:
-        raise KeyError(f"{checkpoint}: no 'model' entry (keys: {sorted(state)}); expected a fit checkpoint")
-    return {k: (v.half() if v.is_floating_point() else v) for k, v in state["model"].items()}
+def _run_members(run: Path):
+    """``(name inside the run folder, bytes)`` of what travels of one trained run folder: the small
+    files, the evaluations' metrics and the trained weights — float16 (``model_fp16.pt``), except a
+    MAX78000 QAT folder's, kept float32 (``model.pt``) so that its 8-bit weights, and so the integer
+    model izer builds, are exactly the trained ones."""
+    for f in (*RUN_FILES, CARD_FILE):
+        if (run / f).is_file():
+            yield f, (run / f).read_bytes()
+    for sub in sorted(run.glob("eval_*/val_metrics.json")):
+        yield f"{sub.parent.name}/{sub.name}", sub.read_bytes()
+    if (run / "latest.pt").is_file():
+        state = torch.load(run / "latest.pt", map_location="cpu", weights_only=False)
+        if "model" not in state:
+            raise KeyError(f"{run / 'latest.pt'}: no 'model' entry (keys: {sorted(state)}); expected a fit checkpoint")
+        exact = run.name.endswith("_qat")
+        weights = {k: (v.half() if v.is_floating_point() and not exact else v) for k, v in state["model"].items()}
+        buf = io.BytesIO()
+        torch.save(weights, buf)
+        yield (QAT_WEIGHTS_FILE if exact else WEIGHTS_FILE), buf.getvalue()
 
 
 def pack_runs(checkpoints: Path, tar_path: Path, prefix: str = "ref_") -> list[str]:
@@ -47,20 +65,48 @@ def pack_runs(checkpoints: Path, tar_path: Path, prefix: str = "ref_") -> list[s
         for run in sorted(Path(checkpoints).glob(f"{prefix}*")):
             if not run.is_dir():
                 continue
-            for f in RUN_FILES:
-                if (run / f).is_file():
-                    tar.add(run / f, arcname=f"{run.name}/{f}")
-            for sub in sorted(run.glob("eval_*/val_metrics.json")):
-                tar.add(sub, arcname=f"{run.name}/{sub.parent.name}/{sub.name}")
-            if (run / "latest.pt").is_file():
-                buf = io.BytesIO()
-                torch.save(fp16_state(run / "latest.pt"), buf)
-                info = tarfile.TarInfo(f"{run.name}/{WEIGHTS_FILE}")
-                info.size = buf.tell()
-                buf.seek(0)
-                tar.addfile(info, buf)
+            for name, data in _run_members(run):
+                info = tarfile.TarInfo(f"{run.name}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
             names.append(run.name)
     return names
+
+
+def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Path]:
+    """Copy finished run folders (paths) into ``dest`` as :func:`pack_runs` packs them, each with
+    ``card.json``: ``card`` (the command, the teacher...) plus where it was trained (CPU, threads,
+    torch) and when. Returns the shipped folders. A run without ``latest.pt`` is refused by name."""
+    out = []
+    for run in map(Path, runs):
+        if not (run / "latest.pt").is_file():
+            raise FileNotFoundError(f"{run}: no latest.pt, so no trained weights to ship")
+        folder = Path(dest) / run.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in _run_members(run):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        (folder / CARD_FILE).write_text(json.dumps({**machine_card(), **(card or {})}, indent=1) + "\n")
+        out.append(folder)
+    return out
+
+
+def machine_card() -> dict:
+    """Where and when a run was shipped: CPU model, cores, torch threads, torch version, date (UTC)."""
+    import os
+    import platform
+    import time
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "shipped_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
 def install(tar_path, dest: Path = REFERENCE_DIR) -> list[Path]:
@@ -118,20 +164,59 @@ def _student_state(state: dict) -> dict:
     return state
 
 
+def _installed(run: str, dest: Path) -> Path:
+    folder = Path(dest) / run
+    if not (folder / "config.yaml").is_file():
+        have = sorted(p.parent.name for p in Path(dest).glob("*/config.yaml"))
+        raise FileNotFoundError(f"no reference run {run!r} in {dest} (installed: {have})")
+    return folder
+
+
+def _load_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run's weights are missing (ship the run again)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float() if v.is_floating_point() else v for k, v in _student_state(state).items()}
+
+
+def load_reference_ai8x(run: str, dest: Path = REFERENCE_DIR) -> dict:
+    """The trained networks of an installed MAX78000 run (its ``<name>_qat`` folder, e.g.
+    ``"ref_ai8x_tiny_fpd_s0_qat"``, and the ``<name>_float`` folder beside it), in eval mode:
+    ``{"float": the float phase's network, "qat": the network in QAT mode}``. The QAT weights are
+    stored float32, so ``ai8x_models.simulate_copy(out["qat"])`` is the integer model izer builds."""
+    import json as _json
+
+    from . import ai8x
+    from . import runconfig as rc
+    from .ai8x_models import ai85posenet
+
+    folder = _installed(run, dest)
+    cfg = rc.from_yaml(folder / "config.yaml")
+    if cfg.model.student != rc.AI8X_STUDENT:
+        raise ValueError(f"{run}: a {cfg.model.student} run, not a MAX78000 one; load it with load_reference_student")
+    info = _json.loads((folder / "run_info.json").read_text())
+    base = folder.name.removesuffix("_qat")
+    out = {}
+    float_dir = Path(dest) / f"{base}_float"
+    model = ai85posenet(info["variant"])
+    model.load_state_dict(_load_weights(float_dir / WEIGHTS_FILE))
+    out["float"] = model.eval()
+    model = ai85posenet(info["variant"])
+    ai8x.initiate_qat(model, info["policy"])
+    model.load_state_dict(_load_weights(folder / QAT_WEIGHTS_FILE))
+    out["qat"] = model.eval()
+    return out
+
+
 def load_reference_student(run: str, dest: Path = REFERENCE_DIR) -> nn.Module:
     """The trained student of an installed top-down run (float32, eval mode), built from its config."""
     from . import runconfig as rc
     from .experiments import build_student_model
 
-    folder = Path(dest) / run
-    if not (folder / "config.yaml").is_file():
-        have = sorted(p.parent.name for p in Path(dest).glob("*/config.yaml"))
-        raise FileNotFoundError(f"no reference run {run!r} in {dest} (installed: {have})")
+    folder = _installed(run, dest)
     cfg = rc.from_yaml(folder / "config.yaml")
     if cfg.model.student == rc.AI8X_STUDENT:
-        raise ValueError(f"{run}: a MAX78000 run; its weights are QAT-mode ai8x layers (load them with "
-                         "ai8x_models.ai85posenet + ai8x.initiate_qat)")
+        raise ValueError(f"{run}: a MAX78000 run; load it with load_reference_ai8x")
     model = build_student_model(rc.student_key(cfg.model))
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in _student_state(state).items()})
+    model.load_state_dict(_load_weights(folder / WEIGHTS_FILE))
     return model.eval()

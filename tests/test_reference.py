@@ -40,3 +40,30 @@ def test_install_refuses_paths_outside_the_folder(tmp_path):
 def test_unknown_run_names_the_installed_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="no reference run 'nope'"):
         load_reference_student("nope", tmp_path)
+
+
+def test_ship_a_max78000_run_and_load_its_float_qat_and_exact_integer_model(tmp_path):
+    from posekd_lib.ai8x_models import simulate_copy
+    from posekd_lib.reference import load_reference_ai8x, ship
+
+    cfg = prepare(REPO_ROOT / "configs" / "ai8x_tiny_gt.yaml", ["name=ref_ai8x_gt"], "quick")
+    row = run_config(cfg, progress=False)
+    run = rc.train_run(cfg, progress=False)
+    base = run_paths("quick").checkpoints / "ref_ai8x_gt_s0"
+    with pytest.raises(FileNotFoundError, match="no latest.pt"):
+        ship([tmp_path / "ref_missing_s0_qat"], tmp_path / "reference")
+    shipped = ship([f"{base}_float", f"{base}_qat"], tmp_path / "reference", card={"command": "test"})
+    assert [f.name for f in shipped] == ["ref_ai8x_gt_s0_float", "ref_ai8x_gt_s0_qat"]
+    card = __import__("json").loads((shipped[1] / "card.json").read_text())
+    assert card["command"] == "test" and card["cores"] >= 1 and card["cpu"]
+    table = reference_table(tmp_path / "reference")
+    assert list(table["run"]) == ["ref_ai8x_gt_s0_qat"]            # one row per run: its QAT folder
+    assert table.loc[0, "int8.AP"] == pytest.approx(row["int8.AP"])
+    nets = load_reference_ai8x("ref_ai8x_gt_s0_qat", tmp_path / "reference")
+    x = torch.randn(2, 3, 128, 96).clamp(-1, 127 / 128)
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(simulate_copy(nets["qat"])(x), simulate_copy(run.model)(x))   # float32: exact
+        torch.testing.assert_close(nets["float"](x), run.float_model(x), rtol=0.02, atol=0.02)  # float16
+    with pytest.raises(ValueError, match="load_reference_ai8x"):
+        load_reference_student("ref_ai8x_gt_s0_qat", tmp_path / "reference")
