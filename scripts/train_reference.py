@@ -1,151 +1,148 @@
-"""Long-budget reference runs on a GPU: the teacher and the notebooks' configs, trained by the same code.
+"""Long-budget reference runs on the CPU: the notebooks' configs trained longer by the same code, shipped.
 
-    python scripts/train_reference.py teacher  --out OUT [--teacher-seconds 200] [--steps 3000]
-    python scripts/train_reference.py students --out OUT [--steps 3000]
+    python scripts/train_reference.py ai8x       [--float-steps 20000] [--qat-steps 2500] [--seed 0]
+    python scripts/train_reference.py squeezenet [--steps 24000] [--seed 0]
+    python scripts/train_reference.py ship RUN_FOLDER [RUN_FOLDER ...]
 
-``teacher``: generates the embedded workshop dataset (all cores), trains the demo teacher
-``demo_w16_128x96_gpu`` with ``scripts/train_teacher.py`` (from T3's weights, HRNet's augmentation,
-batch 256, bf16, crops cut on the GPU, epochs from a throughput probe) and, beside it, the SqueezeNet
-baseline (``configs/baseline_squeezenet.yaml``) for seeds 0, 1 and 2. ``students``: the distilled
-configs (``fpd_squeezenet.yaml`` and ``feature_squeezenet.yaml`` for seeds 0-2, ``ai8x_tiny_fpd.yaml``
-for seed 0) from the mode's demo teacher. Every student run has the same budget: ``--steps`` steps of
-``--batch-size`` crops, light augmentation, lr 2e-3 (``docs/experiments.md``, section 6), named
-``ref_<config name>`` so it never mixes with a notebook's live run of the same config.
-
-Each job runs as its own process (``python -m posekd_lib.run ... --device cuda --loader device``),
-logging to ``OUT/logs``; the ones still running at ``--deadline-s`` are stopped (their folders keep a
-resumable ``latest.pt``). Then ``OUT`` receives the teacher's weights, card and curve, and
-``reference_runs.tar.gz``: per run its config, recipe, history, metrics and an fp16 copy of the
-trained weights (``model_fp16.pt``): ``posekd_lib.reference.install`` puts them under ``reference/``.
+``ai8x``: the MAX78000 student ``ai85posenet("tiny")`` on ground truth only
+(``configs/ai8x_tiny_gt.yaml``) and with FPD from the demo teacher's cache
+(``configs/ai8x_tiny_fpd.yaml``), float then QAT, side by side at the same steps.
+``squeezenet``: the SqueezeNet baseline, the spatial KL (teacher cache) and hints + FPD
+(``baseline_squeezenet``, ``kl_squeezenet``, ``feature_squeezenet``), at most two at once.
+Each run is ``python -m posekd_lib.run CONFIG --set name=ref_<config> ...`` on one thread
+(``POSEKD_THREADS=1``: two runs share a 2-core machine), with a learning curve every
+``--eval-every`` steps (AP on fixed validation images, in its ``history.json``). A run stopped at
+any point (a session's end, ``--deadline-s``) keeps a resumable ``latest.pt`` in its folder; the
+same command continues it from there. Each finished run is shipped into ``reference/``
+(``posekd_lib.reference.ship``: fp16 weights, or float32 QAT weights, config, history, metrics and
+``card.json`` with the command, the teacher's fingerprint, the CPU and the training time); commit
+it at once. ``ship`` ships finished run folders by hand (runs started without this script).
+Logs: ``runs/reference-logs/<run>.log``. Plans and pass marks: ``docs/experiments.md``.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TEACHER_NAME = "demo_w16_128x96_gpu"
-TEACHER_INIT = "hrnet_pose/weights/demo_w16_128x96_ft2.pt"
-BASELINES = [("baseline_squeezenet", s) for s in (0, 1, 2)]
-DISTILLED = [(c, s) for c in ("fpd_squeezenet", "feature_squeezenet") for s in (0, 1, 2)] + [("ai8x_tiny_fpd", 0)]
+AI8X = ("ai8x_tiny_gt", "ai8x_tiny_fpd")
+SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet")
 
 
 def _env(threads: int, mode: str) -> dict:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "POSEKD_MODE": mode, "POSEKD_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+            "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
-def _student_cmd(config: str, seed: int, steps: int, batch_size: int, mode: str, device: str) -> list[str]:
-    name = "ref_" + config.rsplit("_", 1)[0] if not config.startswith("ai8x") else "ref_" + config
-    sets = [f"seed={seed}", f"name={name}", f"optim.batch_size={batch_size}", "optim.lr=0.002",
-            "augmentation=light"]
+def run_name(config: str) -> str:
+    """``ref_<config>`` without the student suffix the run folder adds back (``ref_kl`` ->
+    ``ref_kl_squeezenet_s0``); the MAX78000 configs keep theirs (``ref_ai8x_tiny_gt_s0_qat``)."""
+    return "ref_" + (config if config.startswith("ai8x") else config.rsplit("_", 1)[0])
+
+
+def student_cmd(config: str, args) -> list[str]:
+    sets = [f"name={run_name(config)}", f"seed={args.seed}", f"optim.eval_every={args.eval_every}"]
     if config.startswith("ai8x"):
-        sets += [f"optim.steps={steps}", f"qat.steps={steps // 4}"]
+        sets += [f"optim.steps={args.float_steps}", f"qat.steps={args.qat_steps}"]
     else:
-        sets += [f"optim.steps={steps}"]
-    return [sys.executable, "-m", "posekd_lib.run", f"configs/{config}.yaml", "--mode", mode, "--device", device,
-            "--loader", "device", "--quiet", "--set", *sets]
+        sets += [f"optim.steps={args.steps}"]
+    return [sys.executable, "-m", "posekd_lib.run", f"configs/{config}.yaml", "--mode", args.mode, "--quiet",
+            "--set", *sets]
 
 
-def _teacher_cmd(seconds: float, mode: str, device: str, name: str, batch_size: int) -> list[str]:
-    return [sys.executable, "scripts/train_teacher.py", "--config", "w16_128x96", "--name", name, "--mode", mode,
-            "--init-from", TEACHER_INIT, "--device", device, "--loader", "device", "--batch-size", str(batch_size),
-            "--lr", "1e-3", "--aug", "hrnet", "--amp", "bf16", "--threads", "4", "--time-budget-s", str(seconds),
-            "--run-dir", str(REPO / "runs" / "teacher-runs"),
-            "--note", "trained on one H200 GPU from demo_w16_128x96_ft2 (T3) with HRNet's augmentation, "
-                      "crops cut on the GPU (posekd_lib.device_data), epochs from a throughput probe"]
+def folders(config: str, args) -> list[Path]:
+    """The run folders a reference config's command writes (both phases of a MAX78000 run)."""
+    from posekd_lib.config import run_paths
+
+    root = run_paths(args.mode).checkpoints
+    if config.startswith("ai8x"):
+        return [root / f"{run_name(config)}_s{args.seed}_{phase}" for phase in ("float", "qat")]
+    student = config.rsplit("_", 1)[1]
+    return [root / f"{run_name(config)}_{student}_s{args.seed}"]
 
 
-def _run_jobs(jobs: dict[str, list[str]], logs: Path, deadline: float, threads: int, mode: str) -> dict[str, int | None]:
+def card(config: str, cmd: list[str], args) -> dict:
+    """What ``card.json`` says of a run besides the machine: its command and its teacher."""
+    import json
+
+    info_dir = folders(config, args)[-1]
+    info = json.loads((info_dir / "run_info.json").read_text())
+    teacher = info.get("teacher") or (info.get("recipe", {}).get("kd") or {}).get("teacher")
+    shown = " ".join(c if " " not in c else repr(c) for c in ["python", *cmd[1:]])
+    return {"command": f"POSEKD_THREADS={args.threads} {shown}", "teacher": teacher,
+            "train_time_s": info.get("train_time_s"),
+            "note": "trained on the CPU, one thread, beside a second run (scripts/train_reference.py)"}
+
+
+def run_jobs(configs, args) -> dict[str, int | None]:
+    """Run ``configs`` at most ``--parallel`` at once; ship each as it ends with exit code 0."""
+    from posekd_lib.reference import ship
+
+    logs = REPO / "runs" / "reference-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs = {}
-    for name, cmd in jobs.items():
-        log = open(logs / f"{name}.log", "w")
-        procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=_env(threads, mode), stdout=log, stderr=subprocess.STDOUT), log)
-        print(f"[{time.strftime('%H:%M:%S')}] started {name}: {' '.join(cmd[1:])}", flush=True)
-    codes: dict[str, int | None] = {}
-    while len(codes) < len(procs):
-        for name, (p, log) in procs.items():
-            if name not in codes and p.poll() is not None:
-                codes[name] = p.returncode
-                log.close()
-                print(f"[{time.strftime('%H:%M:%S')}] {name} exited {p.returncode}", flush=True)
-        if time.time() > deadline:
-            for name, (p, log) in procs.items():
-                if name not in codes:
+    pending, running, codes = list(configs), {}, {}
+    deadline = time.time() + args.deadline_s if args.deadline_s else None
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            config = pending.pop(0)
+            cmd = student_cmd(config, args)
+            log = open(logs / f"{run_name(config)}_s{args.seed}.log", "w")
+            running[config] = (subprocess.Popen(cmd, cwd=REPO, env=_env(args.threads, args.mode), stdout=log,
+                                                stderr=subprocess.STDOUT), log, cmd)
+            print(f"[{time.strftime('%H:%M:%S')}] started {config}: {' '.join(cmd[1:])}", flush=True)
+        for config, (p, log, cmd) in list(running.items()):
+            if p.poll() is None:
+                if deadline and time.time() > deadline:
                     p.terminate()
-                    p.wait(timeout=30)
-                    codes[name] = None
+                    p.wait(timeout=60)
+                    print(f"[{time.strftime('%H:%M:%S')}] {config} stopped at the deadline (resumable)", flush=True)
+                    codes[config] = None
                     log.close()
-                    print(f"[{time.strftime('%H:%M:%S')}] {name} stopped at the deadline", flush=True)
-        time.sleep(2)
+                    del running[config]
+                continue
+            log.close()
+            del running[config]
+            codes[config] = p.returncode
+            print(f"[{time.strftime('%H:%M:%S')}] {config} exited {p.returncode}", flush=True)
+            if p.returncode == 0:
+                for f in ship(folders(config, args), args.dest, card=card(config, cmd, args)):
+                    print(f"  shipped {f}", flush=True)
+        time.sleep(5)
     return codes
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=("teacher", "students"))
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reference-out")))
-    ap.add_argument("--steps", type=int, default=3000, help="training steps of every student run")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--teacher-seconds", type=float, default=200.0)
-    ap.add_argument("--deadline-s", type=float, default=300.0, help="stop the jobs still running after this")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per student job")
+    ap.add_argument("phase", choices=("ai8x", "squeezenet", "ship"))
+    ap.add_argument("folders", nargs="*", type=Path, help="ship: the finished run folders")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--float-steps", type=int, default=20_000, help="ai8x: float steps")
+    ap.add_argument("--qat-steps", type=int, default=2_500, help="ai8x: QAT steps")
+    ap.add_argument("--steps", type=int, default=24_000, help="squeezenet: steps of every run")
+    ap.add_argument("--eval-every", type=int, default=2_500, help="a learning-curve point every N steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once")
+    ap.add_argument("--deadline-s", type=float, default=None, help="stop the runs still going after this")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--teacher-name", default=TEACHER_NAME)
-    ap.add_argument("--teacher-batch-size", type=int, default=256)
+    ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
     args = ap.parse_args(argv)
-    t0 = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     os.environ["POSEKD_MODE"] = args.mode
-    from posekd_lib.synth import ensure_embedded_dataset
+    if args.phase == "ship":
+        from posekd_lib.reference import ship
 
-    ds = ensure_embedded_dataset(args.mode, num_workers=os.cpu_count() or 2, progress=False)
-    digest = hashlib.sha1(ds.train.ann_file.read_bytes()).hexdigest()[:12]
-    print(f"[{time.strftime('%H:%M:%S')}] dataset ready in {time.time() - t0:.0f} s (train annotations sha1 "
-          f"{digest})", flush=True)
-
-    jobs = {}
-    if args.phase == "teacher":
-        jobs["teacher"] = _teacher_cmd(args.teacher_seconds, args.mode, args.device, args.teacher_name,
-                                       args.teacher_batch_size)
-        runs = BASELINES
-    else:
-        runs = DISTILLED
-    for config, seed in runs:
-        jobs[f"{config}_s{seed}"] = _student_cmd(config, seed, args.steps, args.batch_size, args.mode, args.device)
-    logs = REPO / "runs" / f"reference-logs-{args.phase}"
-    codes = _run_jobs(jobs, logs, t0 + args.deadline_s, args.threads, args.mode)
-
-    if args.phase == "teacher":
-        for suffix in (".pt", ".json"):
-            f = REPO / "hrnet_pose" / "weights" / f"{args.teacher_name}{suffix}"
-            if f.is_file():
-                (args.out / f.name).write_bytes(f.read_bytes())
-        curve = REPO / "images" / f"{args.teacher_name}_curve.png"
-        if curve.is_file():
-            (args.out / curve.name).write_bytes(curve.read_bytes())
-    from posekd_lib.config import run_paths
-    from posekd_lib.reference import pack_runs
-
-    packed = pack_runs(run_paths(args.mode).checkpoints, args.out / "reference_runs.tar.gz")
-    with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
-        tar.add(logs, arcname="logs")
-    summary = {"phase": args.phase, "codes": codes, "runs": packed, "steps": args.steps,
-               "batch_size": args.batch_size, "wall_s": round(time.time() - t0, 1), "dataset_sha1": digest}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1), flush=True)
-    return 0
+        if not args.folders:
+            ap.error("ship: name the run folders")
+        for f in ship(args.folders, args.dest, card={"note": "shipped by hand (scripts/train_reference.py ship)"}):
+            print(f"shipped {f}")
+        return 0
+    codes = run_jobs(AI8X if args.phase == "ai8x" else SQUEEZENET, args)
+    return 0 if all(c == 0 for c in codes.values()) else 1
 
 
 if __name__ == "__main__":

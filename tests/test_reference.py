@@ -67,3 +67,25 @@ def test_ship_a_max78000_run_and_load_its_float_qat_and_exact_integer_model(tmp_
         torch.testing.assert_close(nets["float"](x), run.float_model(x), rtol=0.02, atol=0.02)  # float16
     with pytest.raises(ValueError, match="load_reference_ai8x"):
         load_reference_student("ref_ai8x_gt_s0_qat", tmp_path / "reference")
+
+
+@pytest.mark.slow  # two 4+2-step MAX78000 runs side by side in quick mode: ~40 s
+def test_train_reference_script_trains_then_ships_both_max78000_runs(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "POSEKD_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_reference.py"), "ai8x", "--mode", "quick",
+           "--float-steps", "4", "--qat-steps", "2", "--eval-every", "2", "--dest", str(tmp_path / "reference")]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = reference_table(tmp_path / "reference").set_index("run")
+    assert set(table.index) == {"ref_ai8x_tiny_gt_s0_qat", "ref_ai8x_tiny_fpd_s0_qat"}
+    assert all(0 <= table[k].min() <= 1 for k in ("float.AP", "qat.AP", "int8.AP"))
+    gt, fpd = (json.loads((tmp_path / "reference" / f"ref_ai8x_tiny_{k}_s0_qat" / "card.json").read_text())
+               for k in ("gt", "fpd"))
+    assert gt["teacher"] is None and len(fpd["teacher"]) == 12 and "optim.steps=4" in fpd["command"]
+    history = json.loads((tmp_path / "reference" / "ref_ai8x_tiny_gt_s0_float" / "history.json").read_text())
+    assert [e["step"] for e in history["evals"]] == [2, 4]
