@@ -156,6 +156,24 @@ def reference_table(dest: Path = REFERENCE_DIR):
     return pd.DataFrame(rows)
 
 
+def reference_curve(run: str, dest: Path = REFERENCE_DIR):
+    """The learning curve of an installed run (a pandas DataFrame: ``phase``, ``step`` counted over
+    the whole run, ``AP``, ``AP75``, ``mean_OKS`` on the fixed validation images). A MAX78000 run
+    (its ``_qat`` folder) gives its float points, then its QAT points after the float steps."""
+    import pandas as pd
+
+    folder = _installed(run, dest)
+    phases = [("float", Path(dest) / f"{folder.name.removesuffix('_qat')}_float"), ("qat", folder)] \
+        if folder.name.endswith("_qat") else [("train", folder)]
+    rows, offset = [], 0
+    for phase, path in phases:
+        history = json.loads((path / "history.json").read_text())
+        rows += [{"phase": phase, "step": offset + e["step"], **{k: e.get(k) for k in ("AP", "AP75", "mean_OKS")}}
+                 for e in history.get("evals", [])]
+        offset += history["step"][-1] if history.get("step") else 0
+    return pd.DataFrame(rows, columns=["phase", "step", "AP", "AP75", "mean_OKS"])
+
+
 def _student_state(state: dict) -> dict:
     """The student's own keys of a trained module's state (a distiller's ``student.``, a view's ``model.``)."""
     for prefix in ("student.", "model."):

@@ -6,7 +6,7 @@ import torch
 
 from posekd_lib import runconfig as rc
 from posekd_lib.config import REPO_ROOT, run_paths
-from posekd_lib.reference import install, load_reference_student, pack_runs, reference_table
+from posekd_lib.reference import install, load_reference_student, pack_runs, reference_curve, reference_table
 from posekd_lib.run import prepare, run_config
 
 
@@ -87,5 +87,6 @@ def test_train_reference_script_trains_then_ships_both_max78000_runs(tmp_path):
     gt, fpd = (json.loads((tmp_path / "reference" / f"ref_ai8x_tiny_{k}_s0_qat" / "card.json").read_text())
                for k in ("gt", "fpd"))
     assert gt["teacher"] is None and len(fpd["teacher"]) == 12 and "optim.steps=4" in fpd["command"]
-    history = json.loads((tmp_path / "reference" / "ref_ai8x_tiny_gt_s0_float" / "history.json").read_text())
-    assert [e["step"] for e in history["evals"]] == [2, 4]
+    curve = reference_curve("ref_ai8x_tiny_gt_s0_qat", tmp_path / "reference")
+    assert list(curve["phase"]) == ["float", "float", "qat"] and list(curve["step"]) == [2, 4, 6]
+    assert curve["AP"].between(0, 1).all()
