@@ -26,7 +26,9 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt
+# No file prerequisites: the venv's name already holds the requirement files' hash, so new contents
+# get a new venv, and a second clone (files newer than the stamp, same contents) reuses this one.
+$(STAMP):
 	@echo ">> creating $(VENV) (first run only: a few minutes, ~6 GB)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-input -r requirements.txt -c constraints.txt

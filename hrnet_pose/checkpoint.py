@@ -76,9 +76,21 @@ def _first(items: list, n: int = _SHOW) -> str:
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
+#: A BatchNorm's step counter: only used with ``momentum=None``; checkpoints older than PyTorch 0.4.1
+#: have none, and PyTorch's own loaders accept them without.
+BN_COUNTER = "num_batches_tracked"
+
+
+def with_bn_counters(expected: Mapping, found: Mapping) -> dict:
+    """``found`` with the BatchNorm counters it lacks taken from ``expected`` (the model's own), so a
+    checkpoint without them loads strictly; nothing else is filled in."""
+    return {**{k: v for k, v in expected.items() if k.endswith(BN_COUNTER) and k not in found}, **found}
+
+
 def compare_state_dicts(expected: Mapping, found: Mapping) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys, and ``key: found vs expected`` shape mismatches."""
-    missing = [k for k in expected if k not in found]
+    """Missing keys (a BatchNorm counter is not missing: see :func:`with_bn_counters`), unexpected
+    keys, and ``key: found vs expected`` shape mismatches."""
+    missing = [k for k in expected if k not in found and not k.endswith(BN_COUNTER)]
     unexpected = [k for k in found if k not in expected]
     wrong = [f"{k}: {tuple(found[k].shape)} vs model {tuple(v.shape)}"
              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
@@ -107,7 +119,7 @@ def load_pose_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike
     if not strict:
         bad = {w.split(":")[0] for w in wrong}
         state = {k: v for k, v in state.items() if k in expected and k not in bad}
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(with_bn_counters(expected, state), strict=strict)
     return model
 
 

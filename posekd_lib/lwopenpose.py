@@ -203,12 +203,21 @@ def load_lwopenpose_checkpoint(path_or_state_dict, num_refinement_stages: int = 
     checkpoints of the official code also hold ``optimizer`` / ``scheduler`` / ``iter``), a
     ``{"model": ...}`` wrapping, or a bare state dict; a ``module.`` prefix (DataParallel) is
     stripped and fp16 / bf16 tensors become float32 (``hrnet_pose.checkpoint.read_state_dict``, shared
-    with the HRNet loader). Any missing, unexpected or wrongly shaped key raises
-    :class:`hrnet_pose.checkpoint.CheckpointMismatchError` naming the file and the first keys of
-    each kind, and the number of refinement stages the checkpoint holds when it differs. (The
-    official ``load_state`` copies the matching entries and only warns about the others.)
+    with the HRNet loader).
+
+    The released ``checkpoint_iter_370000.pth`` holds three refinement stages, while upstream's demo
+    and validation build a one-refinement model and load it non-strictly, so its published AP is the
+    output of the initial stage and the *first* refinement stage. The same happens here with the
+    defaults: a checkpoint with more refinement stages than ``num_refinement_stages`` loads its first
+    ones, with a warning naming the stored stages left unused. Anything else — a missing key (except
+    the BatchNorm counters old checkpoints lack), another unexpected key, a wrong shape, fewer stages
+    than asked — raises :class:`hrnet_pose.checkpoint.CheckpointMismatchError` naming the file and the
+    first keys of each kind, and the number of refinement stages the checkpoint holds when it differs.
     """
-    from hrnet_pose.checkpoint import CheckpointMismatchError, _first, compare_state_dicts, read_state_dict
+    import warnings
+
+    from hrnet_pose.checkpoint import (CheckpointMismatchError, _first, compare_state_dicts, read_state_dict,
+                                       with_bn_counters)
 
     if not isinstance(path_or_state_dict, Mapping):
         path = Path(path_or_state_dict).expanduser()
@@ -219,17 +228,26 @@ def load_lwopenpose_checkpoint(path_or_state_dict, num_refinement_stages: int = 
     model = PoseEstimationWithMobileNet(num_refinement_stages=num_refinement_stages)
     expected = model.state_dict()
     missing, unexpected, wrong = compare_state_dicts(expected, state)
+    found = _refinement_stages_in(state)
+    unused = [k for k in unexpected if k.startswith("refinement_stages.")
+              and int(k.split(".")[1]) >= num_refinement_stages]
+    if found > num_refinement_stages and len(unused) == len(unexpected) and not (missing or wrong):
+        warnings.warn(f"{source} holds {found} refinement stages; the model uses the first "
+                      f"{num_refinement_stages} (as upstream's demo and validation do), so stored stage(s) "
+                      f"{list(range(num_refinement_stages, found))} ({len(unused)} entries) are left unused",
+                      stacklevel=2)
+        state = {k: v for k, v in state.items() if k not in set(unused)}
+        unexpected = []
     if missing or unexpected or wrong:
         lines = [f"{source} does not match PoseEstimationWithMobileNet(num_refinement_stages="
                  f"{num_refinement_stages}) ({len(state)} entries in the checkpoint, {len(expected)} in the model):"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if items:
                 lines.append(f"  {len(items)} {label}: {_first(items)}")
-        found = _refinement_stages_in(state)
         if found != num_refinement_stages:
             lines.append(f"  The checkpoint has {found} refinement stage(s): pass num_refinement_stages={found}.")
         raise CheckpointMismatchError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(with_bn_counters(expected, state), strict=True)
     return model.to(device).eval()
 
 

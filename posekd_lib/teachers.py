@@ -68,13 +68,19 @@ def teacher_weights_path(name: str = "demo", mode: str | None = None, path=None)
 def _missing_error(name: str, weights: Path, mode: str | None) -> FileNotFoundError:
     if name == "demo":
         return FileNotFoundError(
-            f"demo teacher weights not found: {weights}. This is the small HRNet-W8 (128x96) trained on "
+            f"demo teacher weights not found: {weights}. This is the small HRNet-W16 (128x96) trained on "
             f"the embedded dataset; it ships with the repository as hrnet_pose/weights/{DEMO_NAME}.pt. "
             f"Restore it from git, recreate it with `python scripts/train_teacher.py` (about an hour on "
             f"2 cores), or set {WEIGHTS_ENV} to another checkpoint of the {DEMO_CONFIG} config.")
     from hrnet_pose.checkpoint import MODEL_ZOO_HINT, official_checkpoint_name
 
     fname = official_checkpoint_name(name)
+    env = os.environ.get(W48_ENV) if name == FULL_CONFIG else None
+    if env:   # the variable overrides the default place, so the default place is no advice
+        return FileNotFoundError(
+            f"teacher checkpoint not found: {weights}, which {W48_ENV} names. Point {W48_ENV} at the "
+            f"official HRNet COCO checkpoint {fname} (pose_hrnet {name}, trained by the HRNet authors), "
+            f"or unset it to use {run_paths(mode).checkpoints / fname}. {MODEL_ZOO_HINT}")
     where = f"set {W48_ENV}=/path/to/{fname}, " if name == FULL_CONFIG else ""
     return FileNotFoundError(
         f"teacher checkpoint not found: {weights}. The {name} teacher is the official HRNet COCO "
@@ -96,7 +102,7 @@ def load_teacher(name: str | None = None, mode: str | None = None, path=None,
                  device="cpu") -> tuple[nn.Module, TeacherInfo]:
     """Build an HRNet teacher, load its weights strictly and return ``(model in eval mode, info)``.
 
-    ``name``: ``"demo"`` (the shipped W8, config ``w8_128x96``) or an HRNet config name whose
+    ``name``: ``"demo"`` (the shipped W16, config ``w16_128x96``) or an HRNet config name whose
     official checkpoint you provide (``"w48_384x288"``, ``"w32_256x192"``, ...); ``None`` picks by
     mode (:func:`default_teacher_name`). ``path`` overrides the weights file. ``info.val_ap`` is
     the validation AP from the weights' card (``None`` without a card).

@@ -251,6 +251,22 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_wrong_shapes(tiny, t
     assert "1 wrong shape: final_layer.weight: (13, 8, 1, 1) vs model (17, 8, 1, 1)" in msg
 
 
+def test_a_checkpoint_without_batchnorm_counters_loads_and_only_those_may_be_missing(tiny, tmp_path):
+    """Checkpoints older than PyTorch 0.4.1 have no num_batches_tracked; PyTorch accepts them, so do we."""
+    state = {k: v for k, v in tiny.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(tiny.state_dict())
+    torch.save(state, tmp_path / "old.pth")
+    fresh = build("tiny_golden", seed=99)
+    load_pose_checkpoint(fresh, tmp_path / "old.pth")
+    for k, v in tiny.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(fresh.state_dict()[k], v), k
+    del state["conv1.weight"]
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing: conv1.weight\n") as err:
+        load_pose_checkpoint(build("tiny_golden"), state)
+    assert "num_batches_tracked" not in str(err.value)
+
+
 def test_checkpoint_of_another_width_is_refused_with_counts(tiny):
     with pytest.raises(CheckpointMismatchError, match=r"wrong shape: .*\(\d+ more\)"):
         load_pose_checkpoint(build("w32_256x192", device="meta"), tiny.state_dict())

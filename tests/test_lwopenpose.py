@@ -126,15 +126,42 @@ def test_strict_load_failure_names_the_file_and_the_keys(golden_state, tmp_path)
     assert "refinement stage" not in msg                     # the stage count is right
 
 
-def test_three_stage_checkpoint_says_how_many_stages_it_has(tmp_path):
-    state = PoseEstimationWithMobileNet(num_refinement_stages=3).state_dict()
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected: refinement_stages\.1\.") as err:
-        load_lwopenpose_checkpoint({"state_dict": state})
-    assert "num_refinement_stages=3" in str(err.value)
-    model = load_lwopenpose_checkpoint(state, num_refinement_stages=3)
-    assert len(model.refinement_stages) == 3
+def test_the_released_three_stage_layout_loads_with_defaults_as_upstreams_demo_runs_it(tmp_path):
+    """The released file holds three refinement stages; upstream's demo builds one and loads
+    non-strictly, so the defaults give the initial + first refinement stage, saying what is unused."""
+    torch.manual_seed(0)
+    three = PoseEstimationWithMobileNet(num_refinement_stages=3).eval()
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"state_dict": three.state_dict(), "optimizer": {}, "iter": 370000}, path)
+    with pytest.warns(UserWarning, match=r"holds 3 refinement stages; the model uses the first 1 .*\[1, 2\]"):
+        model = load_lwopenpose_checkpoint(path)
+    one = PoseEstimationWithMobileNet(num_refinement_stages=1).eval()
+    one.load_state_dict({k: v for k, v in three.state_dict().items() if k in one.state_dict()})
+    x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        assert len(model(torch.zeros(1, 3, 32, 48))) == 8
+        ours, theirs, all_stages = model(x), one(x), three(x)
+    assert len(ours) == 4 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert all(torch.equal(a, b) for a, b in zip(ours, all_stages[:4]))      # the first refinement stage's maps
+    model3 = load_lwopenpose_checkpoint(path, num_refinement_stages=3)      # all three, when asked
+    with torch.no_grad():
+        assert len(model3(x)) == 8
+    with pytest.raises(CheckpointMismatchError, match=r"The checkpoint has 1 refinement stage\(s\)"):
+        load_lwopenpose_checkpoint(one.state_dict(), num_refinement_stages=3)   # fewer than asked: an error
+    broken = {**three.state_dict(), "cpm.extra.weight": torch.zeros(1)}     # another unexpected key: strict
+    with pytest.raises(CheckpointMismatchError, match=r"177 unexpected: refinement_stages\.1\."):
+        load_lwopenpose_checkpoint(broken)
+
+
+def test_checkpoints_without_batchnorm_counters_load_and_nothing_else_is_forgiven(golden_state):
+    no_counters = {k: v for k, v in golden_state.items() if not k.endswith("num_batches_tracked")}
+    assert len(no_counters) < len(golden_state)
+    model = load_lwopenpose_checkpoint(no_counters)
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, golden_state[k]), k
+    del no_counters["cpm.trunk.1.2.weight"]
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing: cpm.trunk.1.2.weight"):
+        load_lwopenpose_checkpoint(no_counters)
 
 
 def test_missing_checkpoint_file_says_what_to_fetch(tmp_path):

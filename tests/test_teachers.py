@@ -63,8 +63,9 @@ def test_full_mode_error_names_the_official_checkpoint(monkeypatch):
     expected = run_paths("full").checkpoints / "pose_hrnet_w48_384x288.pth"
     assert str(expected) in msg and teachers.W48_ENV in msg and "deep-high-resolution-net" in msg
     monkeypatch.setenv(teachers.W48_ENV, "/somewhere/else/w48.pth")
-    with pytest.raises(FileNotFoundError, match="/somewhere/else/w48.pth"):
+    with pytest.raises(FileNotFoundError, match=f"/somewhere/else/w48.pth, which {teachers.W48_ENV} names") as e:
         load_teacher(mode="full")
+    assert "Put it at" not in str(e.value)     # the variable overrides the default place: no advice to use it
 
 
 def test_wrong_architecture_is_rejected(tmp_path, monkeypatch):
