@@ -258,8 +258,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
             hooked.remove()
     trained = history.step[-1] if history.step else total
     info = _read_json(info_file) or {}
-    if trained > done_before:
-        info["train_time_s"] = round(info.get("train_time_s", 0.0) + wall, 1)
+    if trained > done_before:   # fit's own clock counts the parts of a resumed run too
+        info["train_time_s"] = history.train_time_s or round(info.get("train_time_s", 0.0) + wall, 1)
     if "complexity" not in info:
         info["complexity"] = _complexity(model, b.input_size)
     _write_json(info_file, {**info, "recipe": recipe})
@@ -396,7 +396,8 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     run_dir = run_dirs[1]
     info = _read_json(run_dir / "run_info.json") or {}
     if sum(History.steps_done(d) for d in run_dirs) > done_before:   # trained now (not only loaded)
-        info["train_time_s"] = round(info.get("train_time_s", 0.0) + wall, 1)
+        clocked = sum(h.train_time_s for h in (trained["float"], trained["qat"]) if h is not None)
+        info["train_time_s"] = clocked or round(info.get("train_time_s", 0.0) + wall, 1)
     info.update(variant=variant, kd=kd, seed=seed, steps=[float_steps, qat_steps], policy=policy,
                 teacher=teacher_id)
     _write_json(run_dir / "run_info.json", info)

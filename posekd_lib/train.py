@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -114,6 +115,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     losses: dict[str, list[float]] = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0       # seconds inside fit's loop, summed over every resumed part
 
     def log(self, step: int, epoch: float, lr: float, values: dict[str, float]) -> None:
         for k in values.keys() - self.losses.keys():
@@ -137,7 +139,8 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(**{k: d[k] for k in ("step", "epoch", "lr", "losses", "evals")})
+        return cls(**{k: d[k] for k in ("step", "epoch", "lr", "losses", "evals")},
+                   train_time_s=float(d.get("train_time_s", 0.0)))
 
     def save(self, path: Path) -> None:
         config.atomic_write(path, lambda f: json.dump(self.to_dict(), f), mode="w")
@@ -500,6 +503,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
         say(f"{run_name}: already trained for {step} steps")
         return history
     sums, count = defaultdict(float, running["sums"]), running["count"]
+    clock, time_before = time.perf_counter(), history.train_time_s   # a resumed run adds to its time so far
     params = _trained_params(model, optimizer)
     guard.setdefault("weight_norm", _weight_norm(params))  # at the run's start (resumed: from the checkpoint)
     guard.setdefault("loss", 0.0)  # the largest loss of the first LOSS_REFERENCE_STEPS steps
@@ -524,6 +528,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
 
     def save_latest():
         nonlocal last_good
+        history.train_time_s = round(time_before + time.perf_counter() - clock, 1)
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history.to_dict(),
@@ -604,6 +609,11 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                                      f"{norm:.4g}, over {WEIGHT_GROWTH_LIMIT:g}x its start"))
                     diverged(what, f"{detail}; lower the learning rate (lr {lr_used:.3g})",
                              samples=_batch_samples(batch), updated=True)
+                bad = _non_finite(model.named_buffers())   # BatchNorm statistics, updated by the forward pass
+                if bad:
+                    diverged("the forward pass made buffers non-finite",
+                             f"in {_names(bad)} (BatchNorm running statistics follow the activations); lower the "
+                             f"learning rate (lr {lr_used:.3g})", samples=_batch_samples(batch), updated=True)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 bar.update(1)
                 for k, v in values.items():

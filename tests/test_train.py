@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import itertools
 import os
@@ -34,13 +35,13 @@ def mse(outputs, batch):
     return joints_mse(outputs, batch["target"], batch["target_weight"])
 
 
-def interrupt_at(call: int):
+def interrupt_at(call: int, loss=None):
     calls = itertools.count(1)
 
     def loss_fn(outputs, batch):
         if next(calls) == call:
             raise Interrupted
-        return mse(outputs, batch)
+        return (loss or mse)(outputs, batch)
 
     return loss_fn
 
@@ -89,11 +90,29 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
 
     resumed, hist = run(tmp_path / "b", save_every_steps=3)
     assert_same_state(resumed, reference)
-    assert hist == ref_hist
+    assert untimed(hist) == untimed(ref_hist)
 
     again, hist_again = run(tmp_path / "a", save_every_steps=3, loss_fn=interrupt_at(1))
     assert hist_again == ref_hist
     assert_same_state(again, reference)
+
+
+def untimed(history):
+    return dataclasses.replace(history, train_time_s=0.0)
+
+
+def test_a_resumed_run_counts_the_training_time_before_the_interruption(tmp_path):
+    def slow(outputs, batch):
+        time.sleep(0.05)
+        return mse(outputs, batch)
+
+    with pytest.raises(Interrupted):
+        run(tmp_path, save_every_steps=3, loss_fn=interrupt_at(7, slow))
+    before = load_checkpoint(tmp_path / "r" / "latest.pt")["history"]["train_time_s"]
+    assert before >= 0.3                                    # 6 steps of >= 0.05 s were saved
+    _, hist = run(tmp_path, save_every_steps=3)
+    assert hist.train_time_s >= before
+    assert History.load(tmp_path / "r" / "history.json").train_time_s == hist.train_time_s
 
 
 def test_channels_last_trains_the_same_run_in_nhwc(tmp_path):
@@ -179,6 +198,26 @@ def test_an_exploding_loss_stops_before_the_update(tmp_path):
                                                     r"over 10000x the largest of the first 10 steps"):
         run(tmp_path, epochs=3, save_every_steps=1, loss_fn=loss_fn)
     assert load_checkpoint(tmp_path / "r" / "latest.pt")["step"] == 11
+
+
+def test_non_finite_batchnorm_statistics_stop_the_run_at_the_step_they_appear(tmp_path):
+    """Running statistics follow the activations: an overflowing forward pass makes them infinite
+    while loss and weights may still be finite; the run stops at that step with a learning-rate hint."""
+    torch.manual_seed(0)
+    model = smoke.tiny_posenet()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    calls = itertools.count(1)
+
+    def poison(module, inputs, output):
+        if next(calls) == 3:
+            module.running_var.data.fill_(float("inf"))
+
+    bn.register_forward_hook(poison)
+    loader = DataLoader(smoke.BlobPoseDataset(n=16, noise=0.1), batch_size=4, shuffle=True)
+    with pytest.raises(TrainingDivergedError, match=r"buffers non-finite at step 3 .*running_var.*lower the learning"):
+        fit(model, loader, loss_fn=mse, max_steps=8, lr=1e-2, out_dir=tmp_path, run_name="r", progress=False,
+            threads=1, save_every_steps=1)
+    assert load_checkpoint(tmp_path / "r" / "latest.pt")["step"] == 2
 
 
 def test_a_checkpoint_with_non_finite_state_is_refused(tmp_path, monkeypatch):
@@ -341,4 +380,6 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tmp_path, hint):
     for k in a:
         assert (a[k] - b[k]).abs().max() == 0, k
     hist = History.load(tmp_path / "killed" / "smoke" / "history.json")
-    assert hist == History.load(tmp_path / "clean" / "smoke" / "history.json")
+    clean = History.load(tmp_path / "clean" / "smoke" / "history.json")
+    assert untimed(hist) == untimed(clean)
+    assert hist.train_time_s > clean.train_time_s        # the killed part's time (0.5 s sleeps) is kept
