@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,7 +58,7 @@ _OVERRIDES = {
     "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
     "workshop": {"steps": 3000, "feature_steps": 1500},
     "full": {"input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2.0, "batch_size": 64,
-             "steps": 30_000, "lr": 1e-3, "num_workers": 8, "eval_batch_size": 128, "device": "auto",
+             "steps": 30_000, "lr": 1e-3, "num_workers": min(8, os.cpu_count() or 1), "eval_batch_size": 128, "device": "auto",
              "channels_last": False, "aug": "hrnet", "amp": "auto"},
 }
 

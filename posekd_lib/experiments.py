@@ -240,8 +240,9 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 
     train_ds = training_set(b, labelled=labelled, unlabelled=unlabelled, split=splits.train)
     if len(train_ds) < b.batch_size:
+        fix = "label a larger fraction" if labelled < 1 else "add training images or lower optim.batch_size"
         raise ValueError(f"train_student: {len(train_ds)} training persons (labelled={labelled}) make no batch of "
-                         f"{b.batch_size}; label a larger fraction")
+                         f"{b.batch_size}; {fix}")
     from .device_data import shuffled_loader
 
     loader = shuffled_loader(train_ds, b.batch_size, b.loader, _device(b.device), b.num_workers)

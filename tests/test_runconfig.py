@@ -381,3 +381,33 @@ def test_launch_runs_a_named_config_as_the_command_does_and_reloads_it(capsys):
     again = launch("baseline_squeezenet", ["optim.steps=2", "name=launch-check"], mode="quick", progress=False,
                    show=False)
     assert (folder / "latest.pt").stat().st_mtime_ns == stamp and again.metrics == run.metrics
+
+
+def test_too_few_persons_for_one_batch_say_how_to_fix_it():
+    from posekd_lib.budgets import budget_fields
+    from posekd_lib.experiments import train_student
+
+    with budget_fields(batch_size=100_000):
+        with pytest.raises(ValueError, match=r"make no batch of 100000; add training images or lower optim.batch_size"):
+            train_student("squeezenet", mode="quick", tag="nobatch", progress=False)
+        with pytest.raises(ValueError, match=r"labelled=0.5\) make no batch of 100000; label a larger fraction"):
+            train_student("squeezenet", mode="quick", tag="nobatch", progress=False, labelled=0.5)
+
+
+@pytest.mark.slow  # a 2-step full-mode run on the four real COCO images of ../shared: ~30 s
+def test_a_short_full_mode_cpu_trial_runs_with_one_command(tmp_path, coco_sample):
+    """The README's full-mode trial on a laptop: real COCO layout under COCO_ROOT, a few steps, a
+    small batch, workers from the machine's cores (no oversubscription warning)."""
+    root = tmp_path / "coco"
+    for split in ("train", "val"):
+        (root / f"{split}2017").mkdir(parents=True)
+        for img in (coco_sample / "images").glob("*.jpg"):
+            (root / f"{split}2017" / img.name).symlink_to(img)
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"person_keypoints_{split}2017.json").symlink_to(coco_sample / "person_keypoints.json")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COCO_ROOT": str(root), "POSEKD_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "posekd_lib.run", "configs/baseline_squeezenet.yaml", "--mode", "full", "--quiet",
+           "--set", "optim.steps=2", "optim.batch_size=4", "name=cpu-trial"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| cpu-trial " in out.stdout and "worker processes in total" not in out.stderr
