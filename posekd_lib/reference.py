@@ -75,8 +75,8 @@ def pack_runs(checkpoints: Path, tar_path: Path, prefix: str = "ref_") -> list[s
 
 def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Path]:
     """Copy finished run folders (paths) into ``dest`` as :func:`pack_runs` packs them, each with
-    ``card.json``: ``card`` (the command, the teacher...) plus where it was trained (CPU, threads,
-    torch) and when. Returns the shipped folders. A run without ``latest.pt`` is refused by name."""
+    ``card.json``: where it was shipped (CPU, cores, torch, date), its training time and teacher
+    (:func:`run_facts`), and ``card`` (the command...). Returns the shipped folders. A run without ``latest.pt`` is refused by name."""
     out = []
     for run in map(Path, runs):
         if not (run / "latest.pt").is_file():
@@ -86,9 +86,21 @@ def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Pat
         for name, data in _run_members(run):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
-        (folder / CARD_FILE).write_text(json.dumps({**machine_card(), **(card or {})}, indent=1) + "\n")
+        (folder / CARD_FILE).write_text(json.dumps({**machine_card(), **run_facts(run), **(card or {})}, indent=1)
+                                        + "\n")
         out.append(folder)
     return out
+
+
+def run_facts(run: Path) -> dict:
+    """From a run folder's ``run_info.json``: its training time and the teacher it learned from (the
+    teacher's weights fingerprint; None for ground truth only)."""
+    f = Path(run) / "run_info.json"
+    if not f.is_file():
+        return {}
+    info = json.loads(f.read_text())
+    teacher = info.get("teacher") or (info.get("recipe", {}).get("kd") or {}).get("teacher")
+    return {"train_time_s": info.get("train_time_s"), "teacher": teacher}
 
 
 def machine_card() -> dict:

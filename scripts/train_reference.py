@@ -66,17 +66,12 @@ def folders(config: str, args) -> list[Path]:
     return [root / f"{run_name(config)}_{student}_s{args.seed}"]
 
 
-def card(config: str, cmd: list[str], args) -> dict:
-    """What ``card.json`` says of a run besides the machine: its command and its teacher."""
-    import json
-
-    info_dir = folders(config, args)[-1]
-    info = json.loads((info_dir / "run_info.json").read_text())
-    teacher = info.get("teacher") or (info.get("recipe", {}).get("kd") or {}).get("teacher")
+def card(cmd: list[str], args) -> dict:
+    """What ``card.json`` says of a run besides the machine, its time and its teacher: its command."""
     shown = " ".join(c if " " not in c else repr(c) for c in ["python", *cmd[1:]])
-    return {"command": f"POSEKD_THREADS={args.threads} {shown}", "teacher": teacher,
-            "train_time_s": info.get("train_time_s"),
-            "note": "trained on the CPU, one thread, beside a second run (scripts/train_reference.py)"}
+    return {"command": f"POSEKD_THREADS={args.threads} {shown}",
+            "note": f"trained on the CPU, {args.threads} thread(s) per run, {args.parallel} runs side by side "
+                    "(scripts/train_reference.py)"}
 
 
 def run_jobs(configs, args) -> dict[str, int | None]:
@@ -110,7 +105,7 @@ def run_jobs(configs, args) -> dict[str, int | None]:
             codes[config] = p.returncode
             print(f"[{time.strftime('%H:%M:%S')}] {config} exited {p.returncode}", flush=True)
             if p.returncode == 0:
-                for f in ship(folders(config, args), args.dest, card=card(config, cmd, args)):
+                for f in ship(folders(config, args), args.dest, card=card(cmd, args)):
                     print(f"  shipped {f}", flush=True)
         time.sleep(5)
     return codes
