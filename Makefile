@@ -7,7 +7,7 @@ PYTHON ?= python3
 REQ_HASH := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/posekd/venv-$(REQ_HASH)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.posekd-installed
+STAMP := $(VENV)/.posekd-installed-2
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export POSEKD_MODE ?= workshop
 export FIFTYONE_DO_NOT_TRACK := true
@@ -32,6 +32,7 @@ $(STAMP):
 	@echo ">> creating $(VENV) (first run only: a few minutes, ~6 GB)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-input -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-input --no-deps -e .
 	$(PY) -c "import torch, torchvision, fiftyone, pycocotools, calflops, nbval; print('environment ok: torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -15,20 +15,18 @@ machine and its load.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posekd_lib.config import get_mode  # noqa: E402
-from posekd_lib.data import TopDownDataset, dataset_splits  # noqa: E402
-from posekd_lib.evaluation import evaluate_topdown  # noqa: E402
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, train_student  # noqa: E402
-from posekd_lib.losses import joints_mse  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib.config import get_mode
+from posekd_lib.data import TopDownDataset, dataset_splits
+from posekd_lib.evaluation import evaluate_topdown
+from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, train_student
+from posekd_lib.losses import joints_mse
+from posekd_lib.teachers import load_teacher
 
 STUDENTS = ("squeezenet", "mobilenetv3", "mobilenetv3_os16")
 

@@ -11,18 +11,16 @@ the demo teacher config was chosen from; figures depend on the machine and its l
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hrnet_pose.checkpoint import fp16_size_bytes  # noqa: E402
-from hrnet_pose.configs import available_configs, load_configs  # noqa: E402
-from hrnet_pose.hrnetpose_model import count_parameters, get_pose_net  # noqa: E402
-from posekd_lib.models import complexity  # noqa: E402
+from hrnet_pose.checkpoint import fp16_size_bytes
+from hrnet_pose.configs import available_configs, load_configs
+from hrnet_pose.hrnetpose_model import count_parameters, get_pose_net
+from posekd_lib.models import complexity
 
 
 def throughput(model: torch.nn.Module, height: int, width: int, batch: int, seconds: float) -> float:

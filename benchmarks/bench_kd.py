@@ -34,21 +34,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posekd_lib.config import get_mode, run_paths  # noqa: E402
-from posekd_lib.data import dataset_splits  # noqa: E402
-from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.evaluation import ResultsTable, gap_closed  # noqa: E402
-from posekd_lib.experiments import (KD_SETTINGS, budget_trend, evaluate_teacher, kd_recipe,  # noqa: E402
+from posekd_lib.config import get_mode, run_paths
+from posekd_lib.data import dataset_splits
+from posekd_lib.distill import freeze
+from posekd_lib.evaluation import ResultsTable, gap_closed
+from posekd_lib.experiments import (KD_SETTINGS, budget_trend, evaluate_teacher, kd_recipe,
                                    label_tag, localization_summary, train_student)
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib.teachers import load_teacher
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
 

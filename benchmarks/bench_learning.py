@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posekd_lib.config import atomic_write, get_mode, run_paths, set_torch_threads  # noqa: E402
+from posekd_lib.config import atomic_write, get_mode, run_paths, set_torch_threads
 
 CURVE_KEYS = ("AP", "AP50", "AP75", "mean_OKS")
 

@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posekd_lib.config import get_mode  # noqa: E402
-from posekd_lib.data import TopDownDataset, dataset_splits  # noqa: E402
-from posekd_lib.evaluation import evaluate_topdown  # noqa: E402
-from posekd_lib.experiments import budget, build_student_model, train_student  # noqa: E402
-from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, export_onnx, heatmap_agreement,  # noqa: E402
+from posekd_lib.config import get_mode
+from posekd_lib.data import TopDownDataset, dataset_splits
+from posekd_lib.evaluation import evaluate_topdown
+from posekd_lib.experiments import budget, build_student_model, train_student
+from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, export_onnx, heatmap_agreement,
                                     onnx_parity, quantize_int8)
 
 STUDENTS = ("squeezenet", "mobilenetv3", "mobilenetv3_os16")

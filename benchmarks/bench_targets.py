@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +21,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from posekd_lib.codecs import HeatmapCodec, PafCodec  # noqa: E402
-from posekd_lib.data import TopDownDataset  # noqa: E402
-from posekd_lib.keypoints import (COCO_KEYPOINTS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,  # noqa: E402
+from posekd_lib.codecs import HeatmapCodec, PafCodec
+from posekd_lib.data import TopDownDataset
+from posekd_lib.keypoints import (COCO_KEYPOINTS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
                                   coco17_to_openpose18)
 
 COCO_SAMPLE = REPO.parent / "shared" / "realdata" / "coco_sample"

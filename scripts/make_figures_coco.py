@@ -5,21 +5,19 @@ Used by notebook 01. Run: ``python scripts/make_figures_coco.py [--out images/co
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from a clone without installing the package
 
-from posekd_lib.keypoints import COCO_KEYPOINTS  # noqa: E402
-from posekd_lib.plotting import SIDE_COLORS, draw_skeleton, keypoint_side  # noqa: E402
+from posekd_lib.keypoints import COCO_KEYPOINTS
+from posekd_lib.plotting import SIDE_COLORS, draw_skeleton, keypoint_side
 
 #: A person facing the camera (image coordinates, y down): their left side is on the image's right.
 CANONICAL_POSE = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from posekd_lib.losses import joints_mse  # noqa: E402
-from posekd_lib.models import PoseNet  # noqa: E402
-from posekd_lib.train import fit  # noqa: E402
+from posekd_lib.losses import joints_mse
+from posekd_lib.models import PoseNet
+from posekd_lib.train import fit
 
 
 class BlobPoseDataset(Dataset):

@@ -126,7 +126,6 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     os.environ["POSEKD_MODE"] = args.mode
     if args.phase == "ship":
         from posekd_lib.reference import ship

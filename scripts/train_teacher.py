@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def probe_seconds_per_step(model, loader, device, amp, lr, steps: int = 15) -> float:

@@ -64,3 +64,16 @@ def test_library_has_no_import_cycle():
     graph = {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
     assert graph["max78000"] >= {"ai8x", "hardware"} and "max78000" not in graph["ai8x"]
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_nothing_edits_sys_path_the_package_is_installed():
+    """make's setup installs the package (pip install -e .); no notebook, script or test patches sys.path."""
+    repo = Path(__file__).resolve().parent.parent
+    needle = "sys.path." + "insert"
+    files = [p for ext in ("*.py", "*.ipynb") for p in repo.rglob(ext)
+             if not any(part.startswith(".") or part in ("runs", "build") for part in p.relative_to(repo).parts)]
+    assert len(files) > 50
+    offenders = [str(p.relative_to(repo)) for p in files if needle in p.read_text(encoding="utf-8")]
+    assert offenders == []
+    makefile = (repo / "Makefile").read_text()
+    assert "pip install --quiet --no-input --no-deps -e ." in makefile

@@ -238,7 +238,6 @@ def test_cache_check_re_renders_truncated_empty_and_missing_images(tmp_path):
 
 UNGUARDED = """
 import sys, time
-sys.path.insert(0, {repo!r})
 from posekd_lib.synth import generate_split
 print("top of script", flush=True)
 t0 = time.perf_counter()

@@ -5,18 +5,16 @@ Run from the repository root:  python notebooks/solutions/01_data_solutions.py
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib import keypoints as kp  # noqa: E402
-from posekd_lib.codecs import HeatmapCodec  # noqa: E402
-from posekd_lib.evaluation import oks  # noqa: E402
+from posekd_lib import keypoints as kp
+from posekd_lib.codecs import HeatmapCodec
+from posekd_lib.evaluation import oks
 
 
 def exercise_1(areas=(1000, 20000)) -> dict[int, float]:

@@ -7,18 +7,16 @@ numbers only show that the code works — run in workshop mode for meaningful on
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib.data import TopDownDataset, dataset_splits  # noqa: E402
-from posekd_lib.evaluation import evaluate_topdown, pck  # noqa: E402
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch, train_student  # noqa: E402
-from posekd_lib.losses import adaptive_wing, joints_mse  # noqa: E402
+from posekd_lib.data import TopDownDataset, dataset_splits
+from posekd_lib.evaluation import evaluate_topdown, pck
+from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch, train_student
+from posekd_lib.losses import adaptive_wing, joints_mse
 
 
 def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[str, dict]:

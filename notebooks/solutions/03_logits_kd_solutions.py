@@ -11,16 +11,14 @@ them all. With today's teacher and budget the absolute numbers are higher: re-ru
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib.distill import LogitsKD, freeze  # noqa: E402
-from posekd_lib.experiments import budget, example_batch, kd_recipe, train_student  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib.distill import LogitsKD, freeze
+from posekd_lib.experiments import budget, example_batch, kd_recipe, train_student
+from posekd_lib.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"      # the notebook's distilled student

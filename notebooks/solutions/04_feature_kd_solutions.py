@@ -11,19 +11,17 @@ them all. With today's teacher and budget the absolute numbers are higher: re-ru
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib.config import get_mode  # noqa: E402
-from posekd_lib.data import dataset_splits  # noqa: E402
-from posekd_lib.distill import FeatureKD, freeze  # noqa: E402
-from posekd_lib.experiments import FEATURE_PAIRS, KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student  # noqa: E402
-from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib.config import get_mode
+from posekd_lib.data import dataset_splits
+from posekd_lib.distill import FeatureKD, freeze
+from posekd_lib.experiments import FEATURE_PAIRS, KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student
+from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons
+from posekd_lib.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"

@@ -7,14 +7,12 @@ show that the code works — run in workshop mode for meaningful ones).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib import ai8x, max78000, pruning  # noqa: E402
-from posekd_lib import ai8x_models as am  # noqa: E402
-from posekd_lib.experiments import train_ai8x  # noqa: E402
+from posekd_lib import ai8x, max78000, pruning
+from posekd_lib import ai8x_models as am
+from posekd_lib.experiments import train_ai8x
 
 KEYS = ("AP", "AP50", "PCK@0.2")
 

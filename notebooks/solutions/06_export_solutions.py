@@ -6,18 +6,16 @@ Run from the repository root:  python notebooks/solutions/06_export_solutions.py
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib import ai8x, export, max78000  # noqa: E402
-from posekd_lib import ai8x_models as am  # noqa: E402
-from posekd_lib import onnx_export as ox  # noqa: E402
-from posekd_lib.data import dataset_splits  # noqa: E402
-from posekd_lib.experiments import budget, kd_recipe, train_ai8x, train_student  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib import ai8x, export, max78000
+from posekd_lib import ai8x_models as am
+from posekd_lib import onnx_export as ox
+from posekd_lib.data import dataset_splits
+from posekd_lib.experiments import budget, kd_recipe, train_ai8x, train_student
+from posekd_lib.teachers import load_teacher
 
 
 def exercise_1(mode: str | None = None) -> dict:

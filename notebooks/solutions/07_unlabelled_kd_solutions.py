@@ -11,14 +11,12 @@ them all. With today's teacher and budget the absolute numbers are higher: re-ru
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.experiments import kd_recipe, label_tag, train_student  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib.distill import freeze
+from posekd_lib.experiments import kd_recipe, label_tag, train_student
+from posekd_lib.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"

@@ -6,17 +6,15 @@ Run from the repository root:  python notebooks/solutions/08_bottom_up_mcu_solut
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from posekd_lib import ai8x_models as am  # noqa: E402
-from posekd_lib import bottom_up  # noqa: E402
-from posekd_lib.data import dataset_splits  # noqa: E402
-from posekd_lib.distill import freeze  # noqa: E402
-from posekd_lib.evaluation import bottom_up_results, coco_evaluate, evaluate_bottom_up  # noqa: E402
-from posekd_lib.teachers import load_teacher  # noqa: E402
+from posekd_lib import ai8x_models as am
+from posekd_lib import bottom_up
+from posekd_lib.data import dataset_splits
+from posekd_lib.distill import freeze
+from posekd_lib.evaluation import bottom_up_results, coco_evaluate, evaluate_bottom_up
+from posekd_lib.teachers import load_teacher
 
 
 def _teacher_kp(mode):
