@@ -797,7 +797,8 @@ class FeatureKD(Distiller):
                  normalize: str = "channel", input_size=(192, 256), teacher_weight: str = "ones",
                  teacher_output: Callable | None = None, teacher_flip_test: bool = False,
                  flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS, branches: str = "first",
-                 feature_loss: str = "mse", feature_temperature: float = 1.0):
+                 feature_loss: str = "mse", feature_temperature: float = 1.0, cache=None,
+                 feature_cache: Sequence | None = None):
         _check_choice("kind", kind, LOGIT_KINDS)
         _check_choice("normalize", normalize, FEATURE_NORMS)
         _check_choice("feature_loss", feature_loss, FEATURE_LOSSES)
@@ -820,6 +821,39 @@ class FeatureKD(Distiller):
         super().__init__(teacher, student, losses, pairs=pairs, branches=branches, schedule=schedule,
                          total_steps=total_steps, teacher_input_size=teacher_input_size,
                          teacher_output=teacher_output, teacher_flip_test=teacher_flip_test, flip_pairs=flip_pairs)
+        if feature_cache is not None:
+            if len(feature_cache) != len(self.pairs):
+                raise ValueError(f"feature_cache: {len(feature_cache)} caches for {len(self.pairs)} layer pairs; "
+                                 "give one per pair, in the pairs' order")
+            if alpha_logits and cache is None:
+                raise ValueError("feature_cache without cache: the logits term would still run the teacher; "
+                                 "give the heatmap cache too (or alpha_logits=0)")
+            if teacher_flip_test:
+                raise ValueError("teacher_flip_test needs the live teacher; the caches hold plain-crop outputs")
+        self.warp_cache, self.feature_caches = cache, (list(feature_cache) if feature_cache is not None else None)
+
+    def teacher_outputs(self, batch: dict) -> dict:
+        """From the caches when given (:class:`~posekd_lib.teacher_cache.TeacherCache` of the teacher's
+        heatmaps and of each hinted layer's features, warped to each augmented crop; a mirrored crop
+        gets the mirrored plain-crop features, an approximation, see docs/experiments.md), so a
+        hinted step runs no teacher forward; else, and for batches the caches do not hold, the
+        live teacher."""
+        if self.feature_caches is None:
+            return super().teacher_outputs(batch)
+        if "meta" not in batch:
+            raise KeyError("FeatureKD(feature_cache=...) needs batch['meta'] (index, center, scale, rotation, "
+                           "flipped) from TopDownDataset")
+        size = (int(batch["image"].shape[-1]), int(batch["image"].shape[-2]))
+        device = batch["image"].device
+        try:
+            features = [c.for_batch(batch, input_size=size).to(device) for c in self.feature_caches]
+            heatmaps = self.warp_cache.for_batch(batch, input_size=size).to(device) if "kd" in self.losses else None
+        except CacheMissError as e:
+            if not getattr(self, "_warned_cache", False):
+                warnings.warn(f"{e}; the live teacher runs for such batches", RuntimeWarning, stacklevel=2)
+                self._warned_cache = True
+            return super().teacher_outputs(batch)
+        return {"heatmaps": heatmaps, "features": features}
 
     @property
     def adapters(self) -> nn.ModuleDict:

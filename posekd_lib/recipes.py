@@ -60,7 +60,9 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
     live): the teacher's heatmaps of every training person's plain crop are computed once
     (:func:`teacher_cache_for`) and warped to each augmented crop, so a distilled step costs no
     teacher forward; the recipe records it (a run with and one without are different runs). Batches
-    the cache does not cover (a labelled subset, unlabelled persons) get the live teacher.
+    the cache does not cover (a labelled subset, unlabelled persons) get the live teacher. The
+    feature setting takes ``teacher_cache=True`` too: its hinted layers' features are cached the
+    same way (:func:`feature_cache_for`), so a hinted step runs no teacher forward either.
     """
     from hrnet_pose.configs import load_configs
 
@@ -89,13 +91,15 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
                                    default=lambda o: getattr(o, "__qualname__", type(o).__name__)))
     recipe["teacher"] = weights_fingerprint(teacher) if teacher is not None else None  # new teacher: new run
     if teacher_cache:
-        if method != "logits":
-            raise ValueError(f"kd_recipe({tag!r}, teacher_cache=True): the cache holds the teacher's heatmaps only, "
-                             "and a feature setting needs its live features; use a logits setting (fpd, kl)")
         recipe["teacher_cache"] = True
         if teacher is not None:      # (None: only the recipe is wanted)
             size = settings["teacher_input_size"] or b.input_size
             settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b, size))
+            if method == "feature":  # each hinted teacher layer's features, cached the same way
+                branches = settings.get("branches", "first")
+                settings["feature_cache"] = [
+                    _LazyCache(lambda layer=layer: feature_cache_for(teacher, layer, branches, b, size))
+                    for layer in settings["pairs"].values()]
     return _KDFactory(build, recipe)
 
 
@@ -127,6 +131,32 @@ def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None):
 
     def build():
         return TeacherCache.build(lambda x: teacher(x.to(device)), ds, input_size=size, source=str(path))
+
+    return cached_teacher(path, build)
+
+
+def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None):
+    """Like :func:`teacher_cache_for`, for the features of the teacher layer ``layer`` (its
+    ``branches`` as the hint reads them): one teacher forward per training person's plain crop,
+    stored in float16 next to the heatmap cache. A mirrored crop reads the plain crop's features
+    mirrored (no channel is swapped: features have no left and right joints)."""
+    from .distill import FeatureHooks, _feature_tensor
+    from .teacher_cache import TeacherCache, cached_teacher
+
+    b = budget(mode)
+    size = tuple(int(v) for v in (input_size or b.input_size))
+    ds = training_set(b)
+    name = f"{weights_fingerprint(teacher)}_{layer}-{branches}_{size[0]}x{size[1]}_{len(ds)}.pt"
+    path = run_paths(b.mode).root / "teacher_cache" / name
+    device = next(teacher.parameters()).device
+
+    def build():
+        with FeatureHooks(teacher, [layer]) as hooks:
+            def features(x):
+                teacher(x.to(device))
+                return _feature_tensor(hooks[layer], layer, branches)
+
+            return TeacherCache.build(features, ds, input_size=size, flip_pairs=(), source=str(path))
 
     return cached_teacher(path, build)
 

@@ -377,8 +377,46 @@ def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
         AssertionError("the teacher ran")))
     run = train_student("squeezenet", mode="quick", kd=kd, tag="fpd_cached", progress=False, steps=2)
     assert not calls and run.history.step[-1] == 2
-    with pytest.raises(ValueError, match="feature setting needs its live features"):
-        kd_recipe("feature", teacher, "squeezenet", "quick", teacher_cache=True)
+
+
+def test_cached_hints_equal_the_live_teacher_on_plain_crops_and_run_no_teacher_forward(monkeypatch):
+    """feature + teacher_cache=True: the hinted layer's features and the heatmaps come from caches;
+    on un-augmented crops their values are the live teacher's (float16), so the loss terms agree; a
+    training run then runs no teacher forward; a batch the caches do not hold gets the live teacher."""
+    from posekd_lib.budgets import budget, training_set
+    from posekd_lib.distill import freeze
+    from posekd_lib.experiments import build_student_model, kd_recipe, train_student
+    from posekd_lib.teachers import load_teacher
+
+    teacher = freeze(load_teacher(mode="quick")[0])
+    student = build_student_model("squeezenet")
+    cached = kd_recipe("feature", teacher, "squeezenet", "quick", teacher_cache=True)
+    assert cached.recipe["teacher_cache"] is True and "teacher_cache" not in kd_recipe(
+        "feature", teacher, "squeezenet", "quick").recipe
+    kd_cached = cached(student, 10)
+    kd_live = kd_recipe("feature", teacher, "squeezenet", "quick")(student, 10)
+    plain = training_set(budget("quick"))
+    plain.train, plain.aug = False, None
+    batch = next(iter(torch.utils.data.DataLoader(plain, batch_size=4, shuffle=False)))
+    with torch.no_grad():
+        c, live = kd_cached.teacher_outputs(batch), kd_live.teacher_outputs(batch)
+    assert c["features"][0].shape == live["features"][0].shape
+    # float16 storage; the cache ran the teacher on batches of 64, so a value may round to the next float16
+    torch.testing.assert_close(c["features"][0], live["features"][0], rtol=2 ** -10, atol=1e-4)
+    torch.testing.assert_close(c["heatmaps"], live["heatmaps"], rtol=2 ** -10, atol=1e-4)
+    bad = {**batch, "meta": {**batch["meta"], "ann_id": batch["meta"]["ann_id"] + 10**9}}
+    with pytest.warns(RuntimeWarning, match="the live teacher runs for such batches"):
+        fallback = kd_cached.teacher_outputs(bad)
+    torch.testing.assert_close(fallback["features"][0], live["features"][0])
+    for kd in (kd_cached, kd_live):
+        kd.remove()
+
+    sizes, forward = [], type(teacher).forward
+    monkeypatch.setattr(type(teacher), "forward", lambda self, x: sizes.append(x.shape[0]) or forward(self, x))
+    run = train_student("squeezenet", mode="quick", kd=kd_recipe("feature", teacher, "squeezenet", "quick",
+                                                                 teacher_cache=True),
+                        tag="feature_cached", progress=False, steps=2)
+    assert sizes == [1] and run.history.step[-1] == 2 and "feat" in run.history.losses  # only the adapters' sizing
 
 
 def test_the_teacher_cache_falls_back_to_the_live_teacher_where_it_does_not_cover_the_data():
