@@ -23,17 +23,8 @@ from .config import run_paths
 #: ``feature``: FitNets hints on the last stride-4 features (:data:`FEATURE_PAIRS`) on top of the
 #: FPD term (``alpha_logits``). α balances the gradients the terms send into the student (measured
 #: in notebook 03): at T = 0.5 the KL's gradient is about the GT MSE's, so α = 0.5 for both logits
-#: variants. β was tuned on the SqueezeNet student in workshop mode, seed 0 (``bench_kd.py --set``):
-#: COCO AP 0.0017 / 0.0043 / 0.0053 at β = 0.05 / 0.25 / 1.0 (one pair), 0.0029 / 0.0041 with three
-#: pairs (neck.0/2/4 to stage4's branches) at 0.05 / 0.25 per pair; hints alone (α 0) 0.0055; the
-#: teacher's heatmaps alone as target (α 1) 0.0044; baseline 0.0003. Hints with the KL (T 0.5)
-#: instead of FPD, seeds 0 and 1: 0.0062 / 0.0051 against this recipe's 0.0053 / 0.0045, a lead
-#: within the seed spread, so FPD stays (notebook 04, exercise 6). At 2000 steps (seeds 0, 1, 2)
-#: hints alone beat the recipe, 0.0222 / 0.0238 / 0.0258 against 0.0193 / 0.0225 / 0.0226 (36.8 %
-#: against 30.9 % of the gap); β 4 matched β 1 and a linearly decaying hint weight did worse (seed 0);
-#: hints with the KL (T 0.5) reached 0.0232 / 0.0224 / 0.0221 (33.6 %), and 0.0239 / 0.0217 / 0.0221
-#: (33.6 %) with the teacher's flip-test heatmaps as the KL's target. The recipe stays, shared by
-#: every budget's runs (README).
+#: variants; β = 1 and the pairs were chosen on measured runs (docs/experiments.md, "How the
+#: feature recipe was chosen").
 KD_SETTINGS: dict[str, dict] = {
     "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5, "teacher_cache": True},
     "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5, "teacher_cache": True},
