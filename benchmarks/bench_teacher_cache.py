@@ -2,6 +2,7 @@
 
     python benchmarks/bench_teacher_cache.py                  # the shipped teacher, light augmentation
     python benchmarks/bench_teacher_cache.py --aug hrnet --batches 8
+    python benchmarks/bench_teacher_cache.py --features stage4     # the hint's features (notebook 04)
 
 Prints (1) the seconds per batch of the teacher's forward (flip test, as KD uses it) against the
 cache's warp, and (2) on augmented training batches, how far the cached-and-warped heatmaps are
@@ -9,6 +10,10 @@ from the live teacher's on the same augmented crops: the relative squared error
 ``Σ(cached - live)² / Σ live²`` and the share of joints whose peak lands within one heatmap cell
 of the live peak (joints whose live peak is at least 0.2, i.e. the teacher sees them).
 The first pass builds the cache over the whole training split (printed: how long it took).
+``--features LAYER`` does the same for the teacher layer a hint reads (its first branch, no flip
+test: the hints use the plain teacher): the relative squared error of the warped features, on all
+crops and on the mirrored ones alone (a mirrored crop reads the mirrored plain-crop features, which
+the teacher's features of a mirrored crop are only approximately), and their cosine similarity.
 """
 from __future__ import annotations
 
@@ -34,12 +39,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="cache only the first N training persons")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--features", default=None, metavar="LAYER", help="the features of this teacher layer instead")
     args = ap.parse_args(argv)
     set_torch_threads(args.threads)
     mode = get_mode(args.mode)
 
     teacher, info = load_teacher(mode=mode)
     teacher_fn = LogitsKD(teacher, teacher_flip_test=True).teacher   # the frozen flip-test teacher KD runs
+    if args.features:
+        return bench_features(teacher, info, mode, args)
 
     split = dataset_splits(mode).train
     kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
@@ -80,6 +88,54 @@ def main(argv=None) -> int:
           f"({t_live / max(t_cache, 1e-9):.0f}x faster)")
     print(f"  warped vs live heatmaps: relative squared error {num / max(den, 1e-12):.3f}; "
           f"peaks within one cell {hits / max(total, 1):.1%} of {total} joints the teacher sees")
+    return 0
+
+
+def bench_features(teacher, info, mode, args) -> int:
+    from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.distill import FeatureHooks, _feature_tensor, freeze
+    from posekd_lib.teacher_cache import TeacherCache
+
+    freeze(teacher)
+    layer = args.features
+    split = dataset_splits(mode).train
+    kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
+    plain = TopDownDataset(split.ann_file, split.img_dir, **kw, train=False)
+    train = TopDownDataset(split.ann_file, split.img_dir, **kw, train=True, aug=args.aug)
+    if args.limit:
+        plain.samples = plain.samples[:args.limit]
+        train.samples = train.samples[:args.limit]
+    with FeatureHooks(teacher, [layer]) as hooks:
+        def features(x):
+            with torch.no_grad():
+                teacher(x)
+            return _feature_tensor(hooks[layer], layer, "first")
+
+        t0 = time.perf_counter()
+        cache = TeacherCache.build(features, plain, batch_size=64, flip_pairs=(), source=f"{info.name}:{layer}")
+        print(f"{info.name} {layer} features on {mode}: cache of {len(cache)} persons, shape "
+              f"{tuple(cache.heatmaps.shape[1:])}, built in {time.perf_counter() - t0:.1f} s "
+              f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16)")
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True)
+        sums = {"all": [0.0, 0.0], "mirrored": [0.0, 0.0]}
+        cos, t_live, t_cache, n = [], 0.0, 0.0, 0
+        for _, batch in zip(range(args.batches), loader):
+            t0 = time.perf_counter()
+            live = features(batch["image"])
+            t1 = time.perf_counter()
+            cached = cache.for_batch(batch)
+            t_live, t_cache, n = t_live + t1 - t0, t_cache + time.perf_counter() - t1, n + 1
+            flipped = torch.as_tensor(batch["meta"]["flipped"]).bool()
+            for key, rows in (("all", slice(None)), ("mirrored", flipped)):
+                sums[key][0] += float(((cached[rows] - live[rows]) ** 2).sum())
+                sums[key][1] += float((live[rows] ** 2).sum())
+            cos.append(torch.nn.functional.cosine_similarity(cached.flatten(1), live.flatten(1)).mean().item())
+    print(f"aug {args.aug}, {n} batches of {args.batch_size}:")
+    print(f"  teacher forward: {t_live / n:.3f} s/batch   cache warp: {t_cache / n:.4f} s/batch")
+    for key, (num, den) in sums.items():
+        print(f"  warped vs live features, {key} crops: relative squared error {num / max(den, 1e-12):.3f}")
+    print(f"  cosine similarity per crop (mean): {sum(cos) / len(cos):.3f}")
     return 0
 
 
