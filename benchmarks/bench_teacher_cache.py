@@ -27,7 +27,6 @@ import torch
 
 def main(argv=None) -> int:
     from posekd_lib.config import get_mode, set_torch_threads
-    from posekd_lib.data import TopDownDataset, dataset_splits
     from posekd_lib.distill import LogitsKD
     from posekd_lib.teacher_cache import TeacherCache
     from posekd_lib.teachers import load_teacher
@@ -49,13 +48,7 @@ def main(argv=None) -> int:
     if args.features:
         return bench_features(teacher, info, mode, args)
 
-    split = dataset_splits(mode).train
-    kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
-    plain = TopDownDataset(split.ann_file, split.img_dir, **kw, train=False)
-    train = TopDownDataset(split.ann_file, split.img_dir, **kw, train=True, aug=args.aug)
-    if args.limit:
-        plain.samples = plain.samples[:args.limit]
-        train.samples = train.samples[:args.limit]
+    plain, train = _datasets(info, mode, args)
     t0 = time.perf_counter()
     cache = TeacherCache.build(teacher_fn, plain, batch_size=64, source=info.name)
     build_s = time.perf_counter() - t0
@@ -91,13 +84,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def bench_features(teacher, info, mode, args) -> int:
+def _datasets(info, mode, args):
+    """The training persons plain (what the cache is built from) and augmented (what it serves)."""
     from posekd_lib.data import TopDownDataset, dataset_splits
-    from posekd_lib.distill import FeatureHooks, _feature_tensor, freeze
-    from posekd_lib.teacher_cache import TeacherCache
 
-    freeze(teacher)
-    layer = args.features
     split = dataset_splits(mode).train
     kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
     plain = TopDownDataset(split.ann_file, split.img_dir, **kw, train=False)
@@ -105,6 +95,16 @@ def bench_features(teacher, info, mode, args) -> int:
     if args.limit:
         plain.samples = plain.samples[:args.limit]
         train.samples = train.samples[:args.limit]
+    return plain, train
+
+
+def bench_features(teacher, info, mode, args) -> int:
+    from posekd_lib.distill import FeatureHooks, _feature_tensor, freeze
+    from posekd_lib.teacher_cache import TeacherCache
+
+    freeze(teacher)
+    layer = args.features
+    plain, train = _datasets(info, mode, args)
     with FeatureHooks(teacher, [layer]) as hooks:
         def features(x):
             with torch.no_grad():
