@@ -100,22 +100,22 @@ def _datasets(info, mode, args):
 
 def bench_features(teacher, info, mode, args) -> int:
     from posekd_lib.distill import FeatureHooks, _feature_tensor, freeze
-    from posekd_lib.teacher_cache import TeacherCache
+    from posekd_lib.recipes import build_feature_cache
 
     freeze(teacher)
     layer = args.features
     plain, train = _datasets(info, mode, args)
+    t0 = time.perf_counter()
+    cache = build_feature_cache(teacher, plain, layer, source=f"{info.name}:{layer}")
+    print(f"{info.name} {layer} features on {mode}: cache of {len(cache)} persons, shape "
+          f"{tuple(cache.heatmaps.shape[1:])}, built in {time.perf_counter() - t0:.1f} s "
+          f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16)")
     with FeatureHooks(teacher, [layer]) as hooks:
         def features(x):
             with torch.no_grad():
                 teacher(x)
             return _feature_tensor(hooks[layer], layer, "first")
 
-        t0 = time.perf_counter()
-        cache = TeacherCache.build(features, plain, batch_size=64, flip_pairs=(), source=f"{info.name}:{layer}")
-        print(f"{info.name} {layer} features on {mode}: cache of {len(cache)} persons, shape "
-              f"{tuple(cache.heatmaps.shape[1:])}, built in {time.perf_counter() - t0:.1f} s "
-              f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16)")
         torch.manual_seed(0)
         loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True)
         sums = {"all": [0.0, 0.0], "mirrored": [0.0, 0.0]}

@@ -627,6 +627,13 @@ class Distiller(nn.Module):
             features = [_feature_tensor(self.teacher_hooks[n], n, self.branches) for n in self.pairs.values()]
         return {"heatmaps": heatmaps, "features": features}
 
+    def _live_teacher_outputs(self, batch: dict, miss: CacheMissError) -> dict:
+        """The live teacher for a batch a teacher cache does not hold (warned once per distiller)."""
+        if not getattr(self, "_warned_cache", False):
+            warnings.warn(f"{miss}; the live teacher runs for such batches", RuntimeWarning, stacklevel=3)
+            self._warned_cache = True
+        return Distiller.teacher_outputs(self, batch)
+
     def teacher_heatmaps(self, batch: dict, like: torch.Tensor) -> torch.Tensor:
         """The teacher's heatmaps for ``batch``, resized to the student heatmaps ``like``."""
         return _Teacher.heatmaps_from(self.teacher_outputs(batch)["heatmaps"], like)
@@ -751,10 +758,7 @@ class LogitsKD(Distiller):
             try:
                 return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
             except CacheMissError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
-                if not getattr(self, "_warned_cache", False):
-                    warnings.warn(f"{e}; the live teacher runs for such batches", RuntimeWarning, stacklevel=2)
-                    self._warned_cache = True
-                return super().teacher_outputs(batch)
+                return self._live_teacher_outputs(batch, e)
         if self.cache is None:
             return super().teacher_outputs(batch)
         keys = _sample_keys(batch)
@@ -849,10 +853,7 @@ class FeatureKD(Distiller):
             features = [c.for_batch(batch, input_size=size).to(device) for c in self.feature_caches]
             heatmaps = self.warp_cache.for_batch(batch, input_size=size).to(device) if "kd" in self.losses else None
         except CacheMissError as e:
-            if not getattr(self, "_warned_cache", False):
-                warnings.warn(f"{e}; the live teacher runs for such batches", RuntimeWarning, stacklevel=2)
-                self._warned_cache = True
-            return super().teacher_outputs(batch)
+            return self._live_teacher_outputs(batch, e)
         return {"heatmaps": heatmaps, "features": features}
 
     @property

@@ -236,7 +236,8 @@ def load_lwopenpose_checkpoint(path_or_state_dict, num_refinement_stages: int = 
                       f"{num_refinement_stages} (as upstream's demo and validation do), so stored stage(s) "
                       f"{list(range(num_refinement_stages, found))} ({len(unused)} entries) are left unused",
                       stacklevel=2)
-        state = {k: v for k, v in state.items() if k not in set(unused)}
+        dropped = set(unused)
+        state = {k: v for k, v in state.items() if k not in dropped}
         unexpected = []
     if missing or unexpected or wrong:
         lines = [f"{source} does not match PoseEstimationWithMobileNet(num_refinement_stages="

@@ -112,44 +112,49 @@ def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None):
     persons at ``input_size`` (default the budget's): built once (one teacher forward per person)
     and stored under ``run_paths(mode).root / "teacher_cache"``, named by the teacher's
     :func:`weights_fingerprint`, so another teacher never reads it."""
-    from .teacher_cache import TeacherCache, cached_teacher
+    from .teacher_cache import TeacherCache
 
-    b = budget(mode)
-    size = tuple(int(v) for v in (input_size or b.input_size))
-    ds = training_set(b)
-    path = run_paths(b.mode).root / "teacher_cache" / f"{weights_fingerprint(teacher)}_{size[0]}x{size[1]}_{len(ds)}.pt"
     device = next(teacher.parameters()).device
-
-    def build():
-        return TeacherCache.build(lambda x: teacher(x.to(device)), ds, input_size=size, source=str(path))
-
-    return cached_teacher(path, build)
+    return _stored_cache(teacher, mode, input_size, "", lambda ds, size, source: TeacherCache.build(
+        lambda x: teacher(x.to(device)), ds, input_size=size, source=source))
 
 
 def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None):
     """Like :func:`teacher_cache_for`, for the features of the teacher layer ``layer`` (its
-    ``branches`` as the hint reads them): one teacher forward per training person's plain crop,
-    stored in float16 next to the heatmap cache. A mirrored crop reads the plain crop's features
-    mirrored (no channel is swapped: features have no left and right joints)."""
+    ``branches`` as the hint reads them, :func:`build_feature_cache`), stored next to the heatmap
+    cache under a name that adds the layer and branches."""
+    return _stored_cache(teacher, mode, input_size, f"_{layer}-{branches}", lambda ds, size, source:
+                         build_feature_cache(teacher, ds, layer, branches, size, source))
+
+
+def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str = "first", input_size=None,
+                        source: str = ""):
+    """A :class:`~posekd_lib.teacher_cache.TeacherCache` of the features of ``teacher``'s layer
+    ``layer`` (``branches`` as the hint reads them) for every person of ``dataset``'s plain crops,
+    float16. A mirrored crop reads the plain crop's features mirrored (no channel is swapped:
+    features have no left and right joints) — an approximation of the mirrored crop's own features."""
     from .distill import FeatureHooks, _feature_tensor
-    from .teacher_cache import TeacherCache, cached_teacher
+    from .teacher_cache import TeacherCache
+
+    device = next(teacher.parameters()).device
+    with FeatureHooks(teacher, [layer]) as hooks:
+        def features(x):
+            teacher(x.to(device))
+            return _feature_tensor(hooks[layer], layer, branches)
+
+        return TeacherCache.build(features, dataset, input_size=input_size, flip_pairs=(), source=source)
+
+
+def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build):
+    """The cache ``build(dataset, size, source)`` makes over the mode's training persons, loaded from
+    (or saved to) ``teacher_cache/<fingerprint><kind>_<w>x<h>_<persons>.pt`` under the mode's runs."""
+    from .teacher_cache import cached_teacher
 
     b = budget(mode)
     size = tuple(int(v) for v in (input_size or b.input_size))
     ds = training_set(b)
-    name = f"{weights_fingerprint(teacher)}_{layer}-{branches}_{size[0]}x{size[1]}_{len(ds)}.pt"
-    path = run_paths(b.mode).root / "teacher_cache" / name
-    device = next(teacher.parameters()).device
-
-    def build():
-        with FeatureHooks(teacher, [layer]) as hooks:
-            def features(x):
-                teacher(x.to(device))
-                return _feature_tensor(hooks[layer], layer, branches)
-
-            return TeacherCache.build(features, ds, input_size=size, flip_pairs=(), source=str(path))
-
-    return cached_teacher(path, build)
+    path = run_paths(b.mode).root / "teacher_cache" / f"{weights_fingerprint(teacher)}{kind}_{size[0]}x{size[1]}_{len(ds)}.pt"
+    return cached_teacher(path, lambda: build(ds, size, str(path)))
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -104,7 +104,7 @@ def run_facts(run: Path) -> dict:
 
 
 def machine_card() -> dict:
-    """Where and when a run was shipped: CPU model, cores, torch threads, torch version, date (UTC)."""
+    """Where and when a run was shipped: CPU model, cores, torch version, date (UTC)."""
     import os
     import platform
     import time
@@ -214,8 +214,6 @@ def load_reference_ai8x(run: str, dest: Path = REFERENCE_DIR) -> dict:
     ``"ref_ai8x_tiny_fpd_s0_qat"``, and the ``<name>_float`` folder beside it), in eval mode:
     ``{"float": the float phase's network, "qat": the network in QAT mode}``. The QAT weights are
     stored float32, so ``ai8x_models.simulate_copy(out["qat"])`` is the integer model izer builds."""
-    import json as _json
-
     from . import ai8x
     from . import runconfig as rc
     from .ai8x_models import ai85posenet
@@ -224,18 +222,12 @@ def load_reference_ai8x(run: str, dest: Path = REFERENCE_DIR) -> dict:
     cfg = rc.from_yaml(folder / "config.yaml")
     if cfg.model.student != rc.AI8X_STUDENT:
         raise ValueError(f"{run}: a {cfg.model.student} run, not a MAX78000 one; load it with load_reference_student")
-    info = _json.loads((folder / "run_info.json").read_text())
-    base = folder.name.removesuffix("_qat")
-    out = {}
-    float_dir = Path(dest) / f"{base}_float"
-    model = ai85posenet(info["variant"])
-    model.load_state_dict(_load_weights(float_dir / WEIGHTS_FILE))
-    out["float"] = model.eval()
-    model = ai85posenet(info["variant"])
-    ai8x.initiate_qat(model, info["policy"])
-    model.load_state_dict(_load_weights(folder / QAT_WEIGHTS_FILE))
-    out["qat"] = model.eval()
-    return out
+    info = json.loads((folder / "run_info.json").read_text())
+    float_model = ai85posenet(info["variant"])
+    float_model.load_state_dict(_load_weights(Path(dest) / f"{folder.name.removesuffix('_qat')}_float" / WEIGHTS_FILE))
+    qat_model = ai8x.initiate_qat(ai85posenet(info["variant"]), info["policy"])
+    qat_model.load_state_dict(_load_weights(folder / QAT_WEIGHTS_FILE))
+    return {"float": float_model.eval(), "qat": qat_model.eval()}
 
 
 def load_reference_student(run: str, dest: Path = REFERENCE_DIR) -> nn.Module:
