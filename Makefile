@@ -14,12 +14,13 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup run test test-unit test-notebooks notebooks lab bench figures izer clean-env
+.PHONY: help setup run test test-unit test-notebooks notebooks lab app bench figures izer clean-env
 
 help:
 	@echo "make run    - set up (if needed) and execute the notebook series in POSEKD_MODE (default workshop)"
 	@echo "make test   - set up (if needed), unit tests + every notebook in quick mode with nbval"
 	@echo "make lab    - JupyterLab on the notebooks"
+	@echo "make app DATASET=name [PORT=5151] - the FiftyOne App on a dataset the notebooks built (127.0.0.1)"
 	@echo "make bench  - run the benchmark scripts"
 	@echo "make notebooks - re-execute notebooks in place in workshop mode (what is committed)"
 	@echo "make izer   - build izer's own venv from \$$AI8X_SYNTHESIS_DIR/requirements.txt (FORCE=1 rebuilds)"
@@ -52,6 +53,12 @@ notebooks: $(STAMP)
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The FiftyOne App on a dataset from a shell (notebooks print this line when they cannot launch it themselves).
+PORT ?= 5151
+app: $(STAMP)
+	@test -n "$(DATASET)" || { echo "make app: name the dataset, e.g. make app DATASET=posekd-workshop-val"; exit 2; }
+	$(VENV)/bin/fiftyone app launch $(DATASET) --address 127.0.0.1 --port $(PORT)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -147,12 +147,18 @@ BOTTOM_UP_VARIANTS = {
               ("enc3b", "conv", 64), ("enc4", "conv", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64),
               ("enc4d", "conv", 64)),
 }
+#: Stride 4 (32x32 maps from 128x128): the tiny chain, then a 3x3 stride-2 transposed conv and a 3x3
+#: conv. The decoder's ceiling (ground-truth maps decoded, whole validation frames) rises from AP
+#: 0.475 at stride 8 to 0.685 (docs/experiments.md, issue 34). Resource report: 192,096 weight bytes,
+#: 7.34 ms at 128x128.
+BOTTOM_UP_VARIANTS["tiny_s4"] = BOTTOM_UP_VARIANTS["tiny"] + (("up4", "up", 48), ("dec4", "conv", 48))
 
 
 def ai85bottomup(variant: str = "tiny", input_size=BOTTOM_UP_INPUT, **layer_kw) -> AI85PoseNet:
     """A bottom-up MAX78000 student: a whole frame in, ``BOTTOM_UP_OUTPUTS`` maps (heatmaps, then
-    PAFs) out at input/8, from the legal layers of :class:`AI85PoseNet` (``variant`` tiny or small,
-    :data:`BOTTOM_UP_VARIANTS`). Split its output with ``out[:, :19]`` / ``out[:, 19:]``."""
+    PAFs) out at input/``model.stride`` (8; 4 for ``tiny_s4``), from the legal layers of
+    :class:`AI85PoseNet` (``variant``: :data:`BOTTOM_UP_VARIANTS`). Split its output with ``out[:, :19]``
+    / ``out[:, 19:]``."""
     if variant not in BOTTOM_UP_VARIANTS:
         raise KeyError(f"unknown bottom-up ai8x variant {variant!r}; choose one of {sorted(BOTTOM_UP_VARIANTS)}")
     model = ai85posenet(variant, num_joints=BOTTOM_UP_OUTPUTS, input_size=input_size,

@@ -41,12 +41,31 @@ STRIDE = 8
 MIN_SCORE = 0.2
 
 
-def training_set(mode: str | None = None, teacher_kp: dict | None = None, input_size=BOTTOM_UP_INPUT):
-    """The mode's training images as a ``BottomUpDataset`` with whole-image augmentation."""
+def training_set(mode: str | None = None, teacher_kp: dict | None = None, input_size=BOTTOM_UP_INPUT,
+                 stride: int = STRIDE):
+    """The mode's training images as a ``BottomUpDataset`` with whole-image augmentation, its maps at
+    ``stride`` (the student's: ``model.stride``)."""
     from .data import BottomUpDataset, dataset_splits
 
     split = dataset_splits(get_mode(mode)).train
-    return BottomUpDataset(split.ann_file, split.img_dir, input_size, STRIDE, train=True, teacher_keypoints=teacher_kp)
+    return BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=True, teacher_keypoints=teacher_kp)
+
+
+def curve_fit_kw(model: nn.Module, split, every: int | None) -> dict:
+    """``fit`` keywords for a bottom-up learning curve every ``every`` steps (none when None): whole-frame
+    COCO AP of ``model`` (float or QAT, through a ``HeatmapView``) on ``experiments.CURVE_IMAGES`` fixed
+    validation images; the points land in ``history.json``'s ``evals``."""
+    if not every:
+        return {}
+    from .evaluation import evaluate_bottom_up, first_images
+    from .experiments import CURVE_IMAGES
+
+    ids = first_images(split.ann_file, CURVE_IMAGES)
+
+    def evaluate(_trainee) -> dict:
+        return evaluate_bottom_up(HeatmapView(model), split, model.input_size, model.stride, img_ids=ids)
+
+    return {"evaluate_fn": evaluate, "eval_every_steps": int(every)}
 
 
 @torch.no_grad()
@@ -107,12 +126,14 @@ class BottomUpRun:
 def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 0, teacher_kp: dict | None = None,
                     alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
                     lr: float | None = None, tag: str | None = None, progress: bool = True,
-                    threads: int | None = None) -> BottomUpRun:
+                    threads: int | None = None, curve_every: int | None = None) -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
     batch size and learning rate default to the top-down MAX78000 student's
-    (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget."""
+    (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget.
+    The maps are made at the student's own stride (``model.stride``: 8, or 4 for ``tiny_s4``);
+    ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`)."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
@@ -128,7 +149,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     root = run_paths(mode).checkpoints
     torch.manual_seed(seed)
     model = ai85bottomup(variant)
-    loader = shuffled_loader(training_set(mode, teacher_kp), batch_size)
+    val = dataset_splits(mode).val
+    loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride), batch_size)
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
@@ -137,17 +159,25 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                                  float_steps=float_steps, qat_steps=qat_steps, seed=seed, progress=progress,
                                  threads=threads if threads is not None else b.threads,
                                  channels_last=b.channels_last, save_every_steps=100,
-                                 log_every=max(1, min(10, float_steps // 4)))
+                                 log_every=max(1, min(10, float_steps // 4)),
+                                 **curve_fit_kw(model, val, curve_every))
     float_model = trained["float_model"]                    # the float phase's final weights, before QAT
     info_file = dirs[1] / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
-                kd=teacher_kp is not None, batch_size=batch_size, lr=lr)
+                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY)
     info_file.write_text(json.dumps(info, indent=1))
-    val = dataset_splits(mode).val
     model.eval()
-    metrics = {key: evaluate_bottom_up(HeatmapView(net), val)
-               for key, net in (("float", float_model), ("qat", model), ("int8", simulate_copy(model)))}
+    metrics = {}
+    for key, net in (("float", float_model), ("qat", model), ("int8", simulate_copy(model))):
+        stored = dirs[1] / f"eval_{key}" / "val_metrics.json"        # whole-frame COCO metrics, per trained steps
+        want = {"step": [float_steps, qat_steps], "model": key, "stride": model.stride}
+        cached = json.loads(stored.read_text()) if stored.is_file() else {}
+        if cached.get("key") != want:
+            cached = {"key": want, "metrics": evaluate_bottom_up(HeatmapView(net), val, model.input_size, model.stride)}
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_text(json.dumps(cached, indent=1))
+        metrics[key] = cached["metrics"]
     return BottomUpRun(name, model, float_model, metrics, dirs[1], info.get("train_time_s"))

@@ -23,6 +23,36 @@ def get_mode(mode: str | None = None) -> str:
     return mode
 
 
+def shown_path(path) -> str:
+    """``path`` as the library prints it: relative to the checkout when inside it, ``$AI8X_SYNTHESIS_DIR/...``
+    inside the synthesizer's checkout, ``~/...`` under the home folder, else as given. Printed outputs
+    (and so the committed notebooks) then carry no machine's folders."""
+    p = Path(path).expanduser().absolute()
+    roots = [(REPO_ROOT, "")]
+    if os.environ.get("AI8X_SYNTHESIS_DIR"):
+        roots.append((Path(os.environ["AI8X_SYNTHESIS_DIR"]).expanduser().absolute(), "$AI8X_SYNTHESIS_DIR/"))
+    roots.append((Path.home(), "~/"))
+    for root, label in roots:
+        for base in dict.fromkeys((root, root.resolve())):
+            try:
+                rel = p.relative_to(base)
+            except ValueError:
+                continue
+            return f"{label}{rel}" if str(rel) != "." else (label.rstrip("/") or ".")
+    return str(path)
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm bar: the notebook widget where ipywidgets is installed, else the text bar (``tqdm.auto``
+    would warn in every notebook that has no widgets)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm(*args, **kwargs)
+
+
 def home_dir() -> Path:
     """Root of all run artifacts (``$POSEKD_HOME`` or ``<repo>/runs``)."""
     return Path(os.environ.get("POSEKD_HOME") or REPO_ROOT / "runs").expanduser().resolve()
@@ -104,5 +134,5 @@ def notebook_setup(mode: str | None = None) -> tuple[str, RunPaths]:
     warnings.filterwarnings("ignore", message="IProgress not found")
     mode = get_mode(mode)
     paths = run_paths(mode)
-    print(f"mode: {mode}   artifacts: {paths.root}   torch threads: {set_torch_threads()}")
+    print(f"mode: {mode}   artifacts: {shown_path(paths.root)}   torch threads: {set_torch_threads()}")
     return mode, paths

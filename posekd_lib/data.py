@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from .config import progress_bar as tqdm
 
 from .codecs import HeatmapCodec, PafCodec, flip_test_average
 from .images import CorruptImageError, read_rgb  # noqa: F401  (read_rgb is part of this module's API)

@@ -141,7 +141,7 @@ def evaluate_bottom_up(model, split, input_size=(128, 128), stride: int = 8, bat
     used) decoded into people (:func:`bottom_up_results`) and scored by ``coco_evaluate``, so the
     bottom-up rows sit in the same table as the top-down ones."""
     import torch
-    from tqdm.auto import tqdm
+    from .config import progress_bar as tqdm
 
     from .data import BottomUpDataset
     from .keypoints import NUM_OPENPOSE_KEYPOINTS

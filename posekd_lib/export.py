@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from posekd_lib import ai8x
+from posekd_lib.config import shown_path
 from posekd_lib.hardware import MAX78000, limits
 from posekd_lib.max78000 import plan_hardware_layers
 
@@ -449,7 +450,9 @@ def izer_command(checkpoint: str | Path, config: str | Path, sample: str | Path,
            "--checkpoint-file", str(checkpoint), "--config-file", str(config),
            "--sample-input", str(sample), "--device", limits(device).name, "--timer", "0",
            "--display-checkpoint", "--verbose", "--no-version-check", *extra]
-    print("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", shlex.join(cmd))
+    shown = [shown_path(c) if Path(c).is_absolute() else c for c in cmd]   # no machine's folders
+    print("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", " ".join(c if c.startswith(("$", "~")) else shlex.quote(c)
+                                                     for c in shown))
     return cmd
 
 

@@ -291,12 +291,38 @@ def launch_app(dataset, port: int = 5151, remote: bool = False, force: bool = Fa
     reason = None if force else _why_not_interactive()
     if reason:
         name = getattr(dataset, "dataset_name", None) or dataset.name  # a view reports its dataset's name
-        print(f"FiftyOne App not launched ({reason}). To browse dataset {name!r}, run in a shell:\n"
-              f"    {app_command(name, port)}\n"
+        print(f"FiftyOne App not launched ({reason}). To browse dataset {name!r}, run in the project folder:\n"
+              f"    {app_hint(name, port)}\n"
               f"or in Python: fo.launch_app(fo.load_dataset({name!r}), address='127.0.0.1', port={port})")
         return None
     fo = _fo()
     return fo.launch_app(dataset, port=port, address="127.0.0.1", remote=remote)
+
+
+def app_hint(name: str, port: int = 5151) -> str:
+    """The short form of `app_command` that `launch_app` prints: ``make app DATASET=... PORT=...``, run in the
+    project folder (the Makefile knows the venv's ``fiftyone``), after this process's private database
+    folder if it has one (quick mode), shown relative to the checkout: no machine's folders in a notebook."""
+    from .config import shown_path
+
+    db = app_env().get("FIFTYONE_DATABASE_DIR")
+    shown = shown_path(db) if db else ""
+    shown = "~/" + shlex.quote(shown[2:]) if shown.startswith("~/") else shlex.quote(shown)   # ~ still expands
+    prefix = f"FIFTYONE_DATABASE_DIR={shown} " if db else ""
+    return f"{prefix}make app DATASET={shlex.quote(name)} PORT={int(port)}"
+
+
+def app_env() -> dict[str, str]:
+    """The FiftyOne variables a new shell needs to see this process's datasets (`fo_env`, and the
+    database folder the loaded ``fiftyone`` really uses when it is not the default one)."""
+    env = fo_env()
+    fo = sys.modules.get("fiftyone")
+    if fo is not None and hasattr(fo, "config"):  # what the datasets of this process really use
+        db_dir = str(fo.config.database_dir)
+        default = getattr(sys.modules.get("fiftyone.constants"), "DEFAULT_DB_DIR", None)
+        if "FIFTYONE_DATABASE_DIR" in env or os.path.abspath(db_dir) != os.path.abspath(default or db_dir):
+            env["FIFTYONE_DATABASE_DIR"] = db_dir
+    return env
 
 
 def app_command(name: str, port: int = 5151) -> str:
@@ -307,13 +333,7 @@ def app_command(name: str, port: int = 5151) -> str:
     ``fiftyone app launch`` would not look in) and validation setting, and the ``fiftyone``
     command of this interpreter's environment (the venv is not on a new shell's PATH).
     """
-    env = fo_env()
-    fo = sys.modules.get("fiftyone")
-    if fo is not None and hasattr(fo, "config"):  # what the datasets of this process really use
-        db_dir = str(fo.config.database_dir)
-        default = getattr(sys.modules.get("fiftyone.constants"), "DEFAULT_DB_DIR", None)
-        if "FIFTYONE_DATABASE_DIR" in env or os.path.abspath(db_dir) != os.path.abspath(default or db_dir):
-            env["FIFTYONE_DATABASE_DIR"] = db_dir
+    env = app_env()
     exe = Path(sys.executable).parent / "fiftyone"
     parts = [f"{k}={shlex.quote(env[k])}" for k in ("FIFTYONE_DATABASE_DIR", "FIFTYONE_DATABASE_VALIDATION")
              if k in env]

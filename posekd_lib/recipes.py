@@ -119,20 +119,24 @@ def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None):
         lambda x: teacher(x.to(device)), ds, input_size=size, source=source))
 
 
-def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None):
+def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None,
+                      mirrored: bool = True):
     """Like :func:`teacher_cache_for`, for the features of the teacher layer ``layer`` (its
-    ``branches`` as the hint reads them, :func:`build_feature_cache`), stored next to the heatmap
-    cache under a name that adds the layer and branches."""
-    return _stored_cache(teacher, mode, input_size, f"_{layer}-{branches}", lambda ds, size, source:
-                         build_feature_cache(teacher, ds, layer, branches, size, source))
+    ``branches`` as the hint reads them, :func:`build_feature_cache`; with ``mirrored`` also of every
+    crop mirrored), stored next to the heatmap cache under a name that adds the layer and branches."""
+    return _stored_cache(teacher, mode, input_size, f"_{layer}-{branches}{'-mirrored' if mirrored else ''}",
+                         lambda ds, size, source: build_feature_cache(teacher, ds, layer, branches, size, source,
+                                                                      mirrored))
 
 
 def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str = "first", input_size=None,
-                        source: str = ""):
+                        source: str = "", mirrored: bool = True):
     """A :class:`~posekd_lib.teacher_cache.TeacherCache` of the features of ``teacher``'s layer
     ``layer`` (``branches`` as the hint reads them) for every person of ``dataset``'s plain crops,
-    float16. A mirrored crop reads the plain crop's features mirrored (no channel is swapped:
-    features have no left and right joints) — an approximation of the mirrored crop's own features."""
+    float16. With ``mirrored`` (twice the time and memory) the features of each crop mirrored are
+    stored too and a mirrored training crop reads them; without, it reads the plain crop's features
+    mirrored (no channel is swapped: features have no left and right joints), an approximation that
+    cost AP (``docs/experiments.md``, E13)."""
     from .distill import FeatureHooks, _feature_tensor
     from .teacher_cache import TeacherCache
 
@@ -142,7 +146,8 @@ def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str =
             teacher(x.to(device))
             return _feature_tensor(hooks[layer], layer, branches)
 
-        return TeacherCache.build(features, dataset, input_size=input_size, flip_pairs=(), source=source)
+        return TeacherCache.build(features, dataset, input_size=input_size, flip_pairs=(), source=source,
+                                  mirrored=mirrored)
 
 
 def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build):

@@ -210,22 +210,23 @@ def _load_weights(path: Path) -> dict:
 
 
 def load_reference_ai8x(run: str, dest: Path = REFERENCE_DIR) -> dict:
-    """The trained networks of an installed MAX78000 run (its ``<name>_qat`` folder, e.g.
-    ``"ref_ai8x_tiny_fpd_s0_qat"``, and the ``<name>_float`` folder beside it), in eval mode:
+    """The trained networks of an installed MAX78000 run, top-down or bottom-up (its ``<name>_qat`` folder,
+    e.g. ``"ref_ai8x_tiny_fpd_s0_qat"``, and the ``<name>_float`` folder beside it), in eval mode:
     ``{"float": the float phase's network, "qat": the network in QAT mode}``. The QAT weights are
     stored float32, so ``ai8x_models.simulate_copy(out["qat"])`` is the integer model izer builds."""
     from . import ai8x
     from . import runconfig as rc
-    from .ai8x_models import ai85posenet
+    from .ai8x_models import ai85bottomup, ai85posenet
 
     folder = _installed(run, dest)
     cfg = rc.from_yaml(folder / "config.yaml")
-    if cfg.model.student != rc.AI8X_STUDENT:
+    if cfg.model.student not in rc.MCU_STUDENTS:
         raise ValueError(f"{run}: a {cfg.model.student} run, not a MAX78000 one; load it with load_reference_student")
     info = json.loads((folder / "run_info.json").read_text())
-    float_model = ai85posenet(info["variant"])
+    build = ai85bottomup if cfg.model.student == rc.BOTTOM_UP_STUDENT else ai85posenet
+    float_model = build(info["variant"])
     float_model.load_state_dict(_load_weights(Path(dest) / f"{folder.name.removesuffix('_qat')}_float" / WEIGHTS_FILE))
-    qat_model = ai8x.initiate_qat(ai85posenet(info["variant"]), info["policy"])
+    qat_model = ai8x.initiate_qat(build(info["variant"]), info["policy"])
     qat_model.load_state_dict(_load_weights(folder / QAT_WEIGHTS_FILE))
     return {"float": float_model.eval(), "qat": qat_model.eval()}
 
@@ -237,7 +238,7 @@ def load_reference_student(run: str, dest: Path = REFERENCE_DIR) -> nn.Module:
 
     folder = _installed(run, dest)
     cfg = rc.from_yaml(folder / "config.yaml")
-    if cfg.model.student == rc.AI8X_STUDENT:
+    if cfg.model.student in rc.MCU_STUDENTS:
         raise ValueError(f"{run}: a MAX78000 run; load it with load_reference_ai8x")
     model = build_student_model(rc.student_key(cfg.model))
     model.load_state_dict(_load_weights(folder / WEIGHTS_FILE))

@@ -59,6 +59,12 @@ WIRED_STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export")
 #: The MAX78000 student (``ai8x_models.ai85posenet``, ``options: {variant: tiny}``): trained with
 #: ``experiments.train_ai8x``, float steps then QAT steps, always both (its ``qat`` stage).
 AI8X_STUDENT = "ai85posenet"
+#: The bottom-up MAX78000 student (``ai8x_models.ai85bottomup``, ``options: {variant: tiny_s4}``): whole
+#: frames in, heatmaps + PAFs out, trained with ``bottom_up.train_bottom_up``, float then QAT as above.
+#: Its ``distil`` stage takes one ``fpd`` term: the MSE to maps drawn from the teacher's keypoints, its
+#: weight the KD share α.
+BOTTOM_UP_STUDENT = "ai85bottomup"
+MCU_STUDENTS = (AI8X_STUDENT, BOTTOM_UP_STUDENT)
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 #: Distiller keywords a term's ``options`` may set; the others go in ``distill.options``.
@@ -294,7 +300,7 @@ def validate(cfg: RunConfig) -> None:
         _choice("data.mode", cfg.data.mode, MODES)
     if not 0 < cfg.data.labelled <= 1:
         raise ConfigError(f"data.labelled: {cfg.data.labelled} is not a fraction in (0, 1]")
-    ai8x = cfg.model.student == AI8X_STUDENT
+    ai8x = cfg.model.student in MCU_STUDENTS
     ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
     for k in ("steps", "batch_size", "eval_every"):
         v = getattr(cfg.optim, k)
@@ -346,8 +352,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.unlabelled and cfg.data.labelled >= 1:
         raise ConfigError("data.unlabelled: needs data.labelled below 1")
     if ai8x != ("qat" in cfg.stages):
-        raise ConfigError(f"stages: 'qat' trains the MAX78000 student (model.student: {AI8X_STUDENT}), which "
-                          "always has it" if ai8x else f"stages: 'qat' is wired for model.student {AI8X_STUDENT} only")
+        raise ConfigError(f"stages: 'qat' trains the MAX78000 students (model.student: {' or '.join(MCU_STUDENTS)}), "
+                          "which always have it" if ai8x else
+                          f"stages: 'qat' is wired for model.student {' or '.join(MCU_STUDENTS)} only")
     if ai8x:
         _check_ai8x(cfg)
 
@@ -369,17 +376,21 @@ def _check_ai8x(cfg: RunConfig) -> None:
             raise ConfigError(f"stages: {stage!r} is the ONNX path; the MAX78000 student's export (izer) is not wired")
     if any(t.kind == "hint" for t in cfg.distill.terms):
         raise ConfigError("distill.terms: the MAX78000 student distils with one logits term (fpd or kl)")
+    if cfg.model.student == BOTTOM_UP_STUDENT and any(t.kind != "fpd" or t.options for t in cfg.distill.terms):
+        raise ConfigError("distill.terms: the bottom-up student distils with one fpd term and no options (the MSE "
+                          "to maps drawn from the teacher's keypoints; its weight is the KD share)")
 
 
 def ai8x_variant(model: ModelConfig) -> str:
-    """The ``ai8x_models.VARIANTS`` name of a MAX78000 student (``options: {variant: tiny}``)."""
-    from .ai8x_models import VARIANTS
+    """The variant name of a MAX78000 student (``options: {variant: tiny}``): one of
+    ``ai8x_models.VARIANTS``, or ``BOTTOM_UP_VARIANTS`` for the bottom-up student."""
+    from .ai8x_models import BOTTOM_UP_VARIANTS, VARIANTS
 
     extra = sorted(set(model.options) - {"variant"})
     if extra:
-        raise ConfigError(f"model.options.{extra[0]}: unknown option of {AI8X_STUDENT}; it has 'variant'")
+        raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has 'variant'")
     variant = model.options.get("variant", "tiny")
-    _choice("model.options.variant", variant, VARIANTS)
+    _choice("model.options.variant", variant, BOTTOM_UP_VARIANTS if model.student == BOTTOM_UP_STUDENT else VARIANTS)
     return variant
 
 
@@ -390,7 +401,7 @@ def student_key(model: ModelConfig) -> str:
 
     bases = {b for b, _ in STUDENTS.values()}
     if model.student not in STUDENTS and model.student not in bases:
-        known = [*sorted(STUDENTS), AI8X_STUDENT]
+        known = [*sorted(STUDENTS), *MCU_STUDENTS]
         raise ConfigError(f"model.student: {model.student!r} is not one of {known}{_suggest(model.student, known)}")
     base, kw = STUDENTS.get(model.student, (model.student, {}))
     want = {**kw, **model.options}
@@ -472,11 +483,11 @@ def resolved_mode(cfg: RunConfig) -> str:
 
 def run_dir(cfg: RunConfig) -> Path:
     """The run's folder, the one ``train_student`` trains in: ``<checkpoints>/<name>_<student>_s<seed>``;
-    for the MAX78000 student ``train_ai8x``'s QAT folder, ``<checkpoints>/<name>_s<seed>_qat``."""
+    for the MAX78000 students the QAT folder, ``<checkpoints>/<name>_s<seed>_qat``."""
     from .config import run_paths
 
     root = run_paths(resolved_mode(cfg)).checkpoints
-    if cfg.model.student == AI8X_STUDENT:
+    if cfg.model.student in MCU_STUDENTS:
         return root / f"{cfg.name}_s{cfg.seed}_qat"
     return root / f"{cfg.name}_{student_key(cfg.model)}_s{cfg.seed}"
 
@@ -575,6 +586,8 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
         os.environ["COCO_ROOT"] = str(cfg.data.coco_root)
     if cfg.model.student == AI8X_STUDENT:
         return _train_ai8x(cfg, teacher, progress)
+    if cfg.model.student == BOTTOM_UP_STUDENT:
+        return _train_bottom_up(cfg, teacher, progress)
     student = student_key(cfg.model)
     with with_budget(**budget_fields(cfg)):
         kd = None
@@ -592,7 +605,7 @@ def check_mapping(cfg: RunConfig) -> None:
     """The checks that need the mapping onto experiments.py (budget fields, distiller options), so
     ``run`` can make them before it writes anything."""
     budget_fields(cfg)
-    if "distil" in cfg.stages:
+    if "distil" in cfg.stages and cfg.model.student != BOTTOM_UP_STUDENT:
         tag, overrides = kd_setting(cfg)
         if cfg.model.student == AI8X_STUDENT and overrides:
             raise ConfigError(f"distill.terms: {overrides} differ from recipes.KD_SETTINGS[{tag!r}], which "
@@ -613,6 +626,21 @@ def _train_ai8x(cfg: RunConfig, teacher, progress: bool):
         return train_ai8x(ai8x_variant(cfg.model), mode=resolved_mode(cfg), seed=cfg.seed, kd=kd, teacher=teacher,
                           tag=f"{cfg.name}_s{cfg.seed}", steps=ai8x_steps(cfg), progress=progress,
                           curve_every=cfg.optim.eval_every)
+
+
+def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
+    from .bottom_up import teacher_keypoints, train_bottom_up
+    from .budgets import budget_fields as with_budget
+
+    teacher_kp, alpha = None, 0.5
+    if "distil" in cfg.stages:
+        if teacher is None:
+            teacher = load_frozen_teacher(cfg)
+        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), cfg.distill.terms[0].weight
+    with with_budget(**budget_fields(cfg)):
+        return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
+                               alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
+                               curve_every=cfg.optim.eval_every)
 
 
 def load_frozen_teacher(cfg: RunConfig):

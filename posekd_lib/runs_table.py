@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .runconfig import (AI8X_STUDENT, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
+from .runconfig import (MCU_STUDENTS, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
                         resolved_mode, to_dict)
 
 
@@ -56,7 +56,7 @@ def runs_row(cfg: RunConfig, run) -> dict:
     trained with (``budget.*``: the mode's values where the config says null) and its metrics."""
     from .experiments import ROW_METRICS
 
-    if cfg.model.student == AI8X_STUDENT:
+    if cfg.model.student in MCU_STUDENTS:
         return _ai8x_row(cfg, run)
     b = run.budget
     row = {"config_id": config_id(cfg), **flat_fields(cfg),
@@ -83,7 +83,7 @@ def _ai8x_row(cfg: RunConfig, run) -> dict:
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     row = {"config_id": config_id(cfg), **flat_fields(cfg), "budget.steps": float_steps,
            "budget.qat_steps": qat_steps, "budget.batch_size": b.batch_size, "budget.lr": b.lr,
-           "budget.input_size": f"{AI8X_STUDENT_INPUT[0]}x{AI8X_STUDENT_INPUT[1]}"}
+           "budget.input_size": "{}x{}".format(*getattr(run.float_model, "input_size", AI8X_STUDENT_INPUT))}
     for prefix, key in (("", "qat"), ("float.", "float"), ("int8.", "int8")):
         row.update({prefix + k: run.metrics[key].get(k) for k in (*ROW_METRICS, "PCK@0.2")})
     row["params"] = sum(p.numel() for p in run.float_model.parameters())

@@ -761,7 +761,7 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
     a script without an ``if __name__ == "__main__":`` guard, it renders in this process instead,
     with a warning saying to add the guard (it used to hang for minutes).
     """
-    from tqdm.auto import tqdm
+    from .config import progress_bar as tqdm
 
     _refuse_in_spawn_bootstrap()
     out_dir = Path(out_dir)

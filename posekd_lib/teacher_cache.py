@@ -50,6 +50,15 @@ def _normaliser(w: int, h: int) -> np.ndarray:
     return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])
 
 
+def mirror_crop(images: torch.Tensor) -> torch.Tensor:
+    """The crops the dataset makes of the mirrored images (same box, mirrored centre): the crop is
+    centred on ``W / 2``, so pixel ``x`` of the mirrored crop is pixel ``W - x`` of the plain one, the
+    plain crop flipped and shifted by one column (column 0, just outside the plain crop, repeats the
+    plain crop's first column)."""
+    flipped = torch.flip(images, dims=[-1])
+    return torch.cat([images[..., :1], flipped[..., :-1]], dim=-1)
+
+
 class TeacherCache:
     """Teacher heatmaps of every sample's plain crop, and the warp to an augmented batch.
 
@@ -59,8 +68,11 @@ class TeacherCache:
     """
 
     def __init__(self, heatmaps: torch.Tensor, ann_ids, centers, scales, widths, input_size,
-                 flip_pairs=COCO_FLIP_PAIRS, source: str = ""):
+                 flip_pairs=COCO_FLIP_PAIRS, source: str = "", mirrored: torch.Tensor | None = None):
         self.heatmaps = heatmaps
+        #: The teacher's output on each plain crop mirrored (:func:`mirror_crop`), or None: a
+        #: mirrored sample then reads the plain row mirrored with its left/right channels swapped.
+        self.mirrored = mirrored
         self.ann_ids = torch.as_tensor(np.asarray(ann_ids, dtype=np.int64))
         self.centers = np.asarray(centers, dtype=np.float64)
         self.scales = np.asarray(scales, dtype=np.float64)
@@ -76,8 +88,10 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, teacher_fn: Callable[[torch.Tensor], torch.Tensor], dataset, input_size=None,
               batch_size: int = 64, flip_pairs=COCO_FLIP_PAIRS, progress: bool = True,
-              source: str = "") -> "TeacherCache":
-        """Run ``teacher_fn(images) -> heatmaps`` once over ``dataset``'s samples, un-augmented.
+              source: str = "", mirrored: bool = False) -> "TeacherCache":
+        """Run ``teacher_fn(images) -> heatmaps`` once over ``dataset``'s samples, un-augmented
+        (and, with ``mirrored``, once more over each crop mirrored: twice the time and memory, and a
+        mirrored training crop then reads what the teacher really answers on a mirrored person).
 
         ``dataset`` is the (training) :class:`~posekd_lib.data.TopDownDataset`; its samples are
         re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's),
@@ -85,7 +99,7 @@ class TeacherCache:
         """
         import copy
 
-        from tqdm.auto import tqdm
+        from .config import progress_bar as tqdm
 
         plain = copy.copy(dataset)
         plain.train, plain.aug = False, None
@@ -98,7 +112,7 @@ class TeacherCache:
             plain.input_size = size
             plain.codec = HeatmapCodec(size, dataset.codec.heatmap_size, dataset.codec.sigma)
         loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
-        rows = []
+        rows, mirror_rows = [], []
         # Built outside any caller's autocast (fit builds it lazily at its first batch, inside bf16
         # autocast): the cache holds the float teacher's heatmaps, whatever context it is built in.
         # The global RNG is left as it was (the loader draws a seed), so a run that builds the cache
@@ -109,15 +123,18 @@ class TeacherCache:
                 stack.enter_context(torch.autocast(device_type=kind, enabled=False))
             for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
                 rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
+                if mirrored:
+                    mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
             hm = torch.cat(rows)
         s = dataset.samples
         widths = [dataset.images[x["image_id"]]["width"] for x in s]
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
-                   size, flip_pairs, source)
+                   size, flip_pairs, source, torch.cat(mirror_rows) if mirrored else None)
 
     def _warp(self, index: int, center, scale, rotation: float, flipped: bool, input_size,
-              out_size) -> np.ndarray:
-        """The 2x3 ``affine_grid`` matrix that reads row ``index`` for one augmented crop."""
+              out_size, from_mirrored: bool = False) -> np.ndarray:
+        """The 2x3 ``affine_grid`` matrix that reads row ``index`` for one augmented crop (of
+        :attr:`mirrored` when ``from_mirrored``: the plain crop's mirror image)."""
         hm_h, hm_w = self.heatmaps.shape[-2:]
         s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])   # plain crop -> cached cells
         M0 = _homogeneous(get_affine_transform(self.centers[index], self.scales[index], 0.0, self.input_size))
@@ -126,6 +143,8 @@ class TeacherCache:
         mirror = (np.array([[-1.0, 0, self.widths[index] - 1], [0, 1, 0], [0, 0, 1]]) if flipped else np.eye(3))
         s = np.diag([input_size[0] / out_size[0], input_size[1] / out_size[1], 1.0])  # output cells -> crop
         A = s0 @ M0 @ mirror @ np.linalg.inv(M) @ s                                   # output cell -> cached cell
+        if from_mirrored:                                      # plain crop pixel x -> mirrored crop pixel W - x
+            A = s0 @ np.array([[-1.0, 0, self.input_size[0]], [0, 1, 0], [0, 0, 1]]) @ np.linalg.inv(s0) @ A
         theta = _normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(*out_size))
         return theta[:2]
 
@@ -152,10 +171,12 @@ class TeacherCache:
                     and np.array_equal(meta["scale"].double().numpy(), self.scales[rows]))
         if identity:   # no augmentation: the cached maps are the teacher's output, bit for bit
             return hm
+        own = self.mirrored is not None                     # a mirrored crop reads the teacher's mirrored answer
         if bool(flipped.any()):
-            hm = torch.where(flipped[:, None, None, None], hm[:, self.flip_perm], hm)
+            swapped = self.mirrored[index].float() if own else hm[:, self.flip_perm]
+            hm = torch.where(flipped[:, None, None, None], swapped, hm)
         theta = torch.as_tensor(np.stack([
-            self._warp(int(i), c.numpy(), s.numpy(), float(r), bool(f), input_size, out_size)
+            self._warp(int(i), c.numpy(), s.numpy(), float(r), bool(f), input_size, out_size, own and bool(f))
             for i, c, s, r, f in zip(index, meta["center"], meta["scale"], rotation, flipped)]), dtype=torch.float32)
         grid = F.affine_grid(theta, (hm.shape[0], hm.shape[1], out_size[1], out_size[0]), align_corners=True)
         return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -166,7 +187,7 @@ class TeacherCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"heatmaps": self.heatmaps, "ann_ids": self.ann_ids, "centers": self.centers,
                     "scales": self.scales, "widths": self.widths, "input_size": self.input_size,
-                    "flip_perm": self.flip_perm, "source": self.source}, path)
+                    "flip_perm": self.flip_perm, "source": self.source, "mirrored": self.mirrored}, path)
         return path
 
     @classmethod
@@ -179,7 +200,7 @@ class TeacherCache:
             raise ValueError(f"{path}: not a teacher cache ({type(e).__name__}: {e}); delete it to rebuild") from e
         pairs = [(a, b) for a, b in enumerate(d["flip_perm"]) if a < b]
         return cls(heatmaps, d["ann_ids"], d["centers"], d["scales"], d["widths"], d["input_size"], pairs,
-                   d.get("source", str(path)))
+                   d.get("source", str(path)), d.get("mirrored"))
 
 
 def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .config import REPO_ROOT, get_mode, run_paths
+from .config import REPO_ROOT, get_mode, run_paths, shown_path
 
 DEMO_NAME = "demo_w16_128x96_ft2"
 DEMO_CONFIG = "w16_128x96"
@@ -46,6 +46,9 @@ class TeacherInfo:
     val_ap: float | None = None
     params: int = 0
     card: dict = field(default_factory=dict, repr=False)
+
+    def __str__(self) -> str:       # what print() shows: the weights relative to the checkout
+        return repr(self).replace(f"weights={self.weights!r}", f"weights={shown_path(self.weights)!r}")
 
 
 def default_teacher_name(mode: str | None = None) -> str:

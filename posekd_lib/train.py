@@ -460,7 +460,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
            save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every, extra_loss_fn,
            grad_clip, progress, rank, world, device, channels_last=False, eval_every_steps=None, **_) -> History:
     """The body of :func:`fit`, once the process's rank, world size and device are known."""
-    from tqdm.auto import tqdm
+    from .config import progress_bar as tqdm
 
     from .losses import batch_loss
 

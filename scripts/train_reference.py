@@ -2,6 +2,7 @@
 
     python scripts/train_reference.py ai8x       [--float-steps 20000] [--qat-steps 2500] [--seed 0]
     python scripts/train_reference.py squeezenet [--steps 24000] [--seed 0]
+    python scripts/train_reference.py bottomup   [--float-steps 20000] [--qat-steps 2500] [--seed 0]
     python scripts/train_reference.py ship RUN_FOLDER [RUN_FOLDER ...]
 
 ``ai8x``: the MAX78000 student ``ai85posenet("tiny")`` on ground truth only
@@ -9,6 +10,9 @@
 (``configs/ai8x_tiny_fpd.yaml``), float then QAT, side by side at the same steps.
 ``squeezenet``: the SqueezeNet baseline, the spatial KL (teacher cache) and hints + FPD
 (``baseline_squeezenet``, ``kl_squeezenet``, ``feature_squeezenet``), at most two at once.
+``bottomup``: the stride-4 bottom-up MAX78000 student ``ai85bottomup("tiny_s4")`` on ground truth
+only and distilled from the teacher's keypoints (``bottomup_s4_gt``, ``bottomup_s4_kd``), as ``ai8x``.
+``--configs`` picks some configs of a phase.
 Each run is ``python -m posekd_lib.run CONFIG --set name=ref_<config> ...`` on one thread
 (``POSEKD_THREADS=1``: two runs share a 2-core machine), with a learning curve every
 ``--eval-every`` steps (AP on fixed validation images, in its ``history.json``). A run stopped at
@@ -30,6 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 AI8X = ("ai8x_tiny_gt", "ai8x_tiny_fpd")
+BOTTOM_UP = ("bottomup_s4_gt", "bottomup_s4_kd")
+PHASES = {"ai8x": AI8X, "squeezenet": SQUEEZENET, "bottomup": BOTTOM_UP}
+MCU = AI8X + BOTTOM_UP           # float then QAT: two run folders each
 SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet")
 
 
@@ -42,12 +49,12 @@ def _env(threads: int, mode: str) -> dict:
 def run_name(config: str) -> str:
     """``ref_<config>`` without the student suffix the run folder adds back (``ref_kl`` ->
     ``ref_kl_squeezenet_s0``); the MAX78000 configs keep theirs (``ref_ai8x_tiny_gt_s0_qat``)."""
-    return "ref_" + (config if config.startswith("ai8x") else config.rsplit("_", 1)[0])
+    return "ref_" + (config if config in MCU else config.rsplit("_", 1)[0])
 
 
 def student_cmd(config: str, args) -> list[str]:
     sets = [f"name={run_name(config)}", f"seed={args.seed}", f"optim.eval_every={args.eval_every}"]
-    if config.startswith("ai8x"):
+    if config in MCU:
         sets += [f"optim.steps={args.float_steps}", f"qat.steps={args.qat_steps}"]
     else:
         sets += [f"optim.steps={args.steps}"]
@@ -60,7 +67,7 @@ def folders(config: str, args) -> list[Path]:
     from posekd_lib.config import run_paths
 
     root = run_paths(args.mode).checkpoints
-    if config.startswith("ai8x"):
+    if config in MCU:
         return [root / f"{run_name(config)}_s{args.seed}_{phase}" for phase in ("float", "qat")]
     student = config.rsplit("_", 1)[1]
     return [root / f"{run_name(config)}_{student}_s{args.seed}"]
@@ -113,16 +120,18 @@ def run_jobs(configs, args) -> dict[str, int | None]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=("ai8x", "squeezenet", "ship"))
+    ap.add_argument("phase", choices=(*PHASES, "ship"))
     ap.add_argument("folders", nargs="*", type=Path, help="ship: the finished run folders")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--float-steps", type=int, default=20_000, help="ai8x: float steps")
-    ap.add_argument("--qat-steps", type=int, default=2_500, help="ai8x: QAT steps")
+    ap.add_argument("--float-steps", type=int, default=20_000, help="ai8x, bottomup: float steps")
+    ap.add_argument("--qat-steps", type=int, default=2_500, help="ai8x, bottomup: QAT steps")
     ap.add_argument("--steps", type=int, default=24_000, help="squeezenet: steps of every run")
     ap.add_argument("--eval-every", type=int, default=2_500, help="a learning-curve point every N steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop the runs still going after this")
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="only these configs of the phase (e.g. baseline_squeezenet kl_squeezenet)")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
     args = ap.parse_args(argv)
@@ -135,7 +144,11 @@ def main(argv=None) -> int:
         for f in ship(args.folders, args.dest, card={"note": "shipped by hand (scripts/train_reference.py ship)"}):
             print(f"shipped {f}")
         return 0
-    codes = run_jobs(AI8X if args.phase == "ai8x" else SQUEEZENET, args)
+    phase = PHASES[args.phase]
+    unknown = sorted(set(args.configs or ()) - set(phase))
+    if unknown:
+        ap.error(f"--configs: {', '.join(unknown)} not in the {args.phase} phase ({', '.join(phase)})")
+    codes = run_jobs([c for c in phase if c in (args.configs or phase)], args)
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 

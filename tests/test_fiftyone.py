@@ -121,7 +121,7 @@ def test_launch_app_stays_off_when_not_interactive(monkeypatch, capsys):
         name = "coco-sample"
 
     assert inspect_fo.launch_app(Named()) is None  # POSEKD_MODE=quick under pytest
-    assert "fiftyone app launch coco-sample --address 127.0.0.1 --port 5151" in capsys.readouterr().out
+    assert "make app DATASET=coco-sample PORT=5151" in capsys.readouterr().out
     monkeypatch.setenv("POSEKD_MODE", "workshop")
     monkeypatch.setenv("CI", "1")
     assert inspect_fo.launch_app(Named()) is None
@@ -218,7 +218,11 @@ def test_app_hint_command_finds_the_dataset_from_a_fresh_shell(fo, tmp_path, cap
     split = _tiny_split(tmp_path / "val")
     ds = inspect_fo.build_fo_dataset(split.ann_file, split.img_dir, "app-hint-val")
     assert inspect_fo.launch_app(ds, port=5152) is None
-    line = next(ln.strip() for ln in capsys.readouterr().out.splitlines() if "app launch" in ln)
+    hint = next(ln.strip() for ln in capsys.readouterr().out.splitlines() if "make app" in ln)
+    assert hint == inspect_fo.app_hint("app-hint-val", 5152)
+    assert hint.endswith("make app DATASET=app-hint-val PORT=5152")
+    assert f"FIFTYONE_DATABASE_DIR={fo.config.database_dir}" in hint   # a private database outside the checkout
+    line = inspect_fo.app_command("app-hint-val", 5152)                # what `make app` runs, spelled out
     words = shlex.split(line)
     env_words = [w for w in words if "=" in w and w.split("=")[0].startswith("FIFTYONE_")]
     cmd = words[len(env_words):]
@@ -232,7 +236,26 @@ def test_app_hint_command_finds_the_dataset_from_a_fresh_shell(fo, tmp_path, cap
     assert "app-hint-val" in out.stdout.split()
     assert dict(w.split("=", 1) for w in env_words)["FIFTYONE_DATABASE_DIR"] == str(fo.config.database_dir)
     assert Path(cmd[0]).is_file()  # the venv's own CLI, not whatever a new shell has on PATH
-    assert line == inspect_fo.app_command("app-hint-val", 5152)
+
+
+def test_make_app_runs_the_venvs_fiftyone(tmp_path):
+    """The notebooks' hint is `make app DATASET=... PORT=...`: the Makefile's target launches the venv's
+    own `fiftyone` on that dataset, on 127.0.0.1 (dry run); without a dataset it says what is missing."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    venv = Path(sys.executable).parent.parent
+    if not (venv / ".posekd-installed-2").is_file():
+        pytest.skip("not running in the Makefile's venv")
+    dry = subprocess.run(["make", "-n", "-s", "app", "DATASET=some-val", "PORT=5153", f"VENV={venv}"], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip().splitlines()[-1] == \
+        f"{venv}/bin/fiftyone app launch some-val --address 127.0.0.1 --port 5153"
+    missing = subprocess.run(["make", "-s", "app", f"VENV={venv}"], cwd=repo, capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode != 0 and "name the dataset" in missing.stdout
 
 
 def test_add_predictions_takes_images_where_nobody_was_found(ds, sample_files):

@@ -262,8 +262,12 @@ def test_every_config_runs_in_quick_mode(tmp_path, monkeypatch):
         assert len(row) == 1, path.name
         row = row.iloc[0]
         assert row["name"] == cfg.name and row["model.student"] == cfg.model.student
-        steps = rc.ai8x_steps(cfg)[0] if cfg.model.student == rc.AI8X_STUDENT else budget("quick").steps
-        assert row["budget.steps"] == steps and 0 <= row["AP"] <= 1 and 0 <= row["PCK@0.2"] <= 1
+        steps = rc.ai8x_steps(cfg)[0] if cfg.model.student in rc.MCU_STUDENTS else budget("quick").steps
+        assert row["budget.steps"] == steps and 0 <= row["AP"] <= 1
+        if cfg.model.student == rc.BOTTOM_UP_STUDENT:      # whole frames, no person boxes: no PCK
+            assert 0 <= row["int8.AP"] <= 1 and row["budget.input_size"] == "128x128"
+        else:
+            assert 0 <= row["PCK@0.2"] <= 1
         assert f"| {cfg.name} " in out.stdout and rc.config_id(cfg) in out.stdout
     hinted = table[table["distill.kinds"].fillna("").str.contains("hint")]
     assert list(hinted["name"]) == ["feature"]
@@ -411,3 +415,19 @@ def test_a_short_full_mode_cpu_trial_runs_with_one_command(tmp_path, coco_sample
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| cpu-trial " in out.stdout and "worker processes in total" not in out.stderr
+
+
+def test_the_bottom_up_student_is_a_config():
+    """``model.student: ai85bottomup`` trains with bottom_up.train_bottom_up (float then QAT, like the
+    top-down MAX78000 student): its variants are the bottom-up ones, it distils with one fpd term, and
+    its run folder is the QAT one."""
+    cfg = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "bottomup_s4_kd.yaml"), ["data.mode=quick"])
+    rc.validate(cfg)
+    assert rc.ai8x_variant(cfg.model) == "tiny_s4"
+    assert rc.run_dir(cfg).name == "bottomup_s4_kd_s0_qat"
+    with pytest.raises(rc.ConfigError, match="model.options.variant"):
+        rc.validate(rc.apply_overrides(cfg, ["model.options.variant=huge"]))
+    with pytest.raises(rc.ConfigError, match="one fpd term"):
+        rc.validate(rc.apply_overrides(cfg, ["distill.terms.0.kind=kl"]))
+    with pytest.raises(rc.ConfigError, match="'qat'"):
+        rc.validate(rc.apply_overrides(cfg, ["stages=[distil, evaluate]"]))

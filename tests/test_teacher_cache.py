@@ -113,3 +113,29 @@ def test_logits_kd_with_a_teacher_cache_runs_no_teacher_forward():
     a = cached.loss(out, batch)
     assert calls == []
     torch.testing.assert_close(a["kd"], live.loss(out, batch)["kd"], rtol=1e-3, atol=1e-6)  # float16 storage
+
+
+def test_a_mirrored_cache_reads_the_teachers_answer_on_the_mirrored_crop():
+    """With ``mirrored``, a mirrored training crop reads the teacher's output on the mirrored crop
+    (warped by the same geometry), not the plain crop's output mirrored: for a teacher that is not
+    mirror-symmetric (a random conv) the first is close to the live teacher, the second is not."""
+    plain_ds = _dataset(train=False)
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    with torch.no_grad():
+        cache = TeacherCache.build(lambda x: teacher(x), plain_ds, batch_size=8, progress=False, mirrored=True)
+    assert cache.mirrored.shape == cache.heatmaps.shape
+    flips = AugConfig(scale_factor=0.0, rotation=0.0, rotation_prob=0.0, flip_prob=1.0, half_body_prob=0.0,
+                      brightness=0.0, contrast=0.0, saturation=0.0)
+    batch = _batch(_dataset(train=True, aug=flips), n=16)
+    assert batch["meta"]["flipped"].all()
+    with torch.no_grad():
+        live = teacher(batch["image"])
+    own = cache.for_batch(batch)
+    cache.mirrored = None                                         # the approximation: plain row, mirrored
+    approx = cache.for_batch(batch)
+
+    def rel(a):      # output column 0 sees the mirrored crop's column 0, which lies outside the plain crop
+        return float(((a - live)[..., 1:] ** 2).sum() / (live[..., 1:] ** 2).sum())
+
+    assert rel(own) < 1e-5 and rel(approx) > 0.5, (rel(own), rel(approx))
