@@ -39,9 +39,9 @@ CARD_FILE = "card.json"
 
 def _run_members(run: Path):
     """``(name inside the run folder, bytes)`` of what travels of one trained run folder: the small
-    files, the evaluations' metrics and the trained weights — float16 (``model_fp16.pt``), except a
-    MAX78000 QAT folder's, kept float32 (``model.pt``) so that its 8-bit weights, and so the integer
-    model izer builds, are exactly the trained ones."""
+    files, the evaluations' metrics and the trained weights — float16 (``model_fp16.pt``; a tensor out
+    of float16's range stays float32), except a MAX78000 QAT folder's, kept float32 (``model.pt``) so
+    that its 8-bit weights, and so the integer model izer builds, are exactly the trained ones."""
     for f in (*RUN_FILES, CARD_FILE):
         if (run / f).is_file():
             yield f, (run / f).read_bytes()
@@ -52,10 +52,17 @@ def _run_members(run: Path):
         if "model" not in state:
             raise KeyError(f"{run / 'latest.pt'}: no 'model' entry (keys: {sorted(state)}); expected a fit checkpoint")
         exact = run.name.endswith("_qat")
-        weights = {k: (v.half() if v.is_floating_point() and not exact else v) for k, v in state["model"].items()}
+        weights = {k: (v.half() if v.is_floating_point() and not exact and _fits_fp16(v) else v)
+                   for k, v in state["model"].items()}
         buf = io.BytesIO()
         torch.save(weights, buf)
         yield (QAT_WEIGHTS_FILE if exact else WEIGHTS_FILE), buf.getvalue()
+
+
+def _fits_fp16(t: torch.Tensor) -> bool:
+    """Whether float16 holds ``t``: BatchNorm running statistics behind an unnormalised ReLU trunk
+    can pass float16's largest value (65,504; the SqueezeNet's reach 4e11), and stay float32."""
+    return bool(t.numel() == 0 or t.detach().abs().max() <= torch.finfo(torch.float16).max)
 
 
 def pack_runs(checkpoints: Path, tar_path: Path, prefix: str = "ref_") -> list[str]:

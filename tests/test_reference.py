@@ -1,4 +1,5 @@
 """Reference runs: pack a trained run folder, install it, read its table row and its student back."""
+import io
 import tarfile
 
 import pytest
@@ -90,3 +91,22 @@ def test_train_reference_script_trains_then_ships_both_max78000_runs(tmp_path):
     curve = reference_curve("ref_ai8x_tiny_gt_s0_qat", tmp_path / "reference")
     assert list(curve["phase"]) == ["float", "float", "qat"] and list(curve["step"]) == [2, 4, 6]
     assert curve["AP"].between(0, 1).all()
+
+
+def test_tensors_out_of_float16_range_are_shipped_float32(tmp_path):
+    """A long SqueezeNet run's BatchNorm running variances pass float16's 65,504 (4e11 after 24,000
+    steps): cast to float16 they become inf and the shipped student outputs NaN. Such tensors stay
+    float32; the others are halved."""
+    from posekd_lib.reference import _run_members
+
+    run = tmp_path / "ref_big_squeezenet_s0"
+    run.mkdir()
+    state = {"conv.weight": torch.randn(4, 3), "bn.running_var": torch.tensor([1.0, 4.3e11]),
+             "bn.num_batches_tracked": torch.tensor(7)}
+    torch.save({"model": state}, run / "latest.pt")
+    members = dict(_run_members(run))
+    shipped = torch.load(io.BytesIO(members["model_fp16.pt"]), weights_only=True)
+    assert shipped["conv.weight"].dtype == torch.float16
+    assert shipped["bn.running_var"].dtype == torch.float32 and torch.equal(shipped["bn.running_var"],
+                                                                           state["bn.running_var"])
+    assert shipped["bn.num_batches_tracked"] == 7
