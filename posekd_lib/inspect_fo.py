@@ -155,7 +155,45 @@ def build_fo_dataset(ann_file, img_dir, name: str, overwrite: bool = False):
     ds.info = {"source_ann_file": str(ann_file), "source_img_dir": str(img_dir), "source_sha1": sha1}
     ds.persistent = True
     ds.save()
+    apply_colors(ds)
     return ds
+
+
+#: The App's colours (Okabe-Ito, colour-blind safe), the same in every notebook: the ground truth, the
+#: teacher and each kind of student by the first word of its field's name (``kl_squeezenet`` -> kl);
+#: any other field gets a colour of :data:`COLOR_POOL` picked by its name.
+FIELD_COLORS = {"ground_truth": "#009E73", "teacher": "#E69F00", "baseline": "#56B4E9", "kl": "#CC79A7",
+                "feature": "#D55E00", "fpd": "#0072B2", "ai8x": "#F0E442", "ref": "#F0E442"}
+COLOR_POOL = ("#0072B2", "#F0E442", "#999999", "#882255", "#44AA99", "#DDCC77", "#AA4499")
+
+
+def field_color(field: str) -> str:
+    """The App colour of a keypoints field (see :data:`FIELD_COLORS`)."""
+    if field in FIELD_COLORS:
+        return FIELD_COLORS[field]
+    first = field.split("_", 1)[0]
+    if first in FIELD_COLORS:
+        return FIELD_COLORS[first]
+    return COLOR_POOL[int(hashlib.sha1(field.encode()).hexdigest(), 16) % len(COLOR_POOL)]
+
+
+def apply_colors(dataset) -> dict[str, str]:
+    """Colour every keypoints field of ``dataset`` in the App by :func:`field_color` (a field whose
+    colour another field already has takes the next free one; skeletons on); returns ``{field: colour}``."""
+    fo = _fo()
+    fields = [name for name, f in dataset.get_field_schema().items()
+              if getattr(f, "document_type", None) is fo.Keypoints]
+    colors: dict[str, str] = {}
+    for name in fields:               # no two fields of one dataset share a colour
+        c = field_color(name)
+        if c in colors.values():
+            c = next((p for p in (*FIELD_COLORS.values(), *COLOR_POOL) if p not in colors.values()), c)
+        colors[name] = c
+    dataset.app_config.color_scheme = fo.ColorScheme(
+        color_by="field", show_skeletons=True, multicolor_keypoints=False,
+        fields=[{"path": name, "fieldColor": c} for name, c in colors.items()])
+    dataset.save()
+    return colors
 
 
 def _match_coco_style(ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray, min_oks: float) -> np.ndarray:
@@ -237,6 +275,7 @@ def add_predictions(dataset, results, field: str, gt_ann_file, min_oks: float = 
         oks_values.append(float(scored.mean()) if scored.size else None)
     dataset.set_values(field, kp_values)
     dataset.set_values(f"{field}_oks", oks_values)
+    apply_colors(dataset)
     return {"samples": len(ids), "predictions": sum(len(k.keypoints) for k in kp_values),
             "matched": n_matched, "skipped_images": len(unknown)}
 

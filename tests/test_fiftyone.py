@@ -269,3 +269,18 @@ def test_add_predictions_takes_images_where_nobody_was_found(ds, sample_files):
     assert counts["predictions"] == len(some)
     s = ds[ds.first().filepath]
     assert s.partial.keypoints == [] and s.partial_oks == 0
+
+
+def test_every_keypoints_field_gets_its_own_fixed_colour(ds, sample_files):
+    """Ground truth and the models are drawn in the library's colours, the same in every notebook
+    (the ground truth and the teacher always in theirs), and no two fields of a dataset share one."""
+    root, _ = sample_files
+    gt_file = root / "person_keypoints.json"
+    results = json.loads((root / "person_keypoints_results_hrnet.json").read_text())
+    for field in ("teacher", "ai8x_tiny_float", "ai8x_tiny_int8"):
+        inspect_fo.add_predictions(ds, results, field, gt_file)
+    scheme = {f["path"]: f["fieldColor"] for f in ds.app_config.color_scheme.fields}
+    assert scheme["ground_truth"] == inspect_fo.FIELD_COLORS["ground_truth"]
+    assert scheme["teacher"] == inspect_fo.FIELD_COLORS["teacher"]
+    assert {"ai8x_tiny_float", "ai8x_tiny_int8"} <= set(scheme)
+    assert len(set(scheme.values())) == len(scheme)
