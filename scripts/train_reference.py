@@ -35,9 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 AI8X = ("ai8x_tiny_gt", "ai8x_tiny_fpd")
 BOTTOM_UP = ("bottomup_s4_gt", "bottomup_s4_kd")
+SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet")
 PHASES = {"ai8x": AI8X, "squeezenet": SQUEEZENET, "bottomup": BOTTOM_UP}
 MCU = AI8X + BOTTOM_UP           # float then QAT: two run folders each
-SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet")
 
 
 def _env(threads: int, mode: str) -> dict:

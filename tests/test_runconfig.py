@@ -96,7 +96,7 @@ def test_overrides_are_yaml_values_at_dotted_keys():
     ({"name": "x", "optim": {"amp": "bf17"}}, "optim.amp: 'bf17' is not one of .*did you mean 'bf16'"),
     ({"name": "x", "prune": {"ratio": 0.25}}, "prune.ratio: 0.25; pruning is not wired"),
     ({"name": "x", "stages": ["train", "izer"]}, r"stages\[1\]: 'izer' is not wired"),
-    ({"name": "x", "stages": ["train", "qat"]}, "stages: 'qat' is wired for model.student ai85posenet only"),
+    ({"name": "x", "stages": ["train", "qat"]}, "stages: 'qat' is wired for model.student ai85posenet or ai85bottomup only"),
     ({"name": "x", "model": {"student": "ai85posenet"}}, "stages: 'qat' trains the MAX78000 student"),
     ({"name": "x", "model": {"student": "ai85posenet", "options": {"variant": "huge"}}, "stages": ["train", "qat"]},
      "model.options.variant: 'huge' is not one of"),
