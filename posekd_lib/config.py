@@ -126,12 +126,9 @@ def set_torch_threads(n: int | None = None) -> int:
 def notebook_setup(mode: str | None = None) -> tuple[str, RunPaths]:
     """The first cell of every notebook: the run mode, its artifact folder, torch's CPU threads.
 
-    Prints one line saying which mode runs where, quiets tqdm's "IProgress not found" warning (the
-    text progress bar is fine in headless runs), and returns ``(mode, run_paths(mode))``.
+    Prints one line saying which mode runs where and returns ``(mode, run_paths(mode))`` (the
+    library's progress bars are text bars where ipywidgets is missing: :func:`progress_bar`).
     """
-    import warnings
-
-    warnings.filterwarnings("ignore", message="IProgress not found")
     mode = get_mode(mode)
     paths = run_paths(mode)
     print(f"mode: {mode}   artifacts: {shown_path(paths.root)}   torch threads: {set_torch_threads()}")
