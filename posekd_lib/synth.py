@@ -752,8 +752,13 @@ def _coco_header(params: dict) -> dict:
 
 
 def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float = 0.5,
-                   image_size=DEFAULT_IMAGE_SIZE, num_workers: int = 2, progress=True) -> CocoSplit:
+                   image_size=DEFAULT_IMAGE_SIZE, num_workers: int = 2, progress=True,
+                   first_index: int = 0) -> CocoSplit:
     """Render ``num_images`` images into ``out_dir/images`` and ``out_dir/person_keypoints.json``.
+
+    The images are those of index ``first_index`` .. ``first_index + num_images - 1`` of the split
+    seeded ``seed`` (file names and image ids follow the index), so a split rendered in two parts
+    holds the same images as one rendered whole.
 
     Written to a temporary sibling folder first and renamed at the end, so an interrupted run never
     leaves a half split. Output is byte-identical for a given seed whatever ``num_workers`` is.
@@ -770,8 +775,9 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
     (tmp / "images").mkdir(parents=True)
     try:
         step = max(1, min(16, num_images // (4 * max(num_workers, 1))))
-        chunks = [(str(tmp / "images"), int(seed), list(range(s, min(s + step, num_images))), float(difficulty),
-                   (w, h)) for s in range(0, num_images, step)]
+        end = first_index + num_images
+        chunks = [(str(tmp / "images"), int(seed), list(range(s, min(s + step, end))), float(difficulty),
+                   (w, h)) for s in range(first_index, end, step)]
         results: list[list[dict]] = []
         with tqdm(total=num_images, desc=f"synth {out_dir.name}", unit="img", disable=not progress) as bar:
             if num_workers <= 1 or len(chunks) <= 1:
@@ -781,9 +787,9 @@ def generate_split(out_dir: Path, num_images: int, seed: int, difficulty: float 
             else:
                 results = _render_in_workers(chunks, num_workers, bar)
         coco = _coco_header({"seed": int(seed), "difficulty": float(difficulty), "image_size": [w, h],
-                             "num_images": int(num_images)})
+                             "num_images": int(num_images), **({"first_index": int(first_index)} if first_index else {})})
         coco["images"], coco["annotations"] = [], []
-        for i, anns in enumerate(results):
+        for i, anns in enumerate(results, start=first_index):
             coco["images"].append({"id": i + 1, "file_name": _file_name(i), "width": w, "height": h, "license": 1})
             for a in anns:
                 coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, **a})
@@ -896,3 +902,34 @@ def ensure_embedded_dataset(mode: str | None = None, root: Path | None = None, s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ds
+
+
+def ensure_extra_train(mode: str | None = None, images: int = 11100, root: Path | None = None, seed: int = 0,
+                       difficulty: float = 0.5, num_workers: int = 2, progress=True,
+                       image_size=DEFAULT_IMAGE_SIZE) -> CocoSplit:
+    """More training images for the teacher: the images that follow the mode's train split in the
+    same seeded sequence (index ``sizes_for_mode(mode)["train"]`` on), generated once and cached
+    under ``root`` (default ``run_paths(mode).data / f"embedded_extra_{images}"``).
+
+    The train and val splits are not touched, so every student number keeps its meaning, and the
+    validation images stay unseen (they come from another seed). Train on ``train`` + this split
+    to see a training split ``1 + images / train`` times larger.
+    """
+    n_train = sizes_for_mode(mode)["train"]
+    root = Path(root) if root is not None else run_paths(mode).data / f"embedded_extra_{int(images)}"
+    params = {"version": SYNTH_VERSION, "seed": int(seed), "difficulty": float(difficulty),
+              "image_size": [int(s) for s in image_size], "first_index": n_train, "images": int(images)}
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    split, manifest = CocoSplit(root / ANN_FILE_NAME, root / "images"), root / "manifest.json"
+    try:
+        if json.loads(manifest.read_text()).get("params_hash") == digest and split.ann_file.is_file():
+            return split
+    except (OSError, json.JSONDecodeError):
+        pass
+    _refuse_in_spawn_bootstrap()
+    t0 = time.perf_counter()
+    generate_split(root, int(images), seed * 2**20 + _SPLIT_OFFSET["train"], difficulty, image_size,
+                   num_workers, progress, first_index=n_train)
+    manifest.write_text(json.dumps({"params": params, "params_hash": digest,
+                                    "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    return split

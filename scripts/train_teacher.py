@@ -2,6 +2,8 @@
 
     python scripts/train_teacher.py --config w16_128x96 --epochs 40 --aug light --amp bf16
     python scripts/train_teacher.py --config w16_128x96 --epochs 40 --device cuda
+    python scripts/train_teacher.py --name demo_w16_128x96_x4 --init-from hrnet_pose/weights/demo_w16_128x96_ft2.pt \
+        --extra-train-images 11100 --epochs 3 --lr 1e-3 --amp bf16 --threads 1
     python scripts/train_teacher.py --name demo_w16_128x96_gpu --init-from hrnet_pose/weights/demo_w16_128x96_ft2.pt \
         --device cuda --loader device --batch-size 256 --aug hrnet --amp bf16 --time-budget-s 240
 
@@ -95,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from these weights (e.g. a shipped fp16 teacher) instead of from scratch; "
                          "ignored when the run folder already holds a checkpoint to resume")
+    ap.add_argument("--extra-train-images", type=int, default=0,
+                    help="also train on this many more generated images (the ones that follow the train split's; "
+                         "the students' train and val splits are unchanged)")
     ap.add_argument("--note", default=None, help="free text stored in the card (e.g. how a resumed run was split)")
     ap.add_argument("--loader", default="cpu", choices=("cpu", "device"),
                     help="device: cut the crops on the training device, a batch at once (for a GPU)")
@@ -112,6 +117,18 @@ def main(argv=None) -> int:
     splits = dataset_splits(args.mode)
     train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, input_size, heatmap_size, sigma, train=True,
                               aug=args.aug)
+    dataset_text = f"posekd embedded ({args.mode}) train split"
+    if args.extra_train_images:
+        if args.loader == "device":
+            ap.error("--extra-train-images needs --loader cpu (DeviceCrops cuts one TopDownDataset)")
+        from torch.utils.data import ConcatDataset
+
+        from posekd_lib.synth import ensure_extra_train
+
+        extra = ensure_extra_train(args.mode, args.extra_train_images)
+        train_ds = ConcatDataset([train_ds, TopDownDataset(extra.ann_file, extra.img_dir, input_size, heatmap_size,
+                                                           sigma, train=True, aug=args.aug)])
+        dataset_text += f" + the {args.extra_train_images} images that follow it (synth.ensure_extra_train)"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     loader = shuffled_loader(train_ds, args.batch_size, args.loader, device, args.workers)
@@ -166,7 +183,7 @@ def main(argv=None) -> int:
     reloaded = load_pose_checkpoint(get_pose_net(cfg, is_train=False), out)
     card = {
         "name": name, "config": args.config, "input_size_wh": list(input_size), "heatmap_size_wh": list(heatmap_size),
-        "sigma": sigma, "dataset": f"posekd embedded ({args.mode}) train split", "train_persons": len(train_ds),
+        "sigma": sigma, "dataset": dataset_text, "train_persons": len(train_ds),
         "epochs": epochs, "batch_size": args.batch_size, **({"throughput_probe": probe} if probe else {}), "lr": args.lr, "seed": args.seed,
         "aug": args.aug, "amp": args.amp, "init_from": None if args.init_from is None else str(args.init_from),
         "best_step": extras.get("step") if isinstance(extras, dict) else None,

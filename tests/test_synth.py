@@ -182,6 +182,29 @@ def test_cache_is_reused_regenerated_on_change_and_written_atomically(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embedded"]
 
 
+def test_split_rendered_in_two_parts_equals_the_whole(tmp_path):
+    whole = synth.generate_split(tmp_path / "whole", 5, seed=3, num_workers=1, progress=False)
+    tail = synth.generate_split(tmp_path / "tail", 2, seed=3, num_workers=1, progress=False, first_index=3)
+    w, t = (json.loads(s.ann_file.read_text()) for s in (whole, tail))
+    assert [i["id"] for i in t["images"]] == [4, 5] and t["images"] == w["images"][3:]
+    strip = lambda anns: [{k: v for k, v in a.items() if k != "id"} for a in anns]  # noqa: E731
+    assert strip(t["annotations"]) == strip([a for a in w["annotations"] if a["image_id"] > 3])
+    assert all((tail.img_dir / i["file_name"]).read_bytes() == (whole.img_dir / i["file_name"]).read_bytes()
+               for i in t["images"])
+
+
+def test_extra_train_follows_the_train_split_and_is_cached(tmp_path, monkeypatch):
+    extra = synth.ensure_extra_train("quick", images=2, root=tmp_path / "extra", num_workers=1, progress=False)
+    imgs = json.loads(extra.ann_file.read_text())["images"]
+    n_train = synth.sizes_for_mode("quick")["train"]
+    assert [i["id"] for i in imgs] == [n_train + 1, n_train + 2]      # the images after the train split's
+    ref = synth.generate_split(tmp_path / "ref", 1, seed=synth._SPLIT_OFFSET["train"], num_workers=1,
+                               progress=False, first_index=n_train)
+    assert (ref.img_dir / imgs[0]["file_name"]).read_bytes() == (extra.img_dir / imgs[0]["file_name"]).read_bytes()
+    monkeypatch.setattr(synth, "generate_split", lambda *a, **k: pytest.fail("regenerated a cached split"))
+    assert synth.ensure_extra_train("quick", images=2, root=tmp_path / "extra") == extra
+
+
 def test_sizes_per_mode():
     assert synth.sizes_for_mode("quick") == {"train": 48, "val": 16}
     w = synth.sizes_for_mode("workshop")
