@@ -1,6 +1,6 @@
 """The run budget of each mode and the data it trains on.
 
-A :class:`Budget` per mode (quick / workshop / full) fixes the crop and heatmap size (those of the
+A :class:`Budget` per mode (quick / workshop / full, read from ``configs/modes/<mode>.yaml``) fixes the crop and heatmap size (those of the
 demo teacher in ``quick`` and ``workshop``), the batch size, the number of steps, the learning rate,
 the augmentation preset and the device; :func:`budget` resolves it, and :func:`budget_fields`
 overrides fields of it for one run (how a :class:`~posekd_lib.runconfig.RunConfig` sets them).
@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -44,23 +45,49 @@ class Budget:
                                     # cut on the training device (device_data.DeviceCrops, for GPUs)
 
 
-# quick: seconds in CI. workshop: one live training run <= 8 min on 2 cores (the issue's live limit),
-# so the budget is set in time: 3000 steps x 32 crops (96k crops, 8 epochs) of a plain or cached
-# logits-KD step (0.128 s per step on 2 idle threads, 385 s for the baseline, docs/experiments.md
-# E9) and 1500 of a feature-KD step, which also runs the teacher forward (about twice the cost).
-# Measured per step before (one thread of a busy machine): squeezenet 0.19 s under bf16 autocast
-# (0.53 s float32), mobilenetv3 0.21 s float32 (0.43 s under bf16: its depthwise convolutions are
-# slower in bf16, so it trains in float32, see student_amp). Light augmentation because HRNet's
-# (scale 0.35, rotation 45 deg, half-body) is made for 210 epochs: at 1000 steps it scores 0.003 AP
-# against light's 0.0085 (docs/experiments.md, section 1). Both at the demo teacher's crop, heatmap
-# and sigma (read from its config). full: real COCO on a GPU at HRNet's 256x192 with HRNet's augmentation.
-_OVERRIDES = {
-    "quick": {"batch_size": 8, "steps": 4, "eval_batch_size": 32},
-    "workshop": {"steps": 3000, "feature_steps": 1500},
-    "full": {"input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2.0, "batch_size": 64,
-             "steps": 30_000, "lr": 1e-3, "num_workers": min(8, os.cpu_count() or 1), "eval_batch_size": 128, "device": "auto",
-             "channels_last": False, "aug": "hrnet", "amp": "auto"},
-}
+#: The folder of the modes' budget files (``<mode>.yaml``: Budget fields, plus ``ai8x_steps``).
+MODES_DIR = Path(__file__).resolve().parent.parent / "configs" / "modes"
+_MODE_ONLY_KEYS = ("ai8x_steps",)     # mode settings that are not Budget fields
+
+
+def mode_settings(mode: str | None = None) -> dict:
+    """The settings of ``configs/modes/<mode>.yaml`` (Budget fields and ``ai8x_steps``), checked:
+    an unknown key or a malformed value is an error naming the file and the key."""
+    return dict(_mode_settings(get_mode(mode)))
+
+
+@functools.lru_cache(maxsize=None)
+def _mode_settings(mode: str) -> tuple:
+    import yaml
+
+    path = MODES_DIR / f"{mode}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: the budget file of mode {mode!r} is missing") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of budget fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(Budget)}
+    allowed = (set(fields) - {"mode"}) | set(_MODE_ONLY_KEYS)
+    if set(data) - allowed:
+        raise ValueError(f"{path}: unknown key(s) {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
+    out = {}
+    for key, value in data.items():
+        if key in ("input_size", "heatmap_size", "ai8x_steps"):
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+                raise ValueError(f"{path}: {key} must be two integers, got {value!r}")
+            value = tuple(value)
+        elif key == "num_workers" and value == "auto":
+            value = min(8, os.cpu_count() or 1)
+        elif isinstance(fields[key].default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{path}: {key} must be true or false, got {value!r}")
+        elif isinstance(fields[key].default, (int, float)) and not isinstance(fields[key].default, bool) \
+                and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: {key} must be a number, got {value!r}")
+        out[key] = value
+    return tuple(out.items())
 
 
 def demo_teacher_sizes() -> dict:
@@ -86,7 +113,8 @@ def budget(mode: str | Budget | None = None) -> Budget:
         return mode
     mode = get_mode(mode)
     sizes = {} if mode == "full" else demo_teacher_sizes()
-    return Budget(mode, **{**sizes, **_OVERRIDES[mode], **_BUDGET_FIELDS.get()})
+    fields = {k: v for k, v in mode_settings(mode).items() if k not in _MODE_ONLY_KEYS}
+    return Budget(mode, **{**sizes, **fields, **_BUDGET_FIELDS.get()})
 
 
 _BUDGET_FIELDS: contextvars.ContextVar[dict] = contextvars.ContextVar("budget_fields", default={})

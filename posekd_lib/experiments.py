@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .analysis import budget_trend, localization_summary, pck_of_results  # noqa: F401 (notebooks import them here)
-from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields,  # noqa: F401 (ditto)
+from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields, mode_settings,  # noqa: F401 (ditto)
                       demo_teacher_sizes, example_batch, label_tag, steps_for, student_amp, training_set)
 from .config import atomic_write, run_paths
 from .recipes import FEATURE_PAIRS, KD_SETTINGS, kd_recipe, teacher_cache_for, weights_fingerprint  # noqa: F401
@@ -314,8 +314,9 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
 
 
 # --------------------------------------------------------------------------- MAX78000 students
-#: (float steps, QAT steps) of the MAX78000 student per mode (batch and lr from the mode's Budget).
-AI8X_STEPS = {"quick": (4, 2), "workshop": (1000, 250), "full": (30_000, 6_000)}
+#: (float steps, QAT steps) of the MAX78000 student per mode (``ai8x_steps`` of
+#: ``configs/modes/<mode>.yaml``; batch and lr from the mode's Budget).
+AI8X_STEPS = {m: mode_settings(m)["ai8x_steps"] for m in ("quick", "workshop", "full")}
 
 
 @dataclass

@@ -35,6 +35,30 @@ def test_budgets_match_the_demo_teacher_and_fit_the_time_box():
     assert w.feature_steps < w.steps
 
 
+def test_mode_files_are_checked_and_errors_name_the_file_and_key(tmp_path, monkeypatch):
+    from posekd_lib import budgets
+
+    assert experiments.AI8X_STEPS["quick"] == budgets.mode_settings("quick")["ai8x_steps"] == (4, 2)
+    assert budget("full").num_workers >= 1 and budget("full").input_size == (192, 256)
+    monkeypatch.setattr(budgets, "MODES_DIR", tmp_path)
+    cases = {"steps: 4\nbatch: 8\n": r"quick.yaml: unknown key\(s\) \['batch'\]",
+             "steps: four\n": r"quick.yaml: steps must be a number",
+             "input_size: [96]\n": r"quick.yaml: input_size must be two integers",
+             "channels_last: 1\n": r"quick.yaml: channels_last must be true or false",
+             "- steps\n": r"quick.yaml: expected a mapping"}
+    for text, message in cases.items():
+        (tmp_path / "quick.yaml").write_text(text)
+        budgets._mode_settings.cache_clear()
+        with pytest.raises(ValueError, match=message):
+            budget("quick")
+    (tmp_path / "quick.yaml").unlink()
+    budgets._mode_settings.cache_clear()
+    with pytest.raises(FileNotFoundError, match="quick.yaml: the budget file of mode 'quick'"):
+        budget("quick")
+    monkeypatch.undo()
+    budgets._mode_settings.cache_clear()
+
+
 def test_steps_for_gives_feature_kd_its_own_budget():
     from posekd_lib.budgets import steps_for
 
