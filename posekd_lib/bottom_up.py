@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -101,13 +102,23 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
     return out
 
 
-def kd_loss(alpha: float = 0.5) -> Callable:
+#: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
+LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
+
+
+def gt_loss(positive_weight: float = 0.0) -> Callable:
+    """The ground-truth loss (:func:`losses.bottom_up_mse`, cells weighted ``1 + λ·|target|``) as
+    ``fit``'s ``loss_fn``."""
+    return partial(bottom_up_mse, positive_weight=positive_weight) if positive_weight else bottom_up_mse
+
+
+def kd_loss(alpha: float = 0.5, positive_weight: float = 0.0) -> Callable:
     """``(1-α)·MSE(S, GT) + α·MSE(S, teacher targets)``, both masked (:func:`losses.bottom_up_mse`),
     as ``fit``'s ``loss_fn``; returns ``{"loss", "gt", "kd"}`` (fit logs each)."""
     def loss_fn(outputs, batch: dict) -> dict:
-        gt = bottom_up_mse(outputs, batch)
+        gt = bottom_up_mse(outputs, batch, positive_weight)
         kd = bottom_up_mse(outputs, {"heatmaps": batch["teacher_heatmaps"], "pafs": batch["teacher_pafs"],
-                                     "mask": batch["mask"]})
+                                     "mask": batch["mask"]}, positive_weight)
         return {"loss": (1 - alpha) * gt + alpha * kd, "gt": gt, "kd": kd}
 
     return loss_fn
@@ -126,14 +137,16 @@ class BottomUpRun:
 def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 0, teacher_kp: dict | None = None,
                     alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
                     lr: float | None = None, tag: str | None = None, progress: bool = True,
-                    threads: int | None = None, curve_every: int | None = None) -> BottomUpRun:
+                    threads: int | None = None, curve_every: int | None = None, loss: str = "mse") -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
     batch size and learning rate default to the top-down MAX78000 student's
     (``experiments.AI8X_STEPS`` and the mode's budget), so both systems train on the same budget.
     The maps are made at the student's own stride (``model.stride``: 8, or 4 for ``tiny_s4``);
-    ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`)."""
+    ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`);
+    ``loss`` names the map loss (:data:`LOSSES`: ``mse``, or ``mse_pos10`` with keypoint and limb cells
+    weighted ``1 + 10·|target|``)."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
@@ -145,6 +158,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     b = budget(mode)
     float_steps, qat_steps = steps or AI8X_STEPS[mode]
     batch_size, lr = batch_size or b.batch_size, lr or b.lr
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}; the bottom-up student trains with one of {sorted(LOSSES)}")
     name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
     root = run_paths(mode).checkpoints
     torch.manual_seed(seed)
@@ -155,7 +170,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
     trained = train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,
-                                 loss_fn=bottom_up_mse if teacher_kp is None else kd_loss(alpha),
+                                 loss_fn=gt_loss(LOSSES[loss]) if teacher_kp is None
+                                 else kd_loss(alpha, LOSSES[loss]),
                                  float_steps=float_steps, qat_steps=qat_steps, seed=seed, progress=progress,
                                  threads=threads if threads is not None else b.threads,
                                  channels_last=b.channels_last, save_every_steps=100,
@@ -167,7 +183,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
-                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY)
+                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY, loss=loss)
     info_file.write_text(json.dumps(info, indent=1))
     model.eval()
     metrics = {}

@@ -110,12 +110,16 @@ def mse_with_ce(pred: torch.Tensor, target: torch.Tensor, target_weight: torch.T
                                                                                      temperature)
 
 
-def bottom_up_mse(outputs, batch: dict) -> torch.Tensor:
+def bottom_up_mse(outputs, batch: dict, positive_weight: float = 0.0) -> torch.Tensor:
     """Masked MSE of bottom-up maps: ``0.5 * mean(mask * (pred - target)^2)`` over the heatmaps and
     the PAFs of ``batch`` (``heatmaps`` (N, 19, h, w), ``pafs`` (N, 38, h, w), ``mask`` (N, 1, h, w):
     0 over crowds and unlabelled people, as ``data.BottomUpDataset`` makes them), summed over the
     stages. ``outputs`` is one tensor with the heatmap channels first (an ai8x bottom-up student)
-    or LW-OpenPose's list ``[heatmaps, pafs, heatmaps, pafs, ...]`` (one pair per stage)."""
+    or LW-OpenPose's list ``[heatmaps, pafs, heatmaps, pafs, ...]`` (one pair per stage).
+
+    ``positive_weight`` λ > 0 weights each cell by ``1 + λ·|target|`` on the keypoint heatmaps and
+    the PAFs (not the last, background heatmap): at stride 8 a keypoint's Gaussian and a limb's PAF
+    cover a few per cent of the cells, so the plain MSE is mostly the empty background's."""
     hm_t, paf_t, mask = batch["heatmaps"], batch["pafs"], batch["mask"]
     n_hm = hm_t.shape[1]
     if torch.is_tensor(outputs):
@@ -127,12 +131,17 @@ def bottom_up_mse(outputs, batch: dict) -> torch.Tensor:
         if len(outputs) % 2:
             raise ValueError(f"expected [heatmaps, pafs] per stage, got {len(outputs)} tensors")
         stages = list(zip(outputs[0::2], outputs[1::2]))
+    weights = [mask, mask]
+    if positive_weight:
+        kp = hm_t[:, :-1].float().abs()                       # keypoints, not the background
+        weights = [mask * torch.cat([1 + positive_weight * kp, torch.ones_like(hm_t[:, -1:], dtype=kp.dtype)], 1),
+                   mask * (1 + positive_weight * paf_t.float().abs())]
     total = 0.0
     for hm, paf in stages:
-        for pred, target in ((hm, hm_t), (paf, paf_t)):
+        for pred, target, weight in ((hm, hm_t, weights[0]), (paf, paf_t, weights[1])):
             if pred.shape != target.shape:
                 raise ValueError(f"bottom-up prediction {tuple(pred.shape)} != target {tuple(target.shape)}")
-            total = total + 0.5 * (mask * (pred.float() - target.float()) ** 2).mean()
+            total = total + 0.5 * (weight * (pred.float() - target.float()) ** 2).mean()
     return total
 
 

@@ -107,7 +107,7 @@ class OptimConfig:
     batch_size: int | None = None
     lr: float | None = None
     schedule: str = "cosine"
-    loss: str = "mse"                  # ground-truth loss of a train stage: mse | awing
+    loss: str = "mse"                  # ground-truth loss of a train stage: mse | awing (bottom-up: mse | mse_pos10)
     eval_every: int | None = None      # a learning curve: validation AP on fixed images every N steps
     amp: str | None = None             # Budget.amp: auto | bf16 | fp16 | off (float32); null: the budget's.
                                        # budgets.student_amp still trains FLOAT32_ON_CPU students in float32
@@ -315,7 +315,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.optim.amp is not None:
         _choice("optim.amp", cfg.optim.amp, AMP_CHOICES)
     _choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
-    _choice("optim.loss", cfg.optim.loss, LOSSES)
+    if cfg.model.student == BOTTOM_UP_STUDENT:
+        from .bottom_up import LOSSES as BOTTOM_UP_LOSSES
+
+        _choice("optim.loss", cfg.optim.loss, tuple(BOTTOM_UP_LOSSES))
+    else:
+        _choice("optim.loss", cfg.optim.loss, LOSSES)
     _choice("distill.schedule", cfg.distill.schedule, SCHEDULES)
     for i, t in enumerate(cfg.distill.terms):
         _choice(f"distill.terms[{i}].kind", t.kind, TERM_KINDS)
@@ -363,7 +368,7 @@ def _check_ai8x(cfg: RunConfig) -> None:
     """What ``experiments.train_ai8x`` can do: every label, GT MSE, one logits term as in KD_SETTINGS."""
     if cfg.data.labelled < 1:
         raise ConfigError(f"data.labelled: {cfg.data.labelled}; the MAX78000 student trains on every label")
-    if cfg.optim.loss != "mse":
+    if cfg.optim.loss != "mse" and cfg.model.student != BOTTOM_UP_STUDENT:
         raise ConfigError(f"optim.loss: {cfg.optim.loss!r}; the MAX78000 student trains with 'mse'")
     if cfg.optim.amp is not None:
         raise ConfigError(f"optim.amp: {cfg.optim.amp!r}; train_ai8x trains in float32 (leave it null)")
@@ -640,7 +645,7 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
     with with_budget(**budget_fields(cfg)):
         return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
-                               curve_every=cfg.optim.eval_every)
+                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss)
 
 
 def load_frozen_teacher(cfg: RunConfig):

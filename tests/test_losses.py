@@ -150,3 +150,11 @@ def test_bottom_up_mse_masks_and_takes_both_output_forms():
     assert bottom_up_mse(off, masked) == 0
     with pytest.raises(ValueError, match="50 channels"):
         bottom_up_mse(torch.zeros(2, 50, 4, 4), batch)
+    # positive weight: cells weighted 1 + λ|target| on the keypoints and PAFs, not on the background
+    lam = 10.0
+    w_hm = torch.cat([1 + lam * batch["heatmaps"][:, :18], torch.ones(2, 1, 4, 4)], 1)
+    w_paf = 1 + lam * batch["pafs"].abs()
+    expected_w = 0.5 * 0.01 * (w_hm.mean() + w_paf.mean())
+    torch.testing.assert_close(bottom_up_mse(off, batch, positive_weight=lam), expected_w)
+    assert bottom_up_mse(off, batch, positive_weight=0.0) == bottom_up_mse(off, batch)
+    assert bottom_up_mse(exact, batch, positive_weight=lam) == 0
