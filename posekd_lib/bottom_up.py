@@ -197,3 +197,66 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
             stored.write_text(json.dumps(cached, indent=1))
         metrics[key] = cached["metrics"]
     return BottomUpRun(name, model, float_model, metrics, dirs[1], info.get("train_time_s"))
+
+
+@torch.no_grad()
+def map_diagnosis(model: nn.Module, split, img_ids=None, radius: float = 8.0, batch_size: int = 50) -> dict:
+    """Which half of a bottom-up student fails, its heatmaps or its PAFs, on the frames ``img_ids``
+    of ``split`` (``model``: an ai85bottomup student, float or QAT).
+
+    Returns the whole-frame COCO AP of four mixes decoded by the same ``PafCodec`` —
+    ``AP_student`` (its heatmaps and PAFs), ``AP_student_heatmaps`` (with the label PAFs),
+    ``AP_student_pafs`` (the label heatmaps with its PAFs), ``AP_labels`` (the decoder's ceiling at
+    this stride) — then the heatmap peaks: ``peaks_label`` / ``peaks_student``, ``peak_recall`` (label
+    peaks with a student peak of the same keypoint within ``radius`` input pixels) and
+    ``peak_precision`` (student peaks with a label peak there), and the PAF length on the labels'
+    limb cells (``paf_on_limbs_label``, about 1, and ``paf_on_limbs_student``) and off them
+    (``paf_off_limbs_student``)."""
+    import torch.nn.functional as F
+
+    from .data import BottomUpDataset
+    from .evaluation import bottom_up_results, coco_evaluate
+    from .keypoints import NUM_OPENPOSE_KEYPOINTS
+
+    view = HeatmapView(model)
+    was_training = view.training
+    view.eval()
+    ds = BottomUpDataset(split.ann_file, split.img_dir, model.input_size, model.stride, train=False)
+    if img_ids is not None:
+        keep = {int(i) for i in img_ids}
+        ds.image_ids = [i for i in ds.image_ids if i in keep]
+    pred, label, affines, image_ids = [], [], [], []
+    for b in torch.utils.data.DataLoader(ds, batch_size=batch_size):
+        pred.append(view(b["image"]).float().numpy())
+        label.append(torch.cat([b["heatmaps"], b["pafs"]], 1).numpy())
+        affines += list(b["meta"]["affine"].numpy())
+        image_ids += b["meta"]["image_id"].tolist()
+    view.train(was_training)
+    pred, label = np.concatenate(pred), np.concatenate(label)
+    n_hm = NUM_OPENPOSE_KEYPOINTS + 1
+
+    def ap_of(hm, paf) -> float:
+        results = bottom_up_results(hm[:, :n_hm], paf[:, n_hm:], affines, image_ids, ds.codec)
+        return float(coco_evaluate(split.ann_file, results, img_ids=image_ids)["AP"])
+
+    out = {"frames": len(image_ids), "stride": model.stride,
+           "AP_student": ap_of(pred, pred), "AP_student_heatmaps": ap_of(pred, label),
+           "AP_student_pafs": ap_of(label, pred), "AP_labels": ap_of(label, label)}
+    size = (model.input_size[1], model.input_size[0])
+    found = matched = n_pred = n_label = 0
+    for i in range(len(pred)):
+        up = [F.interpolate(torch.as_tensor(m[i:i + 1, :n_hm]), size=size, mode="bicubic")[0].numpy()
+              for m in (pred, label)]
+        for p, q in zip(ds.codec.find_peaks(up[0]), ds.codec.find_peaks(up[1], threshold=0.5)):
+            n_pred, n_label = n_pred + len(p), n_label + len(q)
+            if len(p) and len(q):
+                d = np.hypot(p[:, None, 0] - q[None, :, 0], p[:, None, 1] - q[None, :, 1])
+                found += int((d.min(0) < radius).sum())
+                matched += int((d.min(1) < radius).sum())
+    length = [np.linalg.norm(m[:, n_hm:].reshape(len(m), -1, 2, *m.shape[2:]), axis=2) for m in (label, pred)]
+    on = length[0] > 0.5
+    out.update(peaks_label=n_label, peaks_student=n_pred, peak_recall=found / max(n_label, 1),
+               peak_precision=matched / max(n_pred, 1), radius=radius,
+               paf_on_limbs_label=float(length[0][on].mean()), paf_on_limbs_student=float(length[1][on].mean()),
+               paf_off_limbs_student=float(length[1][~on].mean()))
+    return out

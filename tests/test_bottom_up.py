@@ -45,3 +45,19 @@ def test_a_short_distilled_run_trains_quantizes_and_scores():
     assert set(run.metrics) == {"float", "qat", "int8"}
     assert all(0 <= m["AP"] <= 1 for m in run.metrics.values())
     assert (run.run_dir / "run_info.json").is_file()
+
+
+def test_map_diagnosis_scores_the_four_mixes_and_the_peaks():
+    from posekd_lib.ai8x_models import ai85bottomup
+    from posekd_lib.data import dataset_splits
+
+    torch.manual_seed(0)
+    model = ai85bottomup("tiny")
+    split = dataset_splits("quick").val
+    d = bottom_up.map_diagnosis(model, split)
+    assert d["frames"] == 16 and d["stride"] == 8
+    assert d["AP_labels"] > 0.3                          # the label maps decode into the people
+    assert d["AP_student"] < 0.01 and d["AP_student_heatmaps"] < d["AP_labels"]   # an untrained student
+    assert d["peaks_label"] > 16 and 0 <= d["peak_recall"] <= 1 and 0 <= d["peak_precision"] <= 1
+    assert 0.9 < d["paf_on_limbs_label"] <= 1.0001 and d["paf_on_limbs_student"] < 0.5
+    assert model.training                                # left as it was
