@@ -43,13 +43,15 @@ MIN_SCORE = 0.2
 
 
 def training_set(mode: str | None = None, teacher_kp: dict | None = None, input_size=BOTTOM_UP_INPUT,
-                 stride: int = STRIDE):
+                 stride: int = STRIDE, sigma: float | None = None):
     """The mode's training images as a ``BottomUpDataset`` with whole-image augmentation, its maps at
-    ``stride`` (the student's: ``model.stride``)."""
+    ``stride`` (the student's: ``model.stride``), heatmap Gaussians of ``sigma`` input pixels (None:
+    the dataset's 7, LW-OpenPose's)."""
     from .data import BottomUpDataset, dataset_splits
 
     split = dataset_splits(get_mode(mode)).train
-    return BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=True, teacher_keypoints=teacher_kp)
+    return BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=True, teacher_keypoints=teacher_kp,
+                           **({} if sigma is None else {"sigma": float(sigma)}))
 
 
 def curve_fit_kw(model: nn.Module, split, every: int | None) -> dict:
@@ -137,7 +139,8 @@ class BottomUpRun:
 def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 0, teacher_kp: dict | None = None,
                     alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
                     lr: float | None = None, tag: str | None = None, progress: bool = True,
-                    threads: int | None = None, curve_every: int | None = None, loss: str = "mse") -> BottomUpRun:
+                    threads: int | None = None, curve_every: int | None = None, loss: str = "mse",
+                    sigma: float | None = None) -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
@@ -146,7 +149,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     The maps are made at the student's own stride (``model.stride``: 8, or 4 for ``tiny_s4``);
     ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`);
     ``loss`` names the map loss (:data:`LOSSES`: ``mse``, or ``mse_pos10`` with keypoint and limb cells
-    weighted ``1 + 10·|target|``)."""
+    weighted ``1 + 10·|target|``), ``sigma`` the heatmap Gaussian in input pixels (None: 7)."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
@@ -165,7 +168,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     torch.manual_seed(seed)
     model = ai85bottomup(variant)
     val = dataset_splits(mode).val
-    loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride), batch_size)
+    loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma), batch_size)
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
@@ -183,7 +186,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
-                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY, loss=loss)
+                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY, loss=loss,
+                **({} if sigma is None else {"sigma": sigma}))
     info_file.write_text(json.dumps(info, indent=1))
     model.eval()
     metrics = {}

@@ -7,7 +7,7 @@ folder)::
 
     name: feature                 # the run's tag: folder <tag>_<student>_s<seed>, results setting
     seed: 0
-    data: {mode: null, coco_root: null, labelled: 1.0, unlabelled: false}
+    data: {mode: null, coco_root: null, labelled: 1.0, unlabelled: false, sigma: null}
     model: {student: squeezenet, options: {}}
     augmentation: null            # a Budget.aug preset name; null: the mode budget's
     optim: {steps: null, batch_size: null, lr: null, schedule: cosine, loss: mse, amp: null}
@@ -89,6 +89,7 @@ class DataConfig:
     coco_root: str | None = None       # full mode only; null: $COCO_ROOT
     labelled: float = 1.0              # fraction of training images whose keypoints are used
     unlabelled: bool = False           # the other images' persons too, without keypoints (needs distil)
+    sigma: float | None = None         # bottom-up heatmap Gaussian, input pixels; null: 7 (LW-OpenPose's)
 
 
 @dataclass
@@ -352,6 +353,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("stages: 'train' trains on ground truth only; use 'distil' for distill.terms")
     if not {"train", "distil"} & set(cfg.stages):
         raise ConfigError("stages: name 'train' or 'distil' (every other stage works on the trained student)")
+    if cfg.data.sigma is not None and (cfg.model.student != BOTTOM_UP_STUDENT or not cfg.data.sigma > 0):
+        raise ConfigError(f"data.sigma: {cfg.data.sigma}; a positive heatmap σ of the bottom-up student "
+                          f"({BOTTOM_UP_STUDENT}) only (the top-down students take the teacher's)")
     if cfg.data.unlabelled and "distil" not in cfg.stages:
         raise ConfigError("data.unlabelled: crops without keypoints need a teacher ('distil' stage)")
     if cfg.data.unlabelled and cfg.data.labelled >= 1:
@@ -645,7 +649,7 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
     with with_budget(**budget_fields(cfg)):
         return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
-                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss)
+                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma)
 
 
 def load_frozen_teacher(cfg: RunConfig):
