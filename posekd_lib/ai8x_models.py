@@ -222,8 +222,7 @@ def train_ai8x_student(model: nn.Module, train_loader, *, mode: str | None = Non
                        qat_policy=DEFAULT_QAT_POLICY, loss_fn: Callable | None = None,
                        float_steps: int = 100, qat_steps: int = 50, out_dir: Path | None = None,
                        run_name: str = "ai8x", lr: float = 1e-3, qat_lr: float | None = None,
-                       extra_loss_fn: Callable | None = None, wrap: Callable[[nn.Module], nn.Module] | None = None,
-                       on_phase: Callable[[Path, nn.Module, int], None] | None = None, **fit_kw) -> dict:
+                       wrap: Callable[[nn.Module], nn.Module] | None = None, **fit_kw) -> dict:
     """Float training, then QAT: ``fit`` for `float_steps` (run ``<run_name>_float``),
     `ai8x.initiate_qat` (BN fusion, bit widths), a new optimizer, and ``fit`` for `qat_steps`
     (run ``<run_name>_qat``, lr `qat_lr`, default lr/10). The model is trained through a
@@ -231,8 +230,7 @@ def train_ai8x_student(model: nn.Module, train_loader, *, mode: str | None = Non
     inputs mapped to the device range and heatmaps with the wide head's shift divided out.
     ``wrap(view)`` returns the module ``fit`` trains instead of the view, e.g. a distiller built
     around it (its own ``loss``; one distiller for both phases, so its KD schedule runs over float
-    + QAT steps). ``on_phase(run_dir, trained_module, step_offset)`` is called before each phase
-    (``experiments.train_ai8x`` rewrites old distiller checkpoints there).
+    + QAT steps).
     The policy's ``start_epoch`` is not used: QAT starts after `float_steps`. ``mode``
     (quick/workshop/full) only picks the default ``out_dir``; ``fit_kw`` go to both ``fit``
     calls (both runs resume or return their cached result as ``fit`` does). Returns
@@ -246,15 +244,11 @@ def train_ai8x_student(model: nn.Module, train_loader, *, mode: str | None = Non
     trainee = HeatmapView(model)
     if wrap is not None:
         trainee = wrap(trainee)
-    common = dict(loss_fn=loss_fn, out_dir=out_dir, extra_loss_fn=extra_loss_fn, **fit_kw)
-    if on_phase is not None:
-        on_phase(Path(out_dir) / f"{run_name}_float", trainee, 0)
+    common = dict(loss_fn=loss_fn, out_dir=out_dir, **fit_kw)
     hist_float = fit(trainee, train_loader, max_steps=float_steps, lr=lr, run_name=f"{run_name}_float",
                      **common) if float_steps > 0 else None
     float_model = copy.deepcopy(model).eval()
     ai8x.initiate_qat(model, qat_policy)
-    if on_phase is not None:
-        on_phase(Path(out_dir) / f"{run_name}_qat", trainee, float_steps)
     opt = torch.optim.Adam(trainee.parameters(), lr=qat_lr if qat_lr is not None else lr / 10)
     hist_qat = fit(trainee, train_loader, max_steps=qat_steps, optimizer=opt, run_name=f"{run_name}_qat",
                    **common)

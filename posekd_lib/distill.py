@@ -558,8 +558,8 @@ class Distiller(nn.Module):
     are :class:`LogitsKD`'s; ``branches`` as in :class:`FeatureKD`. ``remove()`` (or leaving a
     ``with`` block) takes the hooks off both nets; ``kd.student`` is the trained student.
 
-    Checkpoints from before the distiller owned its adapters hold the bare student:
-    :func:`upgrade_checkpoint` rewrites them (``train_student`` and ``train_ai8x`` do it on their runs).
+    Checkpoints from before the distiller owned its adapters hold the bare student; they are
+    refused (``train.load_checkpoint`` names the file): delete that run folder and train again.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module | None, losses: Mapping[str, nn.Module],
@@ -679,8 +679,8 @@ class Distiller(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.student is not None and state_dict and set(state_dict) == set(self.student.state_dict()):
             raise RuntimeError(f"{type(self).__name__} got the bare student's state dict, as checkpoints of "
-                               "distilled runs held before the distiller owned its adapters; rewrite the file "
-                               "once with posekd_lib.distill.upgrade_checkpoint(path, distiller)")
+                               "distilled runs held before the distiller owned its adapters (an old run "
+                               "folder, no longer upgraded): delete that run folder and train again")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn, *args, **kwargs):
@@ -879,37 +879,6 @@ def _build_adapters(teacher: nn.Module, student: nn.Module, pairs: dict, branche
         t_c = _channels(t_shapes[t_name], t_name, branches)
         adapters[_adapter_key(s_name)] = FeatureAdapter(s_c, t_c).to(_device_of(student))
     return adapters
-
-
-def upgrade_checkpoint(path, distiller: Distiller, step_offset: int = 0) -> bool:
-    """Rewrite a distillation run's ``fit`` checkpoint from before the distiller owned its adapters.
-
-    Such a file (``latest.pt`` / ``best.pt`` of a run trained as ``fit(student, loss_fn=LogitsKD(...))``)
-    holds the bare student's weights; ``fit(distiller)`` saves and loads the distiller's
-    (``student.*``, the terms' adapters, the schedule's ``step``). The student's weights move under
-    ``student.``; the adapters, never saved before, keep ``distiller``'s current (fresh) weights,
-    and ``step`` becomes the checkpoint's step + ``step_offset``. A finished run then loads as
-    before; an unfinished hinted run resumes with fresh adapters, as it always did. Returns whether
-    ``path`` was rewritten: a missing file, one in the new format or one of another model is left alone.
-    """
-    from .train import atomic_save
-
-    path = Path(path)
-    if not path.is_file() or distiller.student is None:
-        return False
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    old = ckpt.get("model", {})
-    if set(old) != set(distiller.student.state_dict()):
-        return False
-    prefix = "student."
-    ckpt["model"] = {k: old[k[len(prefix):]] if k.startswith(prefix) else v.detach().cpu().clone()
-                     for k, v in distiller.state_dict().items()}
-    ckpt["model"]["step"] = torch.tensor(int(ckpt.get("step", 0)) + step_offset)
-    atomic_save(ckpt, path)
-    fresh = [n for n in ckpt["model"] if not n.startswith(prefix) and n != "step"]
-    print(f"{path}: upgraded to the distiller's checkpoint format (student weights kept"
-          + (f"; {len(fresh)} adapter tensors were never saved and start fresh)" if fresh else ")"))
-    return True
 
 
 def _channels(shape, name: str, branches: str = "first") -> int:

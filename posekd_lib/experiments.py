@@ -12,8 +12,8 @@ Distillation hook: ``kd(student, total_steps)`` builds the distiller once the st
 parameters (the student's and the adapters') in the optimizer, its state (adapters and the KD
 schedule's step included) in the checkpoint, so an interrupted hinted run resumes exactly. Any
 other callable is a ``loss_fn(outputs, batch)`` for the student. ``remove()`` (hooks) is called
-after training. Checkpoints that earlier versions wrote for distilled runs (the bare student) are
-rewritten once into the distiller's format (:func:`~posekd_lib.distill.upgrade_checkpoint`).
+after training. Checkpoints that versions before the distiller owned its adapters wrote for
+distilled runs (the bare student) are refused with the file's name (delete that run folder).
 """
 from __future__ import annotations
 
@@ -172,15 +172,6 @@ def _trainee(student: nn.Module, made) -> tuple[nn.Module, Callable | None]:
     return student, made
 
 
-def _upgrade_checkpoints(run_dir: Path, net: nn.Module, step_offset: int = 0) -> None:
-    """Rewrite a distilled run's checkpoints from before the distiller owned its adapters (once)."""
-    from .distill import Distiller, upgrade_checkpoint
-
-    if isinstance(net, Distiller):
-        for name in ("latest.pt", "best.pt"):
-            upgrade_checkpoint(Path(run_dir) / name, net, step_offset)
-
-
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
                   steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False,
@@ -234,7 +225,6 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     torch.manual_seed(seed)
     model = build_student_model(student_name)
     net, loss_fn = _trainee(model, build_loss(loss) if kd is None else kd(model, total))
-    _upgrade_checkpoints(run_dir, net)
     optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
     done_before = History.steps_done(run_dir)
 
@@ -389,7 +379,7 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     trained = am.train_ai8x_student(
         model, loader, qat_policy=policy, float_steps=float_steps, qat_steps=qat_steps, out_dir=root,
         run_name=name, lr=b.lr, wrap=None if factory is None else (lambda view: factory(view, float_steps + qat_steps)),
-        on_phase=_upgrade_checkpoints, seed=seed, device=b.device, threads=b.threads, progress=progress,
+        seed=seed, device=b.device, threads=b.threads, progress=progress,
         save_every_steps=100, log_every=max(1, min(10, float_steps // 4)), channels_last=b.channels_last,
         **curve_fit_kw(splits.val, lambda: HeatmapView(model), am.AI8X_STUDENT_INPUT, am.AI8X_STUDENT_HEATMAP,
                        b.sigma, curve_every))

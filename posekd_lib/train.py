@@ -7,9 +7,6 @@ Loss contract (the distillation hook):
   model's own ``loss`` method when it has one: a :class:`~posekd_lib.distill.Distiller` is trained
   as ``fit(distiller, loader)``, its adapters checkpointed, clipped and averaged under DDP like any
   weight, its frozen teacher kept out of the state dict and the optimizer.
-* ``extra_loss_fn(outputs, batch, model) -> dict[str, Tensor]``: optional extra terms (a teacher's
-  KD terms, feature losses read from hooks on ``model``), every entry already weighted and added
-  to the total. With extra terms the task loss is logged as ``"task"`` and the sum as ``"loss"``.
 
 ``batch`` is the collated dict from the dataset (``image``, ``target``, ``target_weight``, ...) on
 the training device; ``model`` is the bare module (never the DDP wrapper).
@@ -303,7 +300,7 @@ def _build_scheduler(scheduler, optimizer, total_steps: int):
                      "or a callable (optimizer, total_steps) -> LRScheduler")
 
 
-def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _components(task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and the named values to log, following the loss contract in the module docstring."""
     if isinstance(task, dict):
         if "loss" not in task:
@@ -311,16 +308,7 @@ def _components(task, extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         comps = dict(task)
     else:
         comps = {"loss": task}
-    total = comps["loss"]
-    if extra:
-        comps["task"] = comps.pop("loss")
-        for k, v in extra.items():
-            if k in comps or k == "loss":
-                raise KeyError(f"extra_loss_fn term {k!r} clashes with a task loss component")
-            comps[k] = v
-            total = total + v
-        comps["loss"] = total
-    return total, comps
+    return comps["loss"], comps
 
 
 # --------------------------------------------------------------------------- divergence checks
@@ -421,14 +409,14 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
         device: str | torch.device = "auto", amp="auto", out_dir: Path | None = None, run_name: str = "run",
         save_every_steps: int | None = None, evaluate_fn: Callable[[nn.Module], dict] | None = None,
         best_metric: str = "AP", best_mode: str = "max", resume: bool = True, seed: int = 0,
-        log_every: int = 10, extra_loss_fn: Callable | None = None, grad_clip: float | None = None,
+        log_every: int = 10, grad_clip: float | None = None,
         threads: int | None = None, progress: bool = True, channels_last: bool = False,
         eval_every_steps: int | None = None) -> History:
     """Train ``model`` for ``epochs`` (or ``max_steps``, whichever ends first) and return the History.
 
     ``loss_fn`` defaults to ``model.loss`` when the model has one (a distiller), else JointsMSE on
     ``batch["target"]``; see the module docstring for the loss
-    and ``extra_loss_fn`` contract and for the files written under ``out_dir/run_name``
+    contract and for the files written under ``out_dir/run_name``
     (``out_dir`` defaults to ``config.run_paths().checkpoints``). ``optimizer`` defaults to Adam(lr);
     ``scheduler`` is stepped every step. ``evaluate_fn(model) -> dict`` runs after every epoch
     (every ``eval_every_steps`` steps instead when given: a learning curve) and at the end; ``best.pt`` keeps the model with the best ``best_metric``. With ``resume`` a run
@@ -457,7 +445,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, loss_fn: Callable | None 
 
 
 def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, scheduler, amp, out_dir, run_name,
-           save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every, extra_loss_fn,
+           save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every,
            grad_clip, progress, rank, world, device, channels_last=False, eval_every_steps=None, **_) -> History:
     """The body of :func:`fit`, once the process's rank, world size and device are known."""
     from .config import progress_bar as tqdm
@@ -569,8 +557,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
                     batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = net(batch["image"])
-                    extra = extra_loss_fn(outputs, batch, model) if extra_loss_fn else None
-                    total, comps = _components(loss_fn(outputs, batch), extra)
+                    total, comps = _components(loss_fn(outputs, batch))
                 values = torch.stack([v.detach().float() for v in comps.values()])
                 if world > 1:
                     dist.all_reduce(values)

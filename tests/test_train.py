@@ -296,19 +296,6 @@ def test_eval_every_steps_replaces_the_per_epoch_evaluation(tmp_path):
     assert [e["step"] for e in hist.evals] == [3, 6, 9, 12]
 
 
-def test_extra_loss_terms_are_added_and_logged(tmp_path):
-    seen = []
-
-    def kd(outputs, batch, model):
-        seen.append(type(model))
-        return {"kd": 0.1 * outputs.abs().mean()}
-
-    _, hist = run(tmp_path, extra_loss_fn=kd, max_steps=3)
-    assert set(hist.losses) == {"task", "kd", "loss"} and hist.step == [1, 2, 3]
-    np.testing.assert_allclose(hist.losses["loss"], np.add(hist.losses["task"], hist.losses["kd"]), rtol=1e-6)
-    assert seen == [PoseNet] * 3
-
-
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     seed_everything(3)
     atomic_save({"rng": rng_state()}, tmp_path / "s.pt")
