@@ -140,7 +140,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                     alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
                     lr: float | None = None, tag: str | None = None, progress: bool = True,
                     threads: int | None = None, curve_every: int | None = None, loss: str = "mse",
-                    sigma: float | None = None) -> BottomUpRun:
+                    sigma: float | None = None, input_size=BOTTOM_UP_INPUT) -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
@@ -149,7 +149,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     The maps are made at the student's own stride (``model.stride``: 8, or 4 for ``tiny_s4``);
     ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`);
     ``loss`` names the map loss (:data:`LOSSES`: ``mse``, or ``mse_pos10`` with keypoint and limb cells
-    weighted ``1 + 10·|target|``), ``sigma`` the heatmap Gaussian in input pixels (None: 7)."""
+    weighted ``1 + 10·|target|``), ``sigma`` the heatmap Gaussian in input pixels (None: 7); ``input_size`` the frame
+    (w, h) the student sees (the 320x240 frames letterboxed into it)."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
@@ -166,7 +167,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
     root = run_paths(mode).checkpoints
     torch.manual_seed(seed)
-    model = ai85bottomup(variant)
+    model = ai85bottomup(variant, input_size=tuple(input_size))
     val = dataset_splits(mode).val
     loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma), batch_size)
     dirs = (root / f"{name}_float", root / f"{name}_qat")
@@ -187,6 +188,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
                 kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY, loss=loss,
+                input_size=list(model.input_size),
                 **({} if sigma is None else {"sigma": sigma}))
     info_file.write_text(json.dumps(info, indent=1))
     model.eval()

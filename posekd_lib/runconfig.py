@@ -303,6 +303,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.labelled: {cfg.data.labelled} is not a fraction in (0, 1]")
     ai8x = cfg.model.student in MCU_STUDENTS
     ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
+    if cfg.model.student == BOTTOM_UP_STUDENT:
+        bottom_up_input(cfg.model)
     for k in ("steps", "batch_size", "eval_every"):
         v = getattr(cfg.optim, k)
         if v is not None and v < 1:
@@ -390,14 +392,28 @@ def _check_ai8x(cfg: RunConfig) -> None:
                           "to maps drawn from the teacher's keypoints; its weight is the KD share)")
 
 
+def bottom_up_input(model: ModelConfig) -> tuple[int, int]:
+    """``model.options.input_size`` (w, h) of the bottom-up student, default
+    ``ai8x_models.BOTTOM_UP_INPUT``; both multiples of 16."""
+    from .ai8x_models import BOTTOM_UP_INPUT
+
+    size = model.options.get("input_size", list(BOTTOM_UP_INPUT))
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+            and not any(v % 16 for v in size)):
+        raise ConfigError(f"model.options.input_size: {size!r}; give [width, height], multiples of 16")
+    return int(size[0]), int(size[1])
+
+
 def ai8x_variant(model: ModelConfig) -> str:
     """The variant name of a MAX78000 student (``options: {variant: tiny}``): one of
     ``ai8x_models.VARIANTS``, or ``BOTTOM_UP_VARIANTS`` for the bottom-up student."""
     from .ai8x_models import BOTTOM_UP_VARIANTS, VARIANTS
 
-    extra = sorted(set(model.options) - {"variant"})
+    known = ("variant", "input_size") if model.student == BOTTOM_UP_STUDENT else ("variant",)
+    extra = sorted(set(model.options) - set(known))
     if extra:
-        raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has 'variant'")
+        raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has "
+                          + ", ".join(repr(k) for k in known))
     variant = model.options.get("variant", "tiny")
     _choice("model.options.variant", variant, BOTTOM_UP_VARIANTS if model.student == BOTTOM_UP_STUDENT else VARIANTS)
     return variant
@@ -649,7 +665,8 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
     with with_budget(**budget_fields(cfg)):
         return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
-                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma)
+                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma,
+                               input_size=bottom_up_input(cfg.model))
 
 
 def load_frozen_teacher(cfg: RunConfig):
