@@ -234,14 +234,21 @@ def test_a_cached_kd_run_remembers_its_settings():
     latest = run.run_dir / "latest.pt"
     ck = torch.load(latest, weights_only=True)
     assert "losses.feat.adapters.neck/4.proj.weight" in ck["model"] and int(ck["model"]["step"]) == 1
-    # a cached run written before the distiller owned its adapters: the bare student's weights
-    ck["model"] = {k[len("student."):]: v for k, v in ck["model"].items() if k.startswith("student.")}
-    torch.save(ck, latest)
     again = train_student("squeezenet", steps=1, tag="kdrec", progress=False,
                           kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick"))
     assert again.metrics == run.metrics                                   # same settings: the cache is used
-    assert _same_weights(again.model, run.model)                          # the old file loads...
-    assert "step" in torch.load(latest, weights_only=True)["model"]       # ...rewritten once in the new format
+    assert _same_weights(again.model, run.model)
+    # a cached run written before the distiller owned its adapters (the bare student's weights) is
+    # refused by name, and left as it is
+    new_format = latest.read_bytes()
+    ck["model"] = {k[len("student."):]: v for k, v in ck["model"].items() if k.startswith("student.")}
+    torch.save(ck, latest)
+    old_format = latest.read_bytes()
+    with pytest.raises(RuntimeError, match=r"kdrec_squeezenet_s0/latest\.pt does not fit FeatureKD.*delete that run"):
+        train_student("squeezenet", steps=1, tag="kdrec", progress=False,
+                      kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick"))
+    assert latest.read_bytes() == old_format
+    latest.write_bytes(new_format)
     with pytest.raises(ValueError, match="another recipe.*'kd'"):        # other β, same tag: refused
         train_student("squeezenet", steps=1, tag="kdrec", progress=False,
                       kd=experiments.kd_recipe("feature", teacher, "squeezenet", "quick", beta=0.5))
