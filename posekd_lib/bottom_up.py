@@ -33,7 +33,7 @@ from torch import nn
 
 from .ai8x_models import (BOTTOM_UP_INPUT, DEFAULT_QAT_POLICY, HeatmapView, ai85bottomup, simulate_copy,
                           train_ai8x_student)
-from .config import get_mode, run_paths
+from .config import atomic_write, get_mode, run_paths
 from .losses import bottom_up_mse
 
 STRIDE = 8
@@ -164,13 +164,27 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     batch_size, lr = batch_size or b.batch_size, lr or b.lr
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; the bottom-up student trains with one of {sorted(LOSSES)}")
-    name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}_s{seed}"
+    recipe = {"variant": variant, "kd": teacher_kp is not None, "alpha": alpha if teacher_kp is not None else None,
+              "loss": loss, "sigma": sigma, "input_size": [int(v) for v in input_size]}
+    extras = "".join(f"_{v}" for v in (loss.removeprefix("mse_") if loss != "mse" else None,
+                                       None if sigma is None else f"sig{sigma:g}",
+                                       None if tuple(input_size) == BOTTOM_UP_INPUT else "x".join(map(str, input_size)))
+                     if v)
+    name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}{extras}_s{seed}"
     root = run_paths(mode).checkpoints
+    dirs = (root / f"{name}_float", root / f"{name}_qat")
+    info_file = dirs[1] / "run_info.json"
+    if info_file.is_file():       # a cached run of another recipe under this name is refused, not reused
+        old = json.loads(info_file.read_text())
+        stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **old}
+        differ = {k: (stored.get(k), v) for k, v in recipe.items() if stored.get(k) != v}
+        if differ:
+            raise ValueError(f"{dirs[1]}: run {name!r} was trained with another recipe (stored, asked): {differ}; "
+                             "use another tag, or delete its _float and _qat folders to retrain")
     torch.manual_seed(seed)
     model = ai85bottomup(variant, input_size=tuple(input_size))
     val = dataset_splits(mode).val
     loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma), batch_size)
-    dirs = (root / f"{name}_float", root / f"{name}_qat")
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
     trained = train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,
@@ -182,15 +196,13 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                                  log_every=max(1, min(10, float_steps // 4)),
                                  **curve_fit_kw(model, val, curve_every))
     float_model = trained["float_model"]                    # the float phase's final weights, before QAT
-    info_file = dirs[1] / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
-    info.update(variant=variant, seed=seed, steps=[float_steps, qat_steps], alpha=alpha if teacher_kp else None,
-                kd=teacher_kp is not None, batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY, loss=loss,
-                input_size=list(model.input_size),
-                **({} if sigma is None else {"sigma": sigma}))
-    info_file.write_text(json.dumps(info, indent=1))
+    info.update(seed=seed, steps=[float_steps, qat_steps], batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY,
+                **recipe)
+    text = json.dumps(info, indent=1)
+    atomic_write(info_file, lambda f: f.write(text), mode="w")
     model.eval()
     metrics = {}
     for key, net in (("float", float_model), ("qat", model), ("int8", simulate_copy(model))):

@@ -61,3 +61,13 @@ def test_map_diagnosis_scores_the_four_mixes_and_the_peaks():
     assert d["peaks_label"] > 16 and 0 <= d["peak_recall"] <= 1 and 0 <= d["peak_precision"] <= 1
     assert 0.9 < d["paf_on_limbs_label"] <= 1.0001 and d["paf_on_limbs_student"] < 0.5
     assert model.training                                # left as it was
+
+
+@pytest.mark.slow  # one 1 + 1-step run in quick mode and its three whole-frame evaluations
+def test_a_cached_run_of_another_recipe_is_refused_by_name():
+    run = bottom_up.train_bottom_up("tiny", "quick", steps=(1, 1), tag="recipe_check", progress=False)
+    assert run.name == "recipe_check"
+    with pytest.raises(ValueError, match=r"recipe_check_qat: run 'recipe_check' was trained with another recipe.*'loss'"):
+        bottom_up.train_bottom_up("tiny", "quick", steps=(1, 1), tag="recipe_check", progress=False, loss="mse_pos10")
+    again = bottom_up.train_bottom_up("tiny", "quick", steps=(1, 1), tag="recipe_check", progress=False)
+    assert again.metrics == run.metrics                       # the same recipe: the cached run
