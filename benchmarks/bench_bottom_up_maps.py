@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="tiny_s4", help="ai85bottomup variant the run trained")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--radius", type=float, default=8.0, help="peak match radius, input pixels")
+    ap.add_argument("--sigma", type=float, default=None, help="the run's heatmap σ (data.sigma; default 7)")
     ap.add_argument("--mode", default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     model = ai85bottomup(args.variant)
     load_checkpoint(ckpt, HeatmapView(model))
     split = dataset_splits(get_mode(args.mode)).val
-    d = map_diagnosis(model, split, first_images(split.ann_file, args.images), args.radius)
+    d = map_diagnosis(model, split, first_images(split.ann_file, args.images), args.radius, sigma=args.sigma)
     print(f"{args.run} ({args.variant}, stride {d['stride']}), {d['frames']} validation frames")
     for key, text in (("AP_student", "student heatmaps + student PAFs"), ("AP_student_heatmaps", "student heatmaps + label PAFs"),
                       ("AP_student_pafs", "label heatmaps + student PAFs"), ("AP_labels", "label heatmaps + label PAFs")):

@@ -218,7 +218,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
 
 
 @torch.no_grad()
-def map_diagnosis(model: nn.Module, split, img_ids=None, radius: float = 8.0, batch_size: int = 50) -> dict:
+def map_diagnosis(model: nn.Module, split, img_ids=None, radius: float = 8.0, batch_size: int = 50,
+                  sigma: float | None = None) -> dict:
     """Which half of a bottom-up student fails, its heatmaps or its PAFs, on the frames ``img_ids``
     of ``split`` (``model``: an ai85bottomup student, float or QAT).
 
@@ -229,7 +230,8 @@ def map_diagnosis(model: nn.Module, split, img_ids=None, radius: float = 8.0, ba
     peaks with a student peak of the same keypoint within ``radius`` input pixels) and
     ``peak_precision`` (student peaks with a label peak there), and the PAF length on the labels'
     limb cells (``paf_on_limbs_label``, about 1, and ``paf_on_limbs_student``) and off them
-    (``paf_off_limbs_student``)."""
+    (``paf_off_limbs_student``). ``sigma``: the label heatmaps' Gaussian (the student's training σ;
+    None: the dataset's 7)."""
     import torch.nn.functional as F
 
     from .data import BottomUpDataset
@@ -239,7 +241,8 @@ def map_diagnosis(model: nn.Module, split, img_ids=None, radius: float = 8.0, ba
     view = HeatmapView(model)
     was_training = view.training
     view.eval()
-    ds = BottomUpDataset(split.ann_file, split.img_dir, model.input_size, model.stride, train=False)
+    ds = BottomUpDataset(split.ann_file, split.img_dir, model.input_size, model.stride, train=False,
+                         **({} if sigma is None else {"sigma": float(sigma)}))
     if img_ids is not None:
         keep = {int(i) for i in img_ids}
         ds.image_ids = [i for i in ds.image_ids if i in keep]
