@@ -106,6 +106,10 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
 
 #: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
 LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
+#: The design the learning curves chose (docs/experiments.md, E15-E18; 3,000-step curves on 100 fixed
+#: frames): stride 4 (32x32 maps), the loss that weights keypoint and limb cells ``1 + 10·|target|``,
+#: and heatmap Gaussians of 3.5 input pixels. ``train_bottom_up(mode=..., **RECIPE)``.
+RECIPE = {"variant": "tiny_s4", "loss": "mse_pos10", "sigma": 3.5}
 
 
 def gt_loss(positive_weight: float = 0.0) -> Callable:

@@ -87,3 +87,10 @@ def test_unlabelled_control_solution_trains_on_the_labelled_images_only():
     assert set(out["hints_labelled_only"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
     recipe = _quick_recipe("feature_l10_2_squeezenet_s0")
     assert (recipe["labelled"], recipe["unlabelled"], recipe["kd"]["setting"]) == (0.1, False, "feature")
+
+
+@pytest.mark.slow  # two 4 + 2-step bottom-up runs (the teacher labels the quick set once) and a threshold sweep
+def test_08_threshold_sweep_scores_every_threshold():
+    out = _load("08_bottom_up_mcu_solutions").exercise_5(mode="quick", thresholds=(0.1, 0.4))
+    assert set(out) == {0.1, 0.4} and out[0.1]["people"] >= out[0.4]["people"]
+    assert all(0 <= v["AP"] <= 1 for v in out.values())
