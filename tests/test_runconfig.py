@@ -441,3 +441,13 @@ def test_the_bottom_up_student_is_a_config():
         rc.validate(rc.apply_overrides(cfg, ["distill.terms.0.kind=kl"]))
     with pytest.raises(rc.ConfigError, match="'qat'"):
         rc.validate(rc.apply_overrides(cfg, ["stages=[distil, evaluate]"]))
+
+
+def test_bottom_up_configs_train_the_recipe_notebook_08_trains():
+    from posekd_lib.bottom_up import RECIPE
+
+    for name in ("bottomup_s4_gt", "bottomup_s4_kd"):
+        cfg = rc.from_yaml(REPO / "configs" / f"{name}.yaml")
+        got = {"variant": rc.ai8x_variant(cfg.model), "loss": cfg.optim.loss, "sigma": cfg.data.sigma}
+        assert got == {k: RECIPE[k] for k in got}, name
+        assert rc.bottom_up_input(cfg.model) == tuple(RECIPE.get("input_size", (128, 128))), name
