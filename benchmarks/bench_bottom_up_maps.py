@@ -2,6 +2,7 @@
 
     python benchmarks/bench_bottom_up_maps.py RUN_FOLDER [--variant tiny_s4] [--images 100]
     python benchmarks/bench_bottom_up_maps.py runs/workshop/checkpoints/curve_s4_s0_float --variant tiny_s4
+    python benchmarks/bench_bottom_up_maps.py RUN_FOLDER --variant tiny_s4 --input-size 160 128 --sigma 3.5
 
 Loads a bottom-up MAX78000 student's ``latest.pt`` (a float or QAT run folder of
 ``bottom_up.train_bottom_up``) and prints, on the first ``--images`` validation frames (the
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="tiny_s4", help="ai85bottomup variant the run trained")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--radius", type=float, default=8.0, help="peak match radius, input pixels")
+    ap.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                    help="the run's input size (model.options.input_size; default 128 128)")
     ap.add_argument("--sigma", type=float, default=None, help="the run's heatmap σ (data.sigma; default 7)")
     ap.add_argument("--mode", default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     ckpt = args.run / "latest.pt"
     if not ckpt.is_file():
         raise SystemExit(f"{ckpt}: no checkpoint (give a bottom-up run folder)")
-    model = ai85bottomup(args.variant)
+    model = ai85bottomup(args.variant, **({} if args.input_size is None else {"input_size": tuple(args.input_size)}))
     load_checkpoint(ckpt, HeatmapView(model))
     split = dataset_splits(get_mode(args.mode)).val
     d = map_diagnosis(model, split, first_images(split.ann_file, args.images), args.radius, sigma=args.sigma)

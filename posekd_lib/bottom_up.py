@@ -106,9 +106,10 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
 
 #: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
 LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
-#: The design the learning curves chose (docs/experiments.md, E15-E18; 3,000-step curves on 100 fixed
+#: The design the learning curves chose (docs/experiments.md, E15-E19; 3,000-step curves on 100 fixed
 #: frames): stride 4 (32x32 maps), the loss that weights keypoint and limb cells ``1 + 10·|target|``,
-#: and heatmap Gaussians of 3.5 input pixels. ``train_bottom_up(mode=..., **RECIPE)``.
+#: and heatmap Gaussians of 3.5 input pixels, on 128x128 frames (160x128 scored higher, E19, but its
+#: first layer does not fit the MAX78000's data memory). ``train_bottom_up(mode=..., **RECIPE)``.
 RECIPE = {"variant": "tiny_s4", "loss": "mse_pos10", "sigma": 3.5}
 
 
@@ -128,6 +129,18 @@ def kd_loss(alpha: float = 0.5, positive_weight: float = 0.0) -> Callable:
         return {"loss": (1 - alpha) * gt + alpha * kd, "gt": gt, "kd": kd}
 
     return loss_fn
+
+
+def check_fits(model: nn.Module) -> None:
+    """Refuse, before any training, a bottom-up design the MAX78000 cannot hold: the resource report
+    (``max78000.resource_report``, the synthesizer's rules) names the layer and the reason."""
+    from .ai8x_models import AI8X_DATA_FORMAT, input_shape
+    from .max78000 import resource_report
+
+    r = resource_report(model, input_shape(model), data_format=AI8X_DATA_FORMAT)
+    if not r.fits:
+        raise ValueError(f"ai85bottomup({model.variant.removeprefix('bottom_up_')!r}) at input {model.input_size} does "
+                         f"not fit the MAX78000: " + "; ".join(r.reasons))
 
 
 @dataclass
@@ -187,6 +200,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                              "use another tag, or delete its _float and _qat folders to retrain")
     torch.manual_seed(seed)
     model = ai85bottomup(variant, input_size=tuple(input_size))
+    check_fits(model)
     val = dataset_splits(mode).val
     loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma), batch_size)
     before = sum(History.steps_done(d) for d in dirs)

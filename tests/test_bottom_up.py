@@ -71,3 +71,11 @@ def test_a_cached_run_of_another_recipe_is_refused_by_name():
         bottom_up.train_bottom_up("tiny", "quick", steps=(1, 1), tag="recipe_check", progress=False, loss="mse_pos10")
     again = bottom_up.train_bottom_up("tiny", "quick", steps=(1, 1), tag="recipe_check", progress=False)
     assert again.metrics == run.metrics                       # the same recipe: the cached run
+
+
+def test_a_design_the_mcu_cannot_hold_is_refused_before_training():
+    from posekd_lib.ai8x_models import ai85bottomup
+
+    bottom_up.check_fits(ai85bottomup(**{k: v for k, v in bottom_up.RECIPE.items() if k in ("variant", "input_size")}))
+    with pytest.raises(ValueError, match=r"\(160, 128\) does not fit the MAX78000: L0 \(enc1\): data memory"):
+        bottom_up.train_bottom_up("tiny_s4", "quick", input_size=(160, 128), steps=(1, 1), progress=False)
