@@ -42,7 +42,9 @@ def fo_env(db_dir=None) -> dict[str, str]:
 
 def _fo():
     fo_env()
-    import fiftyone as fo
+    with warnings.catch_warnings():   # fiftyone imports tqdm.auto, which warns in a kernel without widgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import fiftyone as fo
 
     return fo
 
