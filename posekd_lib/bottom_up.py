@@ -191,9 +191,9 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     root = run_paths(mode).checkpoints
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     info_file = dirs[1] / "run_info.json"
-    if info_file.is_file():       # a cached run of another recipe under this name is refused, not reused
-        old = json.loads(info_file.read_text())
-        stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **old}
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if info:                      # a cached run of another recipe under this name is refused, not reused
+        stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **info}
         differ = {k: (stored.get(k), v) for k, v in recipe.items() if stored.get(k) != v}
         if differ:
             raise ValueError(f"{dirs[1]}: run {name!r} was trained with another recipe (stored, asked): {differ}; "
@@ -214,7 +214,6 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                                  log_every=max(1, min(10, float_steps // 4)),
                                  **curve_fit_kw(model, val, curve_every))
     float_model = trained["float_model"]                    # the float phase's final weights, before QAT
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(seed=seed, steps=[float_steps, qat_steps], batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY,

@@ -133,9 +133,9 @@ def bottom_up_mse(outputs, batch: dict, positive_weight: float = 0.0) -> torch.T
         stages = list(zip(outputs[0::2], outputs[1::2]))
     weights = [mask, mask]
     if positive_weight:
-        kp = hm_t[:, :-1].float().abs()                       # keypoints, not the background
-        weights = [mask * torch.cat([1 + positive_weight * kp, torch.ones_like(hm_t[:, -1:], dtype=kp.dtype)], 1),
-                   mask * (1 + positive_weight * paf_t.float().abs())]
+        w_hm = 1 + positive_weight * hm_t.float().abs()
+        w_hm[:, -1] = 1                                       # the background channel keeps weight 1
+        weights = [mask * w_hm, mask * (1 + positive_weight * paf_t.float().abs())]
     total = 0.0
     for hm, paf in stages:
         for pred, target, weight in ((hm, hm_t, weights[0]), (paf, paf_t, weights[1])):

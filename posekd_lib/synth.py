@@ -854,6 +854,11 @@ def _replace_dir(src: Path, dst: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _params_digest(params: dict) -> str:
+    """The manifest's hash of a cached set's generation parameters."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def ensure_embedded_dataset(mode: str | None = None, root: Path | None = None, seed: int = 0,
                             difficulty: float = 0.5, num_workers: int = 2, progress=True,
                             sizes: dict | None = None, image_size=DEFAULT_IMAGE_SIZE) -> EmbeddedDataset:
@@ -873,7 +878,7 @@ def ensure_embedded_dataset(mode: str | None = None, root: Path | None = None, s
     root = Path(root) if root is not None else run_paths(mode).data / "embedded"
     params = {"version": SYNTH_VERSION, "seed": int(seed), "difficulty": float(difficulty),
               "image_size": [int(s) for s in image_size], "sizes": {k: int(sizes[k]) for k in ("train", "val")}}
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    digest = _params_digest(params)
     ds = EmbeddedDataset(root, *(CocoSplit(root / s / ANN_FILE_NAME, root / s / "images") for s in ("train", "val")))
     manifest = root / "manifest.json"
     if manifest.exists():
@@ -919,7 +924,7 @@ def ensure_extra_train(mode: str | None = None, images: int = 11100, root: Path 
     root = Path(root) if root is not None else run_paths(mode).data / f"embedded_extra_{int(images)}"
     params = {"version": SYNTH_VERSION, "seed": int(seed), "difficulty": float(difficulty),
               "image_size": [int(s) for s in image_size], "first_index": n_train, "images": int(images)}
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    digest = _params_digest(params)
     split, manifest = CocoSplit(root / ANN_FILE_NAME, root / "images"), root / "manifest.json"
     try:
         if json.loads(manifest.read_text()).get("params_hash") == digest and split.ann_file.is_file():
