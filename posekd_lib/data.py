@@ -2,7 +2,7 @@
 and top-down inference to COCO results.
 
 The same code reads real COCO (``person_keypoints_val2017.json`` + ``val2017/``) and the generated
-dataset of ``synth.py`` (same format). Images are decoded with cv2 (``images.read_rgb``, which
+dataset of ``posekd_lib.synth`` (same format). Images are decoded with cv2 (``images.read_rgb``, which
 rejects truncated and corrupt files by name) and converted to RGB, then normalised with the ImageNet mean/std as the official HRNet pipeline does.
 """
 from __future__ import annotations

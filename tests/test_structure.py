@@ -7,13 +7,16 @@ from pathlib import Path
 LIB = Path(__file__).resolve().parent.parent / "posekd_lib"
 
 
-def module_imports(path: Path) -> set[str]:
-    """``posekd_lib`` modules that ``path`` imports at module level (not inside functions)."""
+def module_imports(path: Path, in_package: bool = False) -> set[str]:
+    """``posekd_lib`` modules and subpackages that ``path`` imports at module level (not inside
+    functions). In a subpackage's file (``in_package``), ``from .x`` is a sibling (not counted)
+    and ``from ..x`` is the library's ``x``."""
+    top = 2 if in_package else 1                     # the relative level that means posekd_lib
     out = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ImportFrom):
             mod = node.module or ""
-            if node.level == 1 or mod.startswith("posekd_lib"):
+            if node.level == top or (node.level == 0 and mod.startswith("posekd_lib")):
                 base = mod.removeprefix("posekd_lib").lstrip(".")
                 if base:
                     out.add(base.split(".")[0])
@@ -22,6 +25,15 @@ def module_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("posekd_lib."))
     return out
+
+
+def library_graph() -> dict[str, set[str]]:
+    """Module-level imports between the library's top-level modules and subpackages (a subpackage
+    is one node: the union of its files' imports)."""
+    graph = {p.stem: module_imports(p) for p in LIB.glob("*.py") if p.stem != "__init__"}
+    for pkg in (d for d in LIB.iterdir() if (d / "__init__.py").is_file()):
+        graph[pkg.name] = set().union(*(module_imports(f, in_package=True) for f in pkg.glob("*.py")))
+    return {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -57,11 +69,14 @@ def test_module_imports_reads_both_spellings(tmp_path):
     f.write_text("from posekd_lib.hardware import limits\nfrom . import ai8x\nfrom .data import X\n"
                  "def g():\n    from posekd_lib import export\n")
     assert module_imports(f) == {"hardware", "ai8x", "data"}
+    g = tmp_path / "sub.py"
+    g.write_text("from .device import Device\nfrom ..hardware import limits\nfrom posekd_lib.data import X\n")
+    assert module_imports(g, in_package=True) == {"hardware", "data"}
 
 
 def test_library_has_no_import_cycle():
-    graph = {p.stem: module_imports(p) for p in LIB.glob("*.py")}
-    graph = {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
+    graph = library_graph()
+    assert {"ai8x", "distill"} <= set(graph)                        # subpackages are nodes too
     assert graph["max78000"] >= {"ai8x", "hardware"} and "max78000" not in graph["ai8x"]
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from posekd_lib import synth
+from posekd_lib.synth import people, splits
 from posekd_lib.keypoints import COCO_KEYPOINTS, COCO_SKELETON_1BASED
 
 KP = {n: i for i, n in enumerate(COCO_KEYPOINTS)}
@@ -113,9 +114,9 @@ def test_sampled_poses_respect_proportions_and_joint_limits():
     for _ in range(200):
         p = synth.sample_person(rng)
         for arm in p["pose"]["arms"]:
-            assert all(lo <= arm[n] <= hi for n, (lo, hi) in synth._ARM_LIMITS.items())
+            assert all(lo <= arm[n] <= hi for n, (lo, hi) in people._ARM_LIMITS.items())
         for leg in p["pose"]["legs"]:
-            assert all(lo <= leg[n] <= hi for n, (lo, hi) in synth._LEG_LIMITS.items())
+            assert all(lo <= leg[n] <= hi for n, (lo, hi) in people._LEG_LIMITS.items())
         k = synth.person_skeleton(p)["kp"] / p["height"]
         seg = lambda a, b: np.linalg.norm(k[KP[a]] - k[KP[b]])
         for s in ("left", "right"):
@@ -163,7 +164,7 @@ def test_cache_is_reused_regenerated_on_change_and_written_atomically(tmp_path, 
     assert len(list(ds.val.img_dir.iterdir())) == 2
     stamp = ds.train.ann_file.stat().st_mtime_ns
     calls = []
-    monkeypatch.setattr(synth, "generate_split", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(splits, "generate_split", lambda *a, **k: calls.append(a))
     assert synth.ensure_embedded_dataset(**kw) == ds and not calls
     monkeypatch.undo()
     assert ds.train.ann_file.stat().st_mtime_ns == stamp
@@ -175,7 +176,7 @@ def test_cache_is_reused_regenerated_on_change_and_written_atomically(tmp_path, 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_render_chunk", boom)
+    monkeypatch.setattr(splits, "_render_chunk", boom)
     with pytest.raises(KeyboardInterrupt):
         synth.ensure_embedded_dataset(**kw, seed=1)
     assert json.loads((root / "manifest.json").read_text())["params"]["difficulty"] == 0.2  # old set intact
@@ -198,10 +199,10 @@ def test_extra_train_follows_the_train_split_and_is_cached(tmp_path, monkeypatch
     imgs = json.loads(extra.ann_file.read_text())["images"]
     n_train = synth.sizes_for_mode("quick")["train"]
     assert [i["id"] for i in imgs] == [n_train + 1, n_train + 2]      # the images after the train split's
-    ref = synth.generate_split(tmp_path / "ref", 1, seed=synth._SPLIT_OFFSET["train"], num_workers=1,
+    ref = synth.generate_split(tmp_path / "ref", 1, seed=splits._SPLIT_OFFSET["train"], num_workers=1,
                                progress=False, first_index=n_train)
     assert (ref.img_dir / imgs[0]["file_name"]).read_bytes() == (extra.img_dir / imgs[0]["file_name"]).read_bytes()
-    monkeypatch.setattr(synth, "generate_split", lambda *a, **k: pytest.fail("regenerated a cached split"))
+    monkeypatch.setattr(splits, "generate_split", lambda *a, **k: pytest.fail("regenerated a cached split"))
     assert synth.ensure_extra_train("quick", images=2, root=tmp_path / "extra") == extra
 
 
@@ -306,7 +307,7 @@ def test_workers_dying_at_start_up_fall_back_too(tmp_path):
     repo = str(Path(__file__).resolve().parent.parent)
     body = UNGUARDED.format(repo=repo, out=str(tmp_path / "out")).replace(
         "from posekd_lib.synth import generate_split",
-        "from posekd_lib import synth\nsynth._unguarded_main_call = lambda: False\nfrom posekd_lib.synth import generate_split")
+        "from posekd_lib.synth import splits\nsplits._unguarded_main_call = lambda: False\nfrom posekd_lib.synth import generate_split")
     script = tmp_path / "make_data.py"
     script.write_text(body)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -347,7 +348,7 @@ def test_main_guard_detection(tmp_path, monkeypatch):
     seen = {}
 
     def call():
-        seen[sys._getframe(1).f_lineno] = synth._unguarded_main_call()
+        seen[sys._getframe(1).f_lineno] = splits._unguarded_main_call()
 
     code = compile(script.read_text(), str(script), "exec")
     main.__dict__.update(call=call, __name__="__main__")
