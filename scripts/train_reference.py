@@ -3,6 +3,7 @@
     python scripts/train_reference.py ai8x       [--float-steps 20000] [--qat-steps 2500] [--seed 0]
     python scripts/train_reference.py squeezenet [--steps 24000] [--seed 0]
     python scripts/train_reference.py bottomup   [--float-steps 20000] [--qat-steps 2500] [--seed 0]
+                                                 [--set "model.options.input_size=[144, 112]"]
     python scripts/train_reference.py ship RUN_FOLDER [RUN_FOLDER ...]
 
 ``ai8x``: the MAX78000 student ``ai85posenet("tiny")`` on ground truth only
@@ -58,6 +59,7 @@ def student_cmd(config: str, args) -> list[str]:
         sets += [f"optim.steps={args.float_steps}", f"qat.steps={args.qat_steps}"]
     else:
         sets += [f"optim.steps={args.steps}"]
+    sets += list(args.set or ())
     return [sys.executable, "-m", "posekd_lib.run", f"configs/{config}.yaml", "--mode", args.mode, "--quiet",
             "--set", *sets]
 
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline-s", type=float, default=None, help="stop the runs still going after this")
     ap.add_argument("--configs", nargs="+", default=None,
                     help="only these configs of the phase (e.g. baseline_squeezenet kl_squeezenet)")
+    ap.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="more config overrides for every run (e.g. 'model.options.input_size=[144, 112]')")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
     args = ap.parse_args(argv)

@@ -70,6 +70,21 @@ def test_ship_a_max78000_run_and_load_its_float_qat_and_exact_integer_model(tmp_
         load_reference_student("ref_ai8x_gt_s0_qat", tmp_path / "reference")
 
 
+def test_train_reference_passes_extra_settings_to_every_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_reference", REPO_ROOT / "scripts" / "train_reference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.argparse.Namespace(seed=1, eval_every=500, float_steps=10, qat_steps=2, steps=7, mode="quick",
+                                     set=["model.options.input_size=[144, 112]"])
+    cmd = script.student_cmd("bottomup_s4_gt", args)
+    assert cmd[cmd.index("--set") + 1:] == ["name=ref_bottomup_s4_gt", "seed=1", "optim.eval_every=500",
+                                            "optim.steps=10", "qat.steps=2", "model.options.input_size=[144, 112]"]
+    assert script.student_cmd("baseline_squeezenet", script.argparse.Namespace(**{**vars(args), "set": None}))[-1] \
+        == "optim.steps=7"
+
+
 @pytest.mark.slow  # two 4+2-step MAX78000 runs side by side in quick mode: ~40 s
 def test_train_reference_script_trains_then_ships_both_max78000_runs(tmp_path):
     import json

@@ -1,250 +1,31 @@
-"""The training loop: one readable ``fit`` with logging, checkpoints, exact resume, AMP and DDP.
-
-Loss contract (the distillation hook):
-
-* ``loss_fn(outputs, batch) -> Tensor | dict``: the task loss. A dict must hold the total under
-  ``"loss"``; its other entries are only logged (e.g. unweighted parts). It defaults to the
-  model's own ``loss`` method when it has one: a :class:`~posekd_lib.distill.Distiller` is trained
-  as ``fit(distiller, loader)``, its adapters checkpointed, clipped and averaged under DDP like any
-  weight, its frozen teacher kept out of the state dict and the optimizer.
-
-``batch`` is the collated dict from the dataset (``image``, ``target``, ``target_weight``, ...) on
-the training device; ``model`` is the bare module (never the DDP wrapper).
-
-Run folder ``out_dir/run_name/``: ``latest.pt`` (everything needed to continue: model, optimizer,
-scheduler, AMP scaler, step, epoch, position in the epoch, history, RNG states), ``best.pt``
-(model + metrics of the best evaluation) and ``history.json``. Files are written to a temporary
-name and renamed, so a kill never leaves a half-written checkpoint. To make the data position
-resumable, ``fit`` draws each epoch's batch order from ``(seed, epoch)`` and rebuilds a DataLoader
-per epoch with ``train_loader``'s settings, skipping the batches already done. A resumed run
-equals an uninterrupted one exactly when random augmentations are drawn in the main process
-(``num_workers=0``); with workers the order is exact but worker-side augmentations are re-drawn.
-"""
+"""The loop: set-up (devices, DDP, AMP, schedules) and ``fit``."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader
 
-from . import config
-
-
-class TrainingDivergedError(FloatingPointError):
-    """Training stopped because it diverged: non-finite gradients or weights, or a loss or weights
-    exploding (see :func:`fit`). The step's update is not saved; no checkpoint with non-finite or
-    exploded weights is ever written."""
-
-
-class NonFiniteLossError(TrainingDivergedError):
-    """Raised when a training loss is NaN or infinite (the step's weights are not updated or saved)."""
-
-
-#: ``fit`` stops when the weight norm exceeds this multiple of its norm at the start of the run.
-WEIGHT_GROWTH_LIMIT = 1e3
-#: ``fit`` stops when the loss exceeds this multiple of the largest loss of the run's first steps.
-LOSS_GROWTH_LIMIT = 1e4
-#: How many first steps set the loss reference of ``LOSS_GROWTH_LIMIT``.
-LOSS_REFERENCE_STEPS = 10
+from .. import config
+from .checkpoints import atomic_save, load_checkpoint
+from .guard import (
+    LOSS_GROWTH_LIMIT, LOSS_REFERENCE_STEPS, NonFiniteLossError, TrainingDivergedError,
+    WEIGHT_GROWTH_LIMIT, _batch_samples, _names, _non_finite, _optimizer_tensors,
+    _trained_params, _weight_norm,
+)
+from .history import History
+from .order import _epoch_loader, _to_device, epoch_batches
+from .rng import rng_state, seed_everything, set_rng_state
 
 
-# --------------------------------------------------------------------------- seeds and RNG state
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every GPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed."""
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def _init_worker(user_fn, worker_id: int) -> None:
-    seed_worker(worker_id)
-    if user_fn is not None:
-        user_fn(worker_id)
-
-
-def rng_state() -> dict:
-    """All global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- history
-@dataclass
-class History:
-    """Training log: one row per ``log_every`` steps (interval means) and one eval dict per epoch."""
-
-    step: list[int] = field(default_factory=list)
-    epoch: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    evals: list[dict] = field(default_factory=list)
-    train_time_s: float = 0.0       # seconds inside fit's loop, summed over every resumed part
-
-    def log(self, step: int, epoch: float, lr: float, values: dict[str, float]) -> None:
-        for k in values.keys() - self.losses.keys():
-            self.losses[k] = [math.nan] * len(self.step)
-        for k, v in self.losses.items():
-            v.append(float(values.get(k, math.nan)))
-        self.step.append(step)
-        self.epoch.append(epoch)
-        self.lr.append(lr)
-
-    def best(self, metric: str, mode: str = "max") -> dict | None:
-        """The eval dict with the best ``metric`` (``None`` when nothing was evaluated)."""
-        rows = [e for e in self.evals if metric in e]
-        if not rows:
-            return None
-        pick = max if mode == "max" else min
-        return pick(rows, key=lambda e: e[metric])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        return cls(**{k: d[k] for k in ("step", "epoch", "lr", "losses", "evals")},
-                   train_time_s=float(d.get("train_time_s", 0.0)))
-
-    def save(self, path: Path) -> None:
-        config.atomic_write(path, lambda f: json.dump(self.to_dict(), f), mode="w")
-
-    @classmethod
-    def load(cls, path: Path) -> "History":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    @property
-    def last_step(self) -> int:
-        """The last step logged (0 before the first log)."""
-        return self.step[-1] if self.step else 0
-
-    @classmethod
-    def steps_done(cls, run_dir: Path) -> int:
-        """The last step logged in ``run_dir/history.json`` (0 when the run has not started)."""
-        f = Path(run_dir) / "history.json"
-        return cls.load(f).last_step if f.is_file() else 0
-
-    def plot(self, keys: list[str] | None = None):
-        """Loss components against the step and, when present, eval metrics against the step."""
-        import matplotlib.pyplot as plt
-
-        metrics = sorted({k for e in self.evals for k, v in e.items()
-                          if k not in ("step", "epoch") and isinstance(v, (int, float))})
-        fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 3.5), squeeze=False)
-        ax = axes[0, 0]
-        for k in keys or list(self.losses):
-            ax.plot(self.step, self.losses[k], label=k)
-        ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-        ax.legend()
-        if metrics:
-            ax = axes[0, 1]
-            for m in metrics:
-                rows = [e for e in self.evals if m in e]
-                ax.plot([e["step"] for e in rows], [e[m] for e in rows], marker="o", label=m)
-            ax.set(xlabel="step", title="evaluation")
-            ax.legend()
-        fig.tight_layout()
-        return fig
-
-
-# --------------------------------------------------------------------------- checkpoints
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    config.atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def load_checkpoint(path: Path, model: nn.Module | None = None, strict: bool = True) -> dict:
-    """Load a checkpoint written by ``fit`` (or a bare state dict) into ``model``; return the other entries."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if "model" not in ckpt:
-        ckpt = {"model": ckpt}
-    if model is not None:
-        try:
-            model.load_state_dict(ckpt["model"], strict=strict)
-        except RuntimeError as e:
-            raise RuntimeError(f"checkpoint {path} does not fit {type(model).__name__}: {e}") from None
-    return {k: v for k, v in ckpt.items() if k != "model"}
-
-
-# --------------------------------------------------------------------------- data order
-def epoch_batches(loader: DataLoader, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """The index batches of one epoch: a function of ``(seed, epoch)`` only; this rank's shard under DDP."""
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
-        raise TypeError("fit needs a map-style dataset and a DataLoader with batch_size set")
-    batch_sampler = loader.batch_sampler
-    if world > 1:
-        sampler = loader.sampler
-        if not isinstance(sampler, DistributedSampler):
-            sampler = DistributedSampler(loader.dataset, world, rank, shuffle=isinstance(sampler, RandomSampler),
-                                         seed=seed)
-        batch_sampler = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
-    if hasattr(getattr(batch_sampler, "sampler", None), "set_epoch"):
-        batch_sampler.sampler.set_epoch(epoch)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        if loader.generator is not None:
-            loader.generator.manual_seed(_epoch_seed(seed, epoch))
-        return [list(b) for b in batch_sampler]
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
-def _epoch_loader(loader: DataLoader, batches: list[list[int]], seed: int, epoch: int) -> DataLoader:
-    """A DataLoader over ``batches`` with ``loader``'s settings and a per-epoch worker seed."""
-    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
-                      worker_init_fn=partial(_init_worker, loader.worker_init_fn),
-                      multiprocessing_context=loader.multiprocessing_context,
-                      generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch) + 1),
-                      prefetch_factor=loader.prefetch_factor)
-
-
-def _to_device(x, device: torch.device):
-    if torch.is_tensor(x):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
-# --------------------------------------------------------------------------- set-up helpers
 def _dist_env() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
@@ -311,76 +92,6 @@ def _components(task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return comps["loss"], comps
 
 
-# --------------------------------------------------------------------------- divergence checks
-def _trained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every floating-point parameter the optimizer updates (adapters outside
-    ``model`` included; integer ones, such as ai8x's, cannot go non-finite)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    return [(names.get(id(p), f"optimizer parameter {i}"), p) for i, p in enumerate(params)
-            if p.is_floating_point() or p.is_complex()]
-
-
-def _weight_norm(params) -> float:
-    """L2 norm of all ``params`` together (inf or nan when one is non-finite or overflows)."""
-    norms = [torch.linalg.vector_norm(p.detach()).double() for _, p in params]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
-
-
-def _non_finite(named_tensors) -> list[str]:
-    """Names of the floating-point tensors that hold a NaN or an infinity (one device sync when none does)."""
-    named = [(n, t) for n, t in named_tensors if torch.is_tensor(t) and t.is_floating_point()]
-    if not named:
-        return []
-    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
-    if bool(finite.all()):
-        return []
-    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer):
-    for i, state in enumerate(optimizer.state.values()):
-        for k, v in state.items():
-            if torch.is_tensor(v):
-                yield f"state[{i}].{k}", v
-
-
-def _names(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def _batch_samples(batch) -> str:
-    """Which samples a batch holds, from its ``meta`` (``index``, ``image_id``), and which of them
-    carry non-finite inputs; "" when the batch carries no ids."""
-    meta = batch.get("meta") if isinstance(batch, dict) else None
-    parts = []
-
-    def ids(key):
-        v = meta.get(key) if isinstance(meta, dict) else None
-        if torch.is_tensor(v):
-            v = v.reshape(-1).tolist()
-        return [int(x) for x in v] if isinstance(v, (list, tuple)) else None
-
-    index, image_id = ids("index"), ids("image_id")
-    if index is not None:
-        parts.append(f"the batch holds samples {index[:16]}{' ...' if len(index) > 16 else ''}"
-                     + (f" (image ids {image_id[:16]}{' ...' if len(image_id) > 16 else ''})" if image_id else ""))
-    if isinstance(batch, dict):
-        bad = set()
-        for v in batch.values():
-            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 and v.numel():
-                rows = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
-                bad |= set(torch.nonzero(rows).reshape(-1).tolist())
-        if bad:
-            rows = sorted(bad)
-            if index is not None and rows[-1] < len(index):
-                parts.append(f"non-finite inputs in samples {[index[r] for r in rows]}")
-            else:
-                parts.append(f"non-finite inputs in batch rows {rows}")
-    return "; ".join(parts)
-
-
-# --------------------------------------------------------------------------- the loop
 @contextmanager
 def _runtime(device, threads: int | None):
     """Rank, world size and device of this process; sets up (and afterwards undoes) DDP and CPU threads."""
@@ -448,9 +159,9 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
            save_every_steps, evaluate_fn, best_metric, best_mode, resume, seed, log_every,
            grad_clip, progress, rank, world, device, channels_last=False, eval_every_steps=None, **_) -> History:
     """The body of :func:`fit`, once the process's rank, world size and device are known."""
-    from .config import progress_bar as tqdm
+    from ..config import progress_bar as tqdm
 
-    from .losses import batch_loss
+    from ..losses import batch_loss
 
     own_loss = getattr(model, "loss", None)
     loss_fn = loss_fn or (own_loss if callable(own_loss) and not isinstance(own_loss, nn.Module) else batch_loss())
