@@ -1,0 +1,191 @@
+"""A config run by the experiments' functions: its mode, folder, budget fields, KD setting, the
+student's trainer (top-down, MAX78000 top-down or bottom-up) and its frozen teacher."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+from .parse import _suggest, ai8x_variant, bottom_up_input, student_key
+from .schema import (
+    AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, HINT_OPTIONS, LOGIT_OPTIONS, LOGIT_TERMS,
+    MCU_STUDENTS, RunConfig,
+)
+
+
+# --------------------------------------------------------------------------- onto experiments.py
+def resolved_mode(cfg: RunConfig) -> str:
+    from ..config import get_mode
+
+    return get_mode(cfg.data.mode)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """The run's folder, the one ``train_student`` trains in: ``<checkpoints>/<name>_<student>_s<seed>``;
+    for the MAX78000 students the QAT folder, ``<checkpoints>/<name>_s<seed>_qat``."""
+    from ..config import run_paths
+
+    root = run_paths(resolved_mode(cfg)).checkpoints
+    if cfg.model.student in MCU_STUDENTS:
+        return root / f"{cfg.name}_s{cfg.seed}_qat"
+    return root / f"{cfg.name}_{student_key(cfg.model)}_s{cfg.seed}"
+
+
+def ai8x_steps(cfg: RunConfig) -> tuple[int, int]:
+    """(float steps, QAT steps) of a MAX78000 run: the config's, else ``experiments.AI8X_STEPS``."""
+    from ..experiments import AI8X_STEPS
+
+    float_steps, qat_steps = AI8X_STEPS[resolved_mode(cfg)]
+    return (cfg.optim.steps or float_steps, cfg.qat.steps or qat_steps)
+
+
+def budget_fields(cfg: RunConfig) -> dict:
+    """The :class:`~posekd_lib.budgets.Budget` fields the config sets (its non-null ones).
+
+    ``augmentation`` and ``optim.amp`` map onto ``Budget.aug`` / ``Budget.amp``; setting them on a
+    budget without those fields is a :class:`ConfigError`."""
+    from ..budgets import Budget
+
+    have = {f.name for f in dataclasses.fields(Budget)}
+    out = {}
+    for key, name, value in (("optim.batch_size", "batch_size", cfg.optim.batch_size),
+                             ("optim.lr", "lr", cfg.optim.lr), ("augmentation", "aug", cfg.augmentation),
+                             ("optim.amp", "amp", cfg.optim.amp)):
+        if value is None:
+            continue
+        if name not in have:
+            raise ConfigError(f"{key}: {value!r} set, but this library's Budget has no {name!r} field")
+        out[name] = value
+    return out
+
+
+def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
+    """``(KD_SETTINGS tag, kd_recipe overrides)`` equivalent to ``cfg.distill``.
+
+    Only settings that differ from the tag's entry are passed, and a keyword the entry does not
+    have only when it differs from the distiller's default, so a config that spells out a
+    notebook's recipe yields exactly that recipe (and reuses its cached run)."""
+    from ..distill import FeatureKD, LogitsKD
+    from ..recipes import KD_SETTINGS
+
+    terms = cfg.distill.terms
+    i_hint = next((i for i, t in enumerate(terms) if t.kind == "hint"), None)
+    i_logit = next((i for i, t in enumerate(terms) if t.kind in LOGIT_TERMS), None)
+    hint = terms[i_hint] if i_hint is not None else None
+    logit = terms[i_logit] if i_logit is not None else None
+    wanted: dict = {}
+    if hint is None:
+        tag, cls = ("fpd" if logit.kind == "fpd" else "kl"), LogitsKD
+        wanted.update(kind=LOGIT_TERMS[logit.kind], alpha=logit.weight)
+    else:
+        tag, cls = "feature", FeatureKD
+        wanted.update(beta=hint.weight, alpha_logits=logit.weight if logit else 0.0,
+                      kind=LOGIT_TERMS[logit.kind] if logit else KD_SETTINGS["feature"]["kind"])
+        if hint.pairs:
+            wanted["pairs"] = {str(k): str(v) for k, v in hint.pairs.items()}
+    params = set(inspect.signature(cls).parameters)
+    shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
+                       "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
+    if cls is LogitsKD:
+        shared |= {"teacher_cache"}      # recipes.kd_recipe's: the teacher's heatmaps computed once
+    for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
+                                 (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
+                                 ("distill", cfg.distill, shared)):
+        for k, v in (term.options if term is not None else {}).items():
+            if k not in allowed:
+                label = f"a {term.kind} term" if where != "distill" else f"the {cls.__name__} distiller"
+                raise ConfigError(f"{where}.options.{k}: unknown option{_suggest(k, allowed)}; "
+                                  f"{label} takes {sorted(allowed)}")
+            wanted[k] = v
+    wanted["schedule"] = cfg.distill.schedule
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    entry = KD_SETTINGS[tag]
+    overrides = {k: v for k, v in wanted.items()
+                 if (k in entry and entry[k] != v) or (k not in entry and defaults.get(k, inspect.Parameter.empty) != v)}
+    return tag, overrides
+
+
+def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
+    """Train (or load, or resume) the run ``cfg`` describes with ``experiments.train_student``.
+
+    A ``distil`` stage builds the distiller with ``recipes.kd_recipe`` (:func:`kd_setting`);
+    ``teacher`` is the frozen teacher (loaded from ``distill.teacher`` when None). Returns
+    ``train_student``'s :class:`~posekd_lib.experiments.Run`: the model, metrics and results row;
+    for the MAX78000 student ``experiments.train_ai8x``'s :class:`~posekd_lib.experiments.Ai8xRun`
+    (float, QAT and integer-simulated metrics; its logits term must be a KD_SETTINGS entry as is).
+    """
+    import os
+
+    from ..budgets import budget_fields as with_budget
+    from ..experiments import train_student
+    from ..recipes import kd_recipe
+
+    mode = resolved_mode(cfg)
+    if cfg.data.coco_root is not None:
+        os.environ["COCO_ROOT"] = str(cfg.data.coco_root)
+    if cfg.model.student == AI8X_STUDENT:
+        return _train_ai8x(cfg, teacher, progress)
+    if cfg.model.student == BOTTOM_UP_STUDENT:
+        return _train_bottom_up(cfg, teacher, progress)
+    student = student_key(cfg.model)
+    with with_budget(**budget_fields(cfg)):
+        kd = None
+        if "distil" in cfg.stages:
+            if teacher is None:
+                teacher = load_frozen_teacher(cfg)
+            tag, overrides = kd_setting(cfg)
+            kd = kd_recipe(tag, teacher, student, mode, **overrides)
+        return train_student(student, mode=mode, seed=cfg.seed, loss=cfg.optim.loss, kd=kd, tag=cfg.name,
+                             progress=progress, steps=cfg.optim.steps, labelled=cfg.data.labelled,
+                             unlabelled=cfg.data.unlabelled, curve_every=cfg.optim.eval_every)
+
+
+def check_mapping(cfg: RunConfig) -> None:
+    """The checks that need the mapping onto experiments.py (budget fields, distiller options), so
+    ``run`` can make them before it writes anything."""
+    budget_fields(cfg)
+    if "distil" in cfg.stages and cfg.model.student != BOTTOM_UP_STUDENT:
+        tag, overrides = kd_setting(cfg)
+        if cfg.model.student == AI8X_STUDENT and overrides:
+            raise ConfigError(f"distill.terms: {overrides} differ from recipes.KD_SETTINGS[{tag!r}], which "
+                              "train_ai8x distils with as is")
+
+
+def _train_ai8x(cfg: RunConfig, teacher, progress: bool):
+    from ..budgets import budget_fields as with_budget
+    from ..experiments import train_ai8x
+
+    check_mapping(cfg)
+    kd = None
+    if "distil" in cfg.stages:
+        kd = kd_setting(cfg)[0]
+        if teacher is None:
+            teacher = load_frozen_teacher(cfg)
+    with with_budget(**budget_fields(cfg)):
+        return train_ai8x(ai8x_variant(cfg.model), mode=resolved_mode(cfg), seed=cfg.seed, kd=kd, teacher=teacher,
+                          tag=f"{cfg.name}_s{cfg.seed}", steps=ai8x_steps(cfg), progress=progress,
+                          curve_every=cfg.optim.eval_every)
+
+
+def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
+    from ..bottom_up import teacher_keypoints, train_bottom_up
+    from ..budgets import budget_fields as with_budget
+
+    teacher_kp, alpha = None, 0.5
+    if "distil" in cfg.stages:
+        if teacher is None:
+            teacher = load_frozen_teacher(cfg)
+        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), cfg.distill.terms[0].weight
+    with with_budget(**budget_fields(cfg)):
+        return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
+                               alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
+                               curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma,
+                               input_size=bottom_up_input(cfg.model))
+
+
+def load_frozen_teacher(cfg: RunConfig):
+    """The frozen teacher a ``distil`` stage of ``cfg`` distils from (as notebooks 03-04 load it)."""
+    from ..distill import freeze
+    from ..teachers import load_teacher
+
+    return freeze(load_teacher(cfg.distill.teacher, mode=resolved_mode(cfg))[0])
