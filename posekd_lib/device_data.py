@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, TopDownDataset, jitter_weights, sample_rng
+from .augment import jitter_weights, sample_rng
+from .data import IMAGENET_MEAN, IMAGENET_STD, TopDownDataset
 from .images import read_rgb
 from .keypoints import COCO_JOINTS_WEIGHT
 
