@@ -106,11 +106,12 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
 
 #: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
 LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
-#: The design the learning curves chose (docs/experiments.md, E15-E19; 3,000-step curves on 100 fixed
-#: frames): stride 4 (32x32 maps), the loss that weights keypoint and limb cells ``1 + 10·|target|``,
-#: and heatmap Gaussians of 3.5 input pixels, on 128x128 frames (160x128 scored higher, E19, but its
-#: first layer does not fit the MAX78000's data memory). ``train_bottom_up(mode=..., **RECIPE)``.
-RECIPE = {"variant": "tiny_s4", "loss": "mse_pos10", "sigma": 3.5}
+#: The design the learning curves chose (docs/experiments.md, E15-E21; 3,000-step curves on 100 fixed
+#: frames): stride 4 (36x28 maps), the loss that weights keypoint and limb cells ``1 + 10·|target|``,
+#: heatmap Gaussians of 3.5 input pixels, and 4:3 frames of 144x112 (a 320x240 camera frame at 0.45x;
+#: 160x128 scored about as high, E19, but its first layer does not fit the MAX78000's data memory).
+#: ``train_bottom_up(mode=..., **RECIPE)``.
+RECIPE = {"variant": "tiny_s4", "loss": "mse_pos10", "sigma": 3.5, "input_size": (144, 112)}
 
 
 def gt_loss(positive_weight: float = 0.0) -> Callable:

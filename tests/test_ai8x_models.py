@@ -184,18 +184,22 @@ def test_network_yaml_per_variant(variant):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"), reason="AI8X_SYNTHESIS_DIR not set")
 @pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned", "bottomup-tiny", "bottomup-small",
-                                     "bottomup-tiny_s4"])
+                                     "bottomup-tiny_s4", "bottomup-recipe"])
 def test_izer_synthesizes_variant(variant, tmp_path):
-    """izer accepts the student (a channel-pruned one, and the bottom-up 128x128 students of
-    notebook 08), its weight bytes and cycle estimate equal the resource report's, and its computed
-    output equals the simulate-mode model's."""
+    """izer accepts the student (a channel-pruned one, the bottom-up 128x128 students and notebook
+    08's recipe, 144x112), its weight bytes and cycle estimate equal the resource report's, and its
+    computed output equals the simulate-mode model's."""
     from posekd_lib import pruning
+    from posekd_lib.bottom_up import RECIPE
 
     if variant.startswith("bottomup"):
         torch.manual_seed(0)
-        m = am.ai85bottomup(variant.split("-")[1])
+        name, size = variant.split("-")[1], am.BOTTOM_UP_INPUT
+        if name == "recipe":
+            name, size = RECIPE["variant"], RECIPE["input_size"]
+        m = am.ai85bottomup(name, input_size=size)
         with torch.no_grad():
-            m.train()(torch.rand(4, 3, *am.BOTTOM_UP_INPUT[::-1]) * 2 - 1)
+            m.train()(torch.rand(4, 3, *size[::-1]) * 2 - 1)
         m.eval()
     else:
         m = _warmed(variant.split("-")[0], am.AI8X_STUDENT_INPUT)
