@@ -125,11 +125,12 @@ class TeacherCache:
                 rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
                 if mirrored:
                     mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
-            hm = torch.cat(rows)
+            hm = torch.cat(rows)          # inside the stack: float16 cat under a caller's bf16 autocast fails
+            mirror_hm = torch.cat(mirror_rows) if mirrored else None
         s = dataset.samples
         widths = [dataset.images[x["image_id"]]["width"] for x in s]
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
-                   size, flip_pairs, source, torch.cat(mirror_rows) if mirrored else None)
+                   size, flip_pairs, source, mirror_hm)
 
     def _warp(self, index: int, center, scale, rotation: float, flipped: bool, input_size,
               out_size, from_mirrored: bool = False) -> np.ndarray:

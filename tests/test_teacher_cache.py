@@ -48,6 +48,12 @@ def test_a_cache_built_inside_autocast_holds_the_float_teachers_output():
         inside = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False)
     assert inside.heatmaps.dtype == torch.float16
     torch.testing.assert_close(inside.heatmaps, plain.heatmaps, rtol=0, atol=0)
+    # the mirrored crops' rows too (E13b's feature cache crashed here: float16 cat under bf16 autocast)
+    plain = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False, mirrored=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False, mirrored=True)
+    assert inside.mirrored.dtype == torch.float16
+    torch.testing.assert_close(inside.mirrored, plain.mirrored, rtol=0, atol=0)
 
 
 def test_warp_moves_each_joint_with_the_augmented_crop():
