@@ -71,9 +71,18 @@ def curve_fit_kw(model: nn.Module, split, every: int | None) -> dict:
     return {"evaluate_fn": evaluate, "eval_every_steps": int(every)}
 
 
+class TeacherKeypoints(dict):
+    """``{ann_id: (17, 3)}`` keypoints labelled by a teacher, which ``teacher`` names (its
+    ``weights_fingerprint``), so a run trained on them can say which teacher it learned from."""
+
+    def __init__(self, keypoints, teacher: str):
+        super().__init__(keypoints)
+        self.teacher = teacher
+
+
 @torch.no_grad()
 def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: float = MIN_SCORE,
-                      batch_size: int = 64, progress: bool = False, cache: bool = True) -> dict[int, np.ndarray]:
+                      batch_size: int = 64, progress: bool = False, cache: bool = True) -> TeacherKeypoints:
     """``{ann_id: (17, 3)}``: the top-down teacher's keypoints for every training person (its GT
     box, flip test, image pixels), ``v`` = 2 where the peak is at least ``min_score``, else the point
     is unlabelled. Stored once per teacher (``weights_fingerprint``) under the mode's folder."""
@@ -83,9 +92,11 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
 
     mode = get_mode(mode)
     b = budget(mode)
-    path = run_paths(mode).root / "teacher_cache" / f"keypoints_{weights_fingerprint(teacher)}_{min_score:g}.json"
+    fingerprint = weights_fingerprint(teacher)
+    path = run_paths(mode).root / "teacher_cache" / f"keypoints_{fingerprint}_{min_score:g}.json"
     if cache and path.is_file():
-        return {int(k): np.asarray(v, dtype=np.float64) for k, v in json.loads(path.read_text()).items()}
+        return TeacherKeypoints({int(k): np.asarray(v, dtype=np.float64) for k, v in json.loads(path.read_text()).items()},
+                                fingerprint)
     split = dataset_splits(mode).train
     ds = TopDownDataset(split.ann_file, split.img_dir, b.input_size, b.heatmap_size, b.sigma, train=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
@@ -101,7 +112,7 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
         from .config import atomic_write
 
         atomic_write(path, lambda f: json.dump({k: np.round(v, 2).tolist() for k, v in out.items()}, f), mode="w")
-    return out
+    return TeacherKeypoints(out, fingerprint)
 
 
 #: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
@@ -168,7 +179,9 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`);
     ``loss`` names the map loss (:data:`LOSSES`: ``mse``, or ``mse_pos10`` with keypoint and limb cells
     weighted ``1 + 10·|target|``), ``sigma`` the heatmap Gaussian in input pixels (None: 7); ``input_size`` the frame
-    (w, h) the student sees (the 320x240 frames letterboxed into it)."""
+    (w, h) the student sees (the 320x240 frames letterboxed into it). The teacher that labelled
+    ``teacher_kp`` (its ``TeacherKeypoints.teacher`` fingerprint) is written to ``run_info.json``,
+    and so to a shipped card."""
     from .data import dataset_splits
     from .evaluation import evaluate_bottom_up
     from .budgets import budget
@@ -182,6 +195,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     batch_size, lr = batch_size or b.batch_size, lr or b.lr
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; the bottom-up student trains with one of {sorted(LOSSES)}")
+    teacher = getattr(teacher_kp, "teacher", None)
     recipe = {"variant": variant, "kd": teacher_kp is not None, "alpha": alpha if teacher_kp is not None else None,
               "loss": loss, "sigma": sigma, "input_size": [int(v) for v in input_size]}
     extras = "".join(f"_{v}" for v in (loss.removeprefix("mse_") if loss != "mse" else None,
@@ -196,6 +210,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     if info:                      # a cached run of another recipe under this name is refused, not reused
         stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **info}
         differ = {k: (stored.get(k), v) for k, v in recipe.items() if stored.get(k) != v}
+        if stored.get("teacher", teacher) != teacher:      # runs written before the card named it: not checked
+            differ["teacher"] = (stored["teacher"], teacher)
         if differ:
             raise ValueError(f"{dirs[1]}: run {name!r} was trained with another recipe (stored, asked): {differ}; "
                              "use another tag, or delete its _float and _qat folders to retrain")
@@ -218,7 +234,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     if sum(History.steps_done(d) for d in dirs) > before:
         info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(seed=seed, steps=[float_steps, qat_steps], batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY,
-                **recipe)
+                teacher=teacher, **recipe)
     text = json.dumps(info, indent=1)
     atomic_write(info_file, lambda f: f.write(text), mode="w")
     model.eval()

@@ -1,10 +1,13 @@
 """The bottom-up MAX78000 student: teacher keypoints as targets, the KD loss, a short train -> QAT -> int8 run."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from posekd_lib import bottom_up
 from posekd_lib.distill import freeze
+from posekd_lib.recipes import weights_fingerprint
 from posekd_lib.teachers import load_teacher
 
 
@@ -44,7 +47,8 @@ def test_a_short_distilled_run_trains_quantizes_and_scores():
                                     steps=(2, 2), batch_size=4, progress=False)
     assert set(run.metrics) == {"float", "qat", "int8"}
     assert all(0 <= m["AP"] <= 1 for m in run.metrics.values())
-    assert (run.run_dir / "run_info.json").is_file()
+    info = json.loads((run.run_dir / "run_info.json").read_text())
+    assert info["teacher"] == weights_fingerprint(teacher) and info["kd"]   # the card names its teacher
 
 
 def test_map_diagnosis_scores_the_four_mixes_and_the_peaks():
