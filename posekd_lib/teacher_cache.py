@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .keypoints import COCO_FLIP_PAIRS, flip_permutation
-from .transforms import get_affine_transform
+from .transforms import affine_transforms
 
 
 class CacheMissError(KeyError):
@@ -80,6 +80,7 @@ class TeacherCache:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.flip_perm = flip_permutation(flip_pairs, heatmaps.shape[1])
         self.source = source
+        self._plain = None      # every row's plain-crop affine (N, 3, 3), made on the first warp
 
     def __len__(self) -> int:
         return self.heatmaps.shape[0]
@@ -132,22 +133,23 @@ class TeacherCache:
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
                    size, flip_pairs, source, mirror_hm)
 
-    def _warp(self, index: int, center, scale, rotation: float, flipped: bool, input_size,
-              out_size, from_mirrored: bool = False) -> np.ndarray:
-        """The 2x3 ``affine_grid`` matrix that reads row ``index`` for one augmented crop (of
-        :attr:`mirrored` when ``from_mirrored``: the plain crop's mirror image)."""
+    def _thetas(self, rows: np.ndarray, centers, scales, rotations, flipped: np.ndarray, input_size, out_size,
+                from_mirrored: np.ndarray) -> np.ndarray:
+        """The ``(B, 2, 3)`` ``affine_grid`` matrices that read rows ``rows`` for a batch of augmented
+        crops (of :attr:`mirrored` where ``from_mirrored``: the plain crop's mirror image)."""
         hm_h, hm_w = self.heatmaps.shape[-2:]
+        if self._plain is None:                             # every row's plain crop, once
+            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
         s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])   # plain crop -> cached cells
-        M0 = _homogeneous(get_affine_transform(self.centers[index], self.scales[index], 0.0, self.input_size))
-        M = _homogeneous(get_affine_transform(np.asarray(center, np.float64), np.asarray(scale, np.float64),
-                                              float(rotation), input_size))
-        mirror = (np.array([[-1.0, 0, self.widths[index] - 1], [0, 1, 0], [0, 0, 1]]) if flipped else np.eye(3))
+        M = affine_transforms(centers, scales, rotations, input_size)
+        mirror = np.broadcast_to(np.eye(3), (len(rows), 3, 3)).copy()
+        mirror[flipped, 0, 0], mirror[flipped, 0, 2] = -1.0, self.widths[rows[flipped]] - 1
         s = np.diag([input_size[0] / out_size[0], input_size[1] / out_size[1], 1.0])  # output cells -> crop
-        A = s0 @ M0 @ mirror @ np.linalg.inv(M) @ s                                   # output cell -> cached cell
-        if from_mirrored:                                      # plain crop pixel x -> mirrored crop pixel W - x
-            A = s0 @ np.array([[-1.0, 0, self.input_size[0]], [0, 1, 0], [0, 0, 1]]) @ np.linalg.inv(s0) @ A
+        A = s0 @ self._plain[rows] @ mirror @ np.linalg.inv(M) @ s                   # output cell -> cached cell
+        across = s0 @ np.array([[-1.0, 0, self.input_size[0]], [0, 1, 0], [0, 0, 1]]) @ np.linalg.inv(s0)
+        A[from_mirrored] = across @ A[from_mirrored]   # plain crop pixel x -> mirrored crop pixel W - x
         theta = _normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(*out_size))
-        return theta[:2]
+        return theta[:, :2]
 
     def for_batch(self, batch: dict, out_size=None, input_size=None) -> torch.Tensor:
         """Teacher heatmaps for an augmented training ``batch`` (its ``meta``), float32.
@@ -176,9 +178,10 @@ class TeacherCache:
         if bool(flipped.any()):
             swapped = self.mirrored[index].float() if own else hm[:, self.flip_perm]
             hm = torch.where(flipped[:, None, None, None], swapped, hm)
-        theta = torch.as_tensor(np.stack([
-            self._warp(int(i), c.numpy(), s.numpy(), float(r), bool(f), input_size, out_size, own and bool(f))
-            for i, c, s, r, f in zip(index, meta["center"], meta["scale"], rotation, flipped)]), dtype=torch.float32)
+        flips = flipped.numpy()
+        theta = torch.as_tensor(self._thetas(rows, meta["center"].double().numpy(), meta["scale"].double().numpy(),
+                                             rotation.numpy(), flips, input_size, out_size, flips & own),
+                                dtype=torch.float32)
         grid = F.affine_grid(theta, (hm.shape[0], hm.shape[1], out_size[1], out_size[0]), align_corners=True)
         return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 

@@ -69,6 +69,24 @@ def get_affine_transform(center, scale, rot: float, output_size, inv: bool = Fal
     return cv2.getAffineTransform(src, dst)
 
 
+def affine_transforms(centers, scales, rots, output_size, pixel_std: float = PIXEL_STD) -> np.ndarray:
+    """``get_affine_transform`` of N boxes at once, as ``(N, 3, 3)`` float64 homogeneous matrices.
+
+    The three point pairs define a similarity: the box centre goes to the output centre, rotated by
+    ``-rot`` degrees and zoomed by output width / box width, so ``x -> k R(-rot) (x - c) + d``. Equal
+    to ``get_affine_transform`` up to its float32 points (``tests/test_transforms.py``)."""
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    k = float(output_size[0]) / (np.asarray(scales, dtype=np.float64).reshape(-1, 2)[:, 0] * pixel_std)
+    r = np.pi * np.broadcast_to(np.asarray(rots, dtype=np.float64), (len(c),)) / 180.0
+    cs, sn = k * np.cos(r), k * np.sin(r)
+    out = np.zeros((len(c), 3, 3))
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = cs, sn, -sn, cs
+    out[:, 0, 2] = float(output_size[0]) * 0.5 - cs * c[:, 0] - sn * c[:, 1]
+    out[:, 1, 2] = float(output_size[1]) * 0.5 + sn * c[:, 0] - cs * c[:, 1]
+    out[:, 2, 2] = 1.0
+    return out
+
+
 def affine_points(pts, M) -> np.ndarray:
     """Apply a 2x3 affine ``M`` to points ``(..., 2)`` (extra trailing columns are ignored)."""
     p = np.asarray(pts, dtype=np.float64)[..., :2]

@@ -390,6 +390,26 @@ def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     assert not any("pairs" in line for line in out.splitlines())
 
 
+@pytest.mark.slow  # 3 quick-mode settings, 2 + 2 steps each: ~20 s
+def test_bench_kd_step_prints_seconds_per_step_and_the_ratio_to_a_plain_step(capsys):
+    import importlib.util
+
+    from posekd_lib.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_kd_step", REPO_ROOT / "benchmarks" / "bench_kd_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--mode", "quick", "--steps", "2", "--warmup", "2",
+                       "--settings", "baseline", "feature-cached", "kl-live"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in ("baseline", "feature-cached", "kl-live")}
+    assert set(rows) == {"baseline", "feature-cached", "kl-live"} and rows["baseline"][1] == "1.00"
+    assert all(float(s) > 0 for s, _ in rows.values())
+    for bad in ("nope", "feature-warm"):
+        with pytest.raises(SystemExit, match="--settings"):
+            bench.main(["--mode", "quick", "--steps", "1", "--warmup", "1", "--settings", bad])
+
+
 def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     """teacher_cache=True: the heatmaps come from the cache (built once, stored, named by the
     teacher), the recipe says so, and a feature setting is refused."""

@@ -92,3 +92,19 @@ def test_center_scale_match_official_hrnet_results(coco_sample):
         cands = [np.concatenate(box_to_center_scale(d["bbox"], 0.75)) for d in dets if d["image_id"] == r["image_id"]]
         err = np.abs(np.array(cands) - np.concatenate([r["center"], r["scale"]])).max(axis=1)
         assert err.min() < 1e-3
+
+
+def test_affine_transforms_equal_get_affine_transform_for_a_batch():
+    """The batched similarity (the teacher cache's warp) is the three-point transform, box by box."""
+    from posekd_lib.transforms import affine_transforms
+
+    rng = np.random.default_rng(0)
+    centers, scales, rots = rng.uniform(0, 600, (64, 2)), rng.uniform(0.3, 3, (64, 2)), rng.uniform(-45, 45, 64)
+    for size in ((96, 128), (192, 256)):
+        batched = affine_transforms(centers, scales, rots, size)
+        one_by_one = np.stack([get_affine_transform(c, s, r, size) for c, s, r in zip(centers, scales, rots)])
+        np.testing.assert_allclose(batched[:, :2], one_by_one, rtol=1e-5, atol=1e-3)  # float32 points there
+        np.testing.assert_array_equal(batched[:, 2], np.tile([0.0, 0.0, 1.0], (64, 1)))
+    np.testing.assert_allclose(affine_transforms(centers, scales, 0.0, (96, 128))[:, :2],
+                               np.stack([get_affine_transform(c, s, 0.0, (96, 128)) for c, s in zip(centers, scales)]),
+                               rtol=1e-5, atol=1e-3)

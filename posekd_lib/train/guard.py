@@ -2,6 +2,8 @@
 weights) and the message that names the parameters and samples involved."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -90,3 +92,79 @@ def _batch_samples(batch) -> str:
             else:
                 parts.append(f"non-finite inputs in batch rows {rows}")
     return "; ".join(parts)
+
+
+class DivergenceGuard:
+    """The checks ``fit`` runs around each step, and the error that stops a diverged run.
+
+    ``reference`` holds what the growth limits compare with: ``weight_norm`` (the trained
+    parameters' norm at the run's start) and ``loss`` (the largest loss of the first
+    ``LOSS_REFERENCE_STEPS`` steps); a resumed run passes its checkpoint's. ``position()`` returns
+    the run's (step, epoch, batch in epoch) when a check fails; ``last_good`` is the checkpoint the
+    message calls good (one this run saved or resumed from)."""
+
+    def __init__(self, run_name: str, model: nn.Module, optimizer: torch.optim.Optimizer, position,
+                 reference: dict | None = None, last_good=None):
+        self.run_name, self.model, self.optimizer, self.position = run_name, model, optimizer, position
+        self.params = _trained_params(model, optimizer)
+        self.reference = dict(reference or {})
+        self.reference.setdefault("weight_norm", _weight_norm(self.params))
+        self.reference.setdefault("loss", 0.0)
+        self.last_good = last_good
+
+    def _good(self) -> str:
+        return (f"the last good checkpoint is {self.last_good}" if self.last_good is not None
+                else "no checkpoint of this run was saved")
+
+    def fail(self, what: str, detail: str, batch=None, cls=TrainingDivergedError, updated: bool = False):
+        step, epoch, batch_in_epoch = self.position()
+        samples = _batch_samples(batch) if batch is not None else ""
+        done = ("the update was not saved (the model in memory holds it)" if updated
+                else "weights were not updated")
+        raise cls(f"{self.run_name}: {what} at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): {detail}; "
+                  + (f"{samples}; " if samples else "") + f"{done} and {self._good()}")
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def check_loss(self, values: dict[str, float], batch) -> None:
+        """Before the backward pass: a finite loss, not over ``LOSS_GROWTH_LIMIT`` x the reference."""
+        if not all(math.isfinite(v) for v in values.values()):
+            self.fail("non-finite loss", str(values), batch, NonFiniteLossError)
+        step, ref = self.position()[0], self.reference
+        if step < LOSS_REFERENCE_STEPS:
+            ref["loss"] = max(ref["loss"], values["loss"])
+        elif ref["loss"] > 0 and values["loss"] > LOSS_GROWTH_LIMIT * ref["loss"]:
+            self.fail("the loss exploded", f"{values['loss']:.4g}, over {LOSS_GROWTH_LIMIT:g}x the largest of the "
+                      f"first {LOSS_REFERENCE_STEPS} steps ({ref['loss']:.4g}); lower the learning rate "
+                      f"(lr {self._lr():.3g})", batch)
+
+    def check_grads(self, values: dict[str, float], batch) -> None:
+        """Before the optimizer step: finite gradients (not under fp16, whose scaler skips such steps)."""
+        bad = _non_finite((n, p.grad) for n, p in self.params)
+        if bad:
+            self.fail("non-finite gradients", f"in {_names(bad)}, although the loss was finite ({values})", batch)
+
+    def check_update(self, lr_used: float, batch) -> None:
+        """After the optimizer step: finite weights under ``WEIGHT_GROWTH_LIMIT`` x their start norm
+        (a start norm of 0, an all-zero init, only gets the finiteness check), and finite buffers."""
+        norm, start = _weight_norm(self.params), self.reference["weight_norm"]
+        if not math.isfinite(norm) or 0 < WEIGHT_GROWTH_LIMIT * start < norm:
+            bad = _non_finite(self.params)
+            what, detail = (("the update made weights non-finite", f"in {_names(bad)}") if bad else
+                            ("the weights exploded", f"their norm grew from {start:.4g} to {norm:.4g}, over "
+                             f"{WEIGHT_GROWTH_LIMIT:g}x its start"))
+            self.fail(what, f"{detail}; lower the learning rate (lr {lr_used:.3g})", batch, updated=True)
+        bad = _non_finite(self.model.named_buffers())   # BatchNorm statistics, updated by the forward pass
+        if bad:
+            self.fail("the forward pass made buffers non-finite",
+                      f"in {_names(bad)} (BatchNorm running statistics follow the activations); lower the "
+                      f"learning rate (lr {lr_used:.3g})", batch, updated=True)
+
+    def check_savable(self) -> None:
+        """Refuse to write a checkpoint holding non-finite weights, buffers or optimizer state (run on
+        every rank, whose state equals rank 0's, so all of them stop together under DDP)."""
+        bad = _non_finite(self.model.state_dict().items()) + _non_finite(_optimizer_tensors(self.optimizer))
+        if bad:
+            raise TrainingDivergedError(f"{self.run_name}: not saving step {self.position()[0]}: non-finite values "
+                                        f"in {_names(bad)}; {self._good()}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -15,15 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import config
-from .checkpoints import atomic_save, load_checkpoint
-from .guard import (
-    LOSS_GROWTH_LIMIT, LOSS_REFERENCE_STEPS, NonFiniteLossError, TrainingDivergedError,
-    WEIGHT_GROWTH_LIMIT, _batch_samples, _names, _non_finite, _optimizer_tensors,
-    _trained_params, _weight_norm,
-)
+from .checkpoints import RunState, atomic_save, resume_training, save_training
+from .guard import DivergenceGuard
 from .history import History
 from .order import _epoch_loader, _to_device, epoch_batches
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import seed_everything
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -161,10 +156,6 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
     """The body of :func:`fit`, once the process's rank, world size and device are known."""
     from ..config import progress_bar as tqdm
 
-    from ..losses import batch_loss
-
-    own_loss = getattr(model, "loss", None)
-    loss_fn = loss_fn or (own_loss if callable(own_loss) and not isinstance(own_loss, nn.Module) else batch_loss())
     seed_everything(seed + rank)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     model.to(device)
@@ -176,174 +167,132 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
         raise ValueError(f"fit: train_loader yields no batches ({len(train_loader.dataset)} samples)")
     total_steps = min(x for x in (max_steps, epochs and epochs * steps_per_epoch) if x is not None)
     sched = _build_scheduler(scheduler, optimizer, total_steps)
-    amp_dtype = _resolve_amp(amp, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    step_fn = _Step(model, _default_loss(model, loss_fn), optimizer, sched, _resolve_amp(amp, device), grad_clip,
+                    device, channels_last, world)
 
     run_dir = Path(out_dir or config.run_paths().checkpoints) / run_name
     latest, best_path = run_dir / "latest.pt", run_dir / "best.pt"
     if rank == 0 and run_dir.is_dir():
         for stale in run_dir.glob(".*.tmp*"):  # left by a run killed while saving
             stale.unlink()
-    step = epoch = batch_in_epoch = 0
-    history, best, running = History(), None, {"sums": {}, "count": 0}
-    guard, last_good = {}, None  # divergence references; the checkpoint an error may call good
-    if resume and latest.is_file():
-        ck = load_checkpoint(latest, model)
-        guard, last_good = dict(ck.get("guard") or {}), latest
-        optimizer.load_state_dict(ck["optimizer"])
-        if sched is not None and ck["scheduler"] is not None:
-            sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        step, epoch, batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
-        history, best, running = History.from_dict(ck["history"]), ck["best"], ck["running"]
-        set_rng_state(ck["rng"])
-        say(f"{run_name}: resuming from step {step} (epoch {epoch}, batch {batch_in_epoch})")
-    if step >= total_steps:
-        say(f"{run_name}: already trained for {step} steps")
-        return history
-    sums, count = defaultdict(float, running["sums"]), running["count"]
-    clock, time_before = time.perf_counter(), history.train_time_s   # a resumed run adds to its time so far
-    params = _trained_params(model, optimizer)
-    guard.setdefault("weight_norm", _weight_norm(params))  # at the run's start (resumed: from the checkpoint)
-    guard.setdefault("loss", 0.0)  # the largest loss of the first LOSS_REFERENCE_STEPS steps
-
-    def good() -> str:
-        return (f"the last good checkpoint is {last_good}" if last_good is not None
-                else "no checkpoint of this run was saved")
-
-    def diverged(what: str, detail: str, cls=TrainingDivergedError, samples: str = "", updated: bool = False):
-        done = ("the update was not saved (the model in memory holds it)" if updated
-                else "weights were not updated")
-        raise cls(f"{run_name}: {what} at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): {detail}; "
-                  + (f"{samples}; " if samples else "") + f"{done} and {good()}")
-
-    def check_savable():
-        """Refuse to write a checkpoint holding non-finite weights, buffers or optimizer state (run on
-        every rank, whose state equals rank 0's, so all of them stop together under DDP)."""
-        bad = _non_finite(model.state_dict().items()) + _non_finite(_optimizer_tensors(optimizer))
-        if bad:
-            raise TrainingDivergedError(f"{run_name}: not saving step {step}: non-finite values in "
-                                        f"{_names(bad)}; {good()}")
-
-    def save_latest():
-        nonlocal last_good
-        history.train_time_s = round(time_before + time.perf_counter() - clock, 1)
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history.to_dict(),
-                "best": best, "running": {"sums": dict(sums), "count": count}, "rng": rng_state(),
-                "seed": seed, "run_name": run_name, "guard": dict(guard)}
-        atomic_save(ckpt, latest)
-        history.save(run_dir / "history.json")
-        last_good = latest
-
-    def evaluate() -> dict:
-        metrics = None
-        if rank == 0:
-            model.eval()
-            with torch.no_grad():
-                metrics = {"epoch": epoch, "step": step, **evaluate_fn(model)}
-            model.train()
-        if world > 1:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        if best_metric not in metrics:
-            raise KeyError(f"evaluate_fn returned no {best_metric!r} (keys: {sorted(metrics)})")
-        return metrics
-
-    def is_better(value) -> bool:
-        return best is None or (value > best["value"] if best_mode == "max" else value < best["value"])
-
+    state, reference, resumed = RunState(), {}, resume and latest.is_file()
+    if resumed:
+        state, reference = resume_training(latest, model, optimizer, sched, step_fn.scaler)
+        say(f"{run_name}: resuming from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    if state.step >= total_steps:
+        say(f"{run_name}: already trained for {state.step} steps")
+        return state.history
+    guard = DivergenceGuard(run_name, model, optimizer, state.position, reference, latest if resumed else None)
+    clock, time_before = time.perf_counter(), state.history.train_time_s   # a resumed run adds to its time so far
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     net.train()
-    with tqdm(total=total_steps, initial=step, desc=run_name, disable=not (progress and rank == 0),
+    with tqdm(total=total_steps, initial=state.step, desc=run_name, disable=not (progress and rank == 0),
               dynamic_ncols=True) as bar:
-        while step < total_steps:
-            batches = epoch_batches(train_loader, epoch, seed, rank, world)
-            for batch in _epoch_loader(train_loader, batches[batch_in_epoch:], seed, epoch):
-                batch = _to_device(batch, device)
-                if channels_last:
-                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = net(batch["image"])
-                    total, comps = _components(loss_fn(outputs, batch))
-                values = torch.stack([v.detach().float() for v in comps.values()])
-                if world > 1:
-                    dist.all_reduce(values)
-                    values /= world
-                values = dict(zip(comps, values.tolist()))
-                if not all(math.isfinite(v) for v in values.values()):
-                    diverged("non-finite loss", str(values), NonFiniteLossError, _batch_samples(batch))
-                if step < LOSS_REFERENCE_STEPS:
-                    guard["loss"] = max(guard["loss"], values["loss"])
-                elif guard["loss"] > 0 and values["loss"] > LOSS_GROWTH_LIMIT * guard["loss"]:
-                    diverged("the loss exploded", f"{values['loss']:.4g}, over {LOSS_GROWTH_LIMIT:g}x the largest of "
-                             f"the first {LOSS_REFERENCE_STEPS} steps ({guard['loss']:.4g}); lower the learning rate "
-                             f"(lr {optimizer.param_groups[0]['lr']:.3g})", samples=_batch_samples(batch))
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                if not scaler.is_enabled():  # fp16: the scaler itself skips steps with inf/nan gradients
-                    bad = _non_finite((n, p.grad) for n, p in params)
-                    if bad:
-                        diverged("non-finite gradients", f"in {_names(bad)}, although the loss was finite ({values})",
-                                 samples=_batch_samples(batch))
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                lr_used = optimizer.param_groups[0]["lr"]
-                scaler.step(optimizer)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                norm = _weight_norm(params)  # a start norm of 0 (all-zero init) only gets the finiteness check
-                if not math.isfinite(norm) or 0 < WEIGHT_GROWTH_LIMIT * guard["weight_norm"] < norm:
-                    bad = _non_finite(params)
-                    what, detail = (("the update made weights non-finite", f"in {_names(bad)}") if bad else
-                                    ("the weights exploded", f"their norm grew from {guard['weight_norm']:.4g} to "
-                                     f"{norm:.4g}, over {WEIGHT_GROWTH_LIMIT:g}x its start"))
-                    diverged(what, f"{detail}; lower the learning rate (lr {lr_used:.3g})",
-                             samples=_batch_samples(batch), updated=True)
-                bad = _non_finite(model.named_buffers())   # BatchNorm statistics, updated by the forward pass
-                if bad:
-                    diverged("the forward pass made buffers non-finite",
-                             f"in {_names(bad)} (BatchNorm running statistics follow the activations); lower the "
-                             f"learning rate (lr {lr_used:.3g})", samples=_batch_samples(batch), updated=True)
-                step, batch_in_epoch = step + 1, batch_in_epoch + 1
+        while state.step < total_steps:
+            batches = epoch_batches(train_loader, state.epoch, seed, rank, world)
+            for batch in _epoch_loader(train_loader, batches[state.batch_in_epoch:], seed, state.epoch):
+                state.add(step_fn(net, batch, guard))
                 bar.update(1)
-                for k, v in values.items():
-                    sums[k] += v
-                count += 1
-
-                epoch_end = batch_in_epoch == len(batches)
-                if step % log_every == 0 or epoch_end or step == total_steps:
-                    means = {k: v / count for k, v in sums.items()}
-                    history.log(step, epoch + batch_in_epoch / len(batches), optimizer.param_groups[0]["lr"], means)
+                epoch_end, last = state.batch_in_epoch == len(batches), state.step == total_steps
+                if state.step % log_every == 0 or epoch_end or last:
+                    means = state.take_means()
+                    state.history.log(state.step, state.epoch + state.batch_in_epoch / len(batches),
+                                      optimizer.param_groups[0]["lr"], means)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-                    sums, count = defaultdict(float), 0
                 if epoch_end:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                if evaluate_fn is not None and (step == total_steps or (
-                        step % eval_every_steps == 0 if eval_every_steps else epoch_end)):
-                    metrics = evaluate()
-                    history.evals.append(metrics)
-                    if is_better(metrics[best_metric]):
-                        best = {"metric": best_metric, "value": metrics[best_metric], "step": step, "epoch": epoch}
-                        check_savable()
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if evaluate_fn is not None and (last or (state.step % eval_every_steps == 0 if eval_every_steps
+                                                         else epoch_end)):
+                    metrics = _evaluate(model, evaluate_fn, state, best_metric, rank, world)
+                    state.history.evals.append(metrics)
+                    if state.best is None or _better(metrics[best_metric], state.best["value"], best_mode):
+                        state.best = {"metric": best_metric, "value": metrics[best_metric], "step": state.step,
+                                      "epoch": state.epoch}
+                        guard.check_savable()
                         if rank == 0:
-                            atomic_save({"model": model.state_dict(), "metrics": metrics, "step": step}, best_path)
-                    say(f"{run_name} step {step}: " + ", ".join(
+                            atomic_save({"model": model.state_dict(), "metrics": metrics, "step": state.step},
+                                        best_path)
+                    say(f"{run_name} step {state.step}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-                if epoch_end or step == total_steps or (save_every_steps and step % save_every_steps == 0):
-                    check_savable()
+                if epoch_end or last or (save_every_steps and state.step % save_every_steps == 0):
+                    guard.check_savable()
                     if rank == 0:
-                        save_latest()
-                if step >= total_steps:
+                        state.history.train_time_s = round(time_before + time.perf_counter() - clock, 1)
+                        save_training(latest, model, optimizer, sched, step_fn.scaler, state, guard.reference,
+                                      seed, run_name)
+                        guard.last_good = latest
+                if state.step >= total_steps:
                     break
     if world > 1:
         for b in model.buffers():
             dist.broadcast(b, src=0)
-    return history
+    return state.history
+
+
+def _default_loss(model: nn.Module, loss_fn):
+    """``loss_fn``, else the model's own ``loss`` method (a distiller), else JointsMSE on the targets."""
+    from ..losses import batch_loss
+
+    own_loss = getattr(model, "loss", None)
+    return loss_fn or (own_loss if callable(own_loss) and not isinstance(own_loss, nn.Module) else batch_loss())
+
+
+class _Step:
+    """One training step: forward under autocast, the guard's checks, backward, clip, optimizer and
+    scheduler step; returns the step's logged values (averaged over ranks)."""
+
+    def __init__(self, model, loss_fn, optimizer, sched, amp_dtype, grad_clip, device, channels_last, world):
+        self.model, self.loss_fn, self.optimizer, self.sched = model, loss_fn, optimizer, sched
+        self.amp_dtype, self.grad_clip, self.device = amp_dtype, grad_clip, device
+        self.channels_last, self.world = channels_last, world
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def __call__(self, net: nn.Module, batch, guard: DivergenceGuard) -> dict[str, float]:
+        batch = _to_device(batch, self.device)
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            total, comps = _components(self.loss_fn(net(batch["image"]), batch))
+        values = torch.stack([v.detach().float() for v in comps.values()])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        values = dict(zip(comps, values.tolist()))
+        guard.check_loss(values, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+        if not self.scaler.is_enabled():  # fp16: the scaler itself skips steps with inf/nan gradients
+            guard.check_grads(values, batch)
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.sched is not None:
+            self.sched.step()
+        guard.check_update(lr_used, batch)
+        return values
+
+
+def _evaluate(model: nn.Module, evaluate_fn, state: RunState, best_metric: str, rank: int, world: int) -> dict:
+    """``evaluate_fn(model)`` on rank 0 (eval mode, no gradients), broadcast to every rank."""
+    metrics = None
+    if rank == 0:
+        model.eval()
+        with torch.no_grad():
+            metrics = {"epoch": state.epoch, "step": state.step, **evaluate_fn(model)}
+        model.train()
+    if world > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    if best_metric not in metrics:
+        raise KeyError(f"evaluate_fn returned no {best_metric!r} (keys: {sorted(metrics)})")
+    return metrics
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    return value > best if mode == "max" else value < best

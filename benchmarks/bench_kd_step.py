@@ -1,0 +1,97 @@
+"""What one training step costs, plain and distilled: seconds per step of each KD setting.
+
+    python benchmarks/bench_kd_step.py                                   # workshop, SqueezeNet, 1 thread
+    python benchmarks/bench_kd_step.py --settings baseline feature feature-cached --steps 100 --threads 2
+    python benchmarks/bench_kd_step.py --mode quick --steps 4 --warmup 2  # seconds: checks that it runs
+
+Each setting trains the student exactly as ``experiments.train_student`` does (the mode's budget:
+batch, augmentation, AMP, threads; the distiller of ``recipes.kd_recipe``) for ``--warmup`` steps,
+which build or load whatever the setting caches (the teacher caches are built once per teacher and
+stored; the first run of a cached setting builds them and says so), then resumes for ``--steps``
+more, and prints the seconds per step of those alone (``fit``'s own clock, loading excluded) and
+their ratio to the plain step. Settings: ``baseline`` and every tag of ``recipes.KD_SETTINGS``,
+each with the cache its recipe uses; ``<tag>-live`` runs the teacher forward in every step,
+``<tag>-cached`` reads the caches; the ratio is to the first ``baseline``. Runs go to a temporary
+folder and leave no results row. Compare figures only from one call, and name ``baseline`` first and
+last to see whether the machine's load moved during it.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path) -> float:
+    """Seconds per training step of ``setting`` after ``warmup`` steps (see the module docstring)."""
+    from posekd_lib.budgets import budget, student_amp, training_set
+    from posekd_lib.device_data import shuffled_loader
+    from posekd_lib.distill import freeze
+    from posekd_lib.experiments import _device, _trainee, build_loss, build_student_model
+    from posekd_lib.recipes import KD_SETTINGS, kd_recipe
+    from posekd_lib.teachers import load_teacher
+    from posekd_lib.train import History, fit
+
+    tag, _, cache = setting.partition("-")
+    if tag != "baseline" and tag not in KD_SETTINGS:
+        raise SystemExit(f"--settings {setting!r}: use baseline or one of {sorted(KD_SETTINGS)}, "
+                         "optionally with -live or -cached")
+    if cache not in ("", "live", "cached"):
+        raise SystemExit(f"--settings {setting!r}: the suffix is -live or -cached, not -{cache}")
+    b = budget(mode)
+    torch.manual_seed(0)
+    model = build_student_model(student)
+    if tag == "baseline":
+        made = build_loss("mse")
+    else:
+        overrides = {} if not cache else {"teacher_cache": cache == "cached"}
+        teacher = freeze(load_teacher(mode=mode)[0])
+        made = kd_recipe(tag, teacher, student, mode, **overrides)(model, warmup + steps)
+    net, loss_fn = _trainee(model, made)
+    loader = shuffled_loader(training_set(b), b.batch_size, b.loader, _device(b.device), b.num_workers)
+    kw = dict(loss_fn=loss_fn, lr=b.lr, device=b.device, out_dir=out, run_name=setting, threads=b.threads,
+              progress=False, channels_last=b.channels_last, amp=student_amp(student, b), save_every_steps=warmup)
+    optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
+    fit(net, loader, max_steps=warmup, optimizer=optimizer, **kw)
+    before = History.from_dict(torch.load(out / setting / "latest.pt", weights_only=True)["history"]).train_time_s
+    after = fit(net, loader, max_steps=warmup + steps, optimizer=optimizer, **kw).train_time_s
+    for hooked in (net, loss_fn):
+        if hasattr(hooked, "remove"):
+            hooked.remove()
+    return (after - before) / steps
+
+
+def main(argv=None) -> int:
+    from posekd_lib.config import get_mode, set_torch_threads
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
+    ap.add_argument("--student", default="squeezenet")
+    ap.add_argument("--settings", nargs="+", default=["baseline", "feature-live", "feature-cached"])
+    ap.add_argument("--warmup", type=int, default=20, help="steps before the clock starts")
+    ap.add_argument("--steps", type=int, default=60, help="timed steps")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    mode = get_mode(args.mode)
+    set_torch_threads(args.threads)
+    import os
+
+    os.environ["POSEKD_THREADS"] = str(args.threads)   # the budget's threads, which fit sets
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, setting in enumerate(args.settings):    # a setting named twice (load drift) runs twice
+            rows.append((setting, step_seconds(setting, mode, args.student, args.warmup, args.steps, Path(tmp) / str(i))))
+            print(f"  {setting}: {rows[-1][1]:.3f} s/step", flush=True)
+    plain = next((s for setting, s in rows if setting == "baseline"), None)
+    print(f"\nmode {mode}, student {args.student}, {args.threads} thread(s), {args.steps} timed steps after "
+          f"{args.warmup}")
+    print(f"{'setting':<22}{'s/step':>10}{'x plain':>10}")
+    for setting, s in rows:
+        print(f"{setting:<22}{s:>10.3f}{(f'{s / plain:.2f}' if plain else '-'):>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
