@@ -223,19 +223,18 @@ def load_reference_ai8x(run: str, dest: Path = REFERENCE_DIR) -> dict:
     stored float32, so ``ai8x_models.simulate_copy(out["qat"])`` is the integer model izer builds."""
     from . import ai8x
     from . import runconfig as rc
-    from . import ai8x_models
-    from .ai8x_models import ai85bottomup, ai85posenet
+    from .registry import model_entry
 
     folder = _installed(run, dest)
     cfg = rc.from_yaml(folder / "config.yaml")
     if cfg.model.student not in rc.MCU_STUDENTS:
         raise ValueError(f"{run}: a {cfg.model.student} run, not a MAX78000 one; load it with load_reference_student")
     info = json.loads((folder / "run_info.json").read_text())
-    if cfg.model.student == rc.BOTTOM_UP_STUDENT:
-        def build(variant):
-            return ai85bottomup(variant, input_size=tuple(info.get("input_size", ai8x_models.BOTTOM_UP_INPUT)))
-    else:
-        build = ai85posenet
+    entry = model_entry(cfg.model.student)
+    size = {"input_size": tuple(info["input_size"])} if "input_size" in info else {}
+
+    def build(variant):
+        return entry.build(variant=variant, **size)
     float_model = build(info["variant"])
     float_model.load_state_dict(_load_weights(Path(dest) / f"{folder.name.removesuffix('_qat')}_float" / WEIGHTS_FILE))
     qat_model = ai8x.initiate_qat(build(info["variant"]), info["policy"])

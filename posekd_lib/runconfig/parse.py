@@ -237,17 +237,17 @@ def bottom_up_input(model: ModelConfig) -> tuple[int, int]:
 
 
 def ai8x_variant(model: ModelConfig) -> str:
-    """The variant name of a MAX78000 student (``options: {variant: tiny}``): one of
-    ``ai8x_models.VARIANTS``, or ``BOTTOM_UP_VARIANTS`` for the bottom-up student."""
-    from ..ai8x_models import BOTTOM_UP_VARIANTS, VARIANTS
+    """The variant name of a MAX78000 student (``options: {variant: tiny}``): one of its
+    ``registry.MODELS`` entry's variants (``ai8x_models.VARIANTS`` or ``BOTTOM_UP_VARIANTS``)."""
+    from ..registry import model_entry
 
-    known = ("variant", "input_size") if model.student == BOTTOM_UP_STUDENT else ("variant",)
-    extra = sorted(set(model.options) - set(known))
+    entry = model_entry(model.student)
+    extra = sorted(set(model.options) - set(entry.options))
     if extra:
         raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has "
-                          + ", ".join(repr(k) for k in known))
+                          + ", ".join(repr(k) for k in entry.options))
     variant = model.options.get("variant", "tiny")
-    _choice("model.options.variant", variant, BOTTOM_UP_VARIANTS if model.student == BOTTOM_UP_STUDENT else VARIANTS)
+    _choice("model.options.variant", variant, entry.variants())
     return variant
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 from pathlib import Path
 
+from ..registry import MCU_BOTTOMUP, MCU_TOPDOWN, model_entry
 from .parse import _suggest, ai8x_variant, bottom_up_input, student_key
 from .schema import (
     AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, HINT_OPTIONS, LOGIT_OPTIONS, LOGIT_TERMS,
@@ -123,10 +124,9 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     mode = resolved_mode(cfg)
     if cfg.data.coco_root is not None:
         os.environ["COCO_ROOT"] = str(cfg.data.coco_root)
-    if cfg.model.student == AI8X_STUDENT:
-        return _train_ai8x(cfg, teacher, progress)
-    if cfg.model.student == BOTTOM_UP_STUDENT:
-        return _train_bottom_up(cfg, teacher, progress)
+    trainer = {MCU_TOPDOWN: _train_ai8x, MCU_BOTTOMUP: _train_bottom_up}.get(model_entry(cfg.model.student).family)
+    if trainer is not None:
+        return trainer(cfg, teacher, progress)
     student = student_key(cfg.model)
     with with_budget(**budget_fields(cfg)):
         kd = None

@@ -1,0 +1,74 @@
+"""The models a run config may name (``model.student``), in one table: how each is built, what its
+head outputs, how it trains and which ``model.options`` it takes.
+
+Three families train differently: ``topdown`` students (person crops in, heatmaps out; float
+training, ONNX export), and the two MAX78000 students, ``mcu_topdown`` (the same task on ai8x
+layers) and ``mcu_bottomup`` (whole frames in, heatmaps + part affinity fields out), both trained
+float then quantization-aware (``qat``). The runner, the config checks, the reference loader and
+``experiments.STUDENTS`` read this table instead of comparing names.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from torch import nn
+
+TOPDOWN, MCU_TOPDOWN, MCU_BOTTOMUP = "topdown", "mcu_topdown", "mcu_bottomup"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of :data:`MODELS`. ``builder`` is ``"module:function"`` (imported on first use);
+    ``defaults`` are its keywords for this entry (a top-down variant); ``base`` is the
+    ``models.build_student`` name of a top-down student."""
+
+    name: str
+    family: str
+    outputs: str
+    options: tuple[str, ...]
+    builder: str
+    defaults: dict = field(default_factory=dict)
+    base: str | None = None
+
+    @property
+    def qat(self) -> bool:
+        """Whether it trains float then quantization-aware (the MAX78000 students)."""
+        return self.family != TOPDOWN
+
+    def build(self, **kw) -> nn.Module:
+        """A fresh model (no downloaded weights); ``kw`` go to the builder after ``defaults``."""
+        module, fn = self.builder.split(":")
+        make = getattr(importlib.import_module(module), fn)
+        return make(self.base, **self.defaults, **kw) if self.base else make(**self.defaults, **kw)
+
+    def variants(self) -> dict | None:
+        """The MAX78000 students' variant tables (``options: {variant: ...}``); None for the others."""
+        from . import ai8x_models
+
+        return {MCU_TOPDOWN: ai8x_models.VARIANTS, MCU_BOTTOMUP: ai8x_models.BOTTOM_UP_VARIANTS}.get(self.family)
+
+
+_HEATMAPS = "17 COCO keypoint heatmaps of a person crop, at a quarter of its size"
+MODELS: dict[str, ModelEntry] = {e.name: e for e in (
+    ModelEntry("squeezenet", TOPDOWN, _HEATMAPS, (), "posekd_lib.models:build_student", base="squeezenet"),
+    ModelEntry("mobilenetv3", TOPDOWN, _HEATMAPS, ("output_stride",), "posekd_lib.models:build_student",
+               base="mobilenetv3"),
+    ModelEntry("mobilenetv3_os16", TOPDOWN, _HEATMAPS, (), "posekd_lib.models:build_student",
+               {"output_stride": 16}, base="mobilenetv3"),
+    ModelEntry("ai85posenet", MCU_TOPDOWN, _HEATMAPS + " (96x128 crops, ai8x layers)", ("variant",),
+               "posekd_lib.ai8x_models:ai85posenet"),
+    ModelEntry("ai85bottomup", MCU_BOTTOMUP, "19 keypoint heatmaps + 38 part affinity fields of a whole "
+               "frame (ai8x layers)", ("variant", "input_size"), "posekd_lib.ai8x_models:ai85bottomup"),
+)}
+#: The MAX78000 students' config names.
+AI8X_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_TOPDOWN)
+BOTTOM_UP_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_BOTTOMUP)
+MCU_STUDENTS = tuple(n for n, e in MODELS.items() if e.qat)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The :data:`MODELS` entry called ``name`` (KeyError naming the known ones)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
