@@ -139,10 +139,14 @@ def budget_fields(**fields):
         _BUDGET_FIELDS.reset(token)
 
 
-def steps_for(b: Budget, method: str | None = None) -> int:
+def steps_for(b: Budget, method: str | None = None, teacher_cache: bool = False) -> int:
     """The steps a run of ``method`` (``kd_recipe``'s ``"logits"`` / ``"feature"``, None for ground
-    truth only) trains for under ``b``: ``b.feature_steps`` for feature KD when set, else ``b.steps``."""
-    return int(b.feature_steps) if method == "feature" and b.feature_steps else int(b.steps)
+    truth only) trains for under ``b``: ``b.feature_steps`` for feature KD with the live teacher when
+    set (its step also runs the teacher), else ``b.steps`` — a hinted step served by the teacher
+    caches costs about a plain step (1.04-1.10x, ``benchmarks/bench_kd_step.py``), so it gets the
+    baseline's steps."""
+    live_feature = method == "feature" and not teacher_cache
+    return int(b.feature_steps) if live_feature and b.feature_steps else int(b.steps)
 
 
 def budget_dict(mode: str | None = None) -> dict:

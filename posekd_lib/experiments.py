@@ -180,7 +180,7 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps)``
     replaces it by a distiller (or another loss_fn; see the module docstring). ``steps`` overrides
     the budget's step count (:func:`~posekd_lib.budgets.steps_for`: ``feature_steps`` for a
-    feature-KD recipe, whose step also runs the teacher). ``labelled`` and ``unlabelled`` choose the training data as
+    feature-KD recipe with the live teacher, whose step also runs it). ``labelled`` and ``unlabelled`` choose the training data as
     :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
     ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
     ``curve_every`` adds a learning curve (:func:`curve_fit_kw`) to its history.
@@ -195,7 +195,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
 
     b = budget(mode)                      # the mode, resolved once: everything below reads b and paths
     mode, paths = b.mode, run_paths(b.mode)
-    total = int(steps or steps_for(b, (getattr(kd, "recipe", None) or {}).get("method")))
+    kd_info = getattr(kd, "recipe", None) or {}
+    total = int(steps or steps_for(b, kd_info.get("method"), bool(kd_info.get("teacher_cache"))))
     name = f"{tag}_{student_name}_s{seed}"
     run_dir = paths.checkpoints / name
     amp = student_amp(student_name, b)

@@ -65,6 +65,7 @@ def test_steps_for_gives_feature_kd_its_own_budget():
     w, q = budget("workshop"), budget("quick")
     assert steps_for(w) == steps_for(w, "logits") == w.steps
     assert steps_for(w, "feature") == w.feature_steps
+    assert steps_for(w, "feature", teacher_cache=True) == w.steps     # a cached hinted step costs a plain one
     assert q.feature_steps is None and steps_for(q, "feature") == q.steps
     f = budget("full")
     assert f.input_size == (192, 256) and f.heatmap_size == (48, 64) and f.sigma == 2
