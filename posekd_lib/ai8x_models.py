@@ -152,6 +152,11 @@ BOTTOM_UP_VARIANTS = {
 #: 0.475 at stride 8 to 0.685 (docs/experiments.md, issue 34). Resource report: 192,096 weight bytes,
 #: 7.34 ms at 128x128.
 BOTTOM_UP_VARIANTS["tiny_s4"] = BOTTOM_UP_VARIANTS["tiny"] + (("up4", "up", 48), ("dec4", "conv", 48))
+#: The capacity candidate (issue 34: the heatmaps, not the PAFs, fail): the small encoder (one more
+#: layer at 1/4 and 1/16, 64 channels from 1/16 on) and two 3x3 convs at stride 4. At 144x112:
+#: 288,864 weight bytes (65 % of 442,368; tiny_s4: 192,096) and 471,445 cycles = 9.43 ms (7.22).
+BOTTOM_UP_VARIANTS["small_s4_d2"] = BOTTOM_UP_VARIANTS["small"] + (("up4", "up", 48), ("dec4", "conv", 48),
+                                                                     ("dec4b", "conv", 48))
 
 
 def ai85bottomup(variant: str = "tiny", input_size=BOTTOM_UP_INPUT, **layer_kw) -> AI85PoseNet:

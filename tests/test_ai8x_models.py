@@ -184,7 +184,7 @@ def test_network_yaml_per_variant(variant):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"), reason="AI8X_SYNTHESIS_DIR not set")
 @pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned", "bottomup-tiny", "bottomup-small",
-                                     "bottomup-tiny_s4", "bottomup-recipe"])
+                                     "bottomup-tiny_s4", "bottomup-recipe", "bottomup-candidate"])
 def test_izer_synthesizes_variant(variant, tmp_path):
     """izer accepts the student (a channel-pruned one, the bottom-up 128x128 students and notebook
     08's recipe, 144x112), its weight bytes and cycle estimate equal the resource report's, and its
@@ -197,6 +197,8 @@ def test_izer_synthesizes_variant(variant, tmp_path):
         name, size = variant.split("-")[1], am.BOTTOM_UP_INPUT
         if name == "recipe":
             name, size = RECIPE["variant"], RECIPE["input_size"]
+        if name == "candidate":                          # the capacity candidate at the recipe's frame
+            name, size = "small_s4_d2", RECIPE["input_size"]
         m = am.ai85bottomup(name, input_size=size)
         with torch.no_grad():
             m.train()(torch.rand(4, 3, *size[::-1]) * 2 - 1)
@@ -256,7 +258,7 @@ def test_simulate_heatmaps_come_back_in_the_input_dtype():
     torch.testing.assert_close(wide, hm)                  # notebook 06's check
 
 
-@pytest.mark.parametrize("variant,stride", [("tiny", 8), ("small", 8), ("tiny_s4", 4)])
+@pytest.mark.parametrize("variant,stride", [("tiny", 8), ("small", 8), ("tiny_s4", 4), ("small_s4_d2", 4)])
 def test_bottom_up_students_fit_the_max78000(variant, stride):
     """128x128 frames in, 19 heatmaps + 38 PAFs at stride 8 (4 for tiny_s4: a transposed conv and a
     conv after the tiny chain) out; weights within 442,368 B and the estimated latency within 10 ms
