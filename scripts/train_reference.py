@@ -47,14 +47,16 @@ def _env(threads: int, mode: str) -> dict:
             "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
-def run_name(config: str) -> str:
+def run_name(config: str, tag: str | None = None) -> str:
     """``ref_<config>`` without the student suffix the run folder adds back (``ref_kl`` ->
-    ``ref_kl_squeezenet_s0``); the MAX78000 configs keep theirs (``ref_ai8x_tiny_gt_s0_qat``)."""
-    return "ref_" + (config if config in MCU else config.rsplit("_", 1)[0])
+    ``ref_kl_squeezenet_s0``); the MAX78000 configs keep theirs (``ref_ai8x_tiny_gt_s0_qat``).
+    ``tag`` (``--tag``) names a variant of the config's run, so it is shipped beside the config's own
+    (``ref_ai8x_tiny_fpd_small_s0_qat``) instead of over it."""
+    return "ref_" + (config if config in MCU else config.rsplit("_", 1)[0]) + (f"_{tag}" if tag else "")
 
 
 def student_cmd(config: str, args) -> list[str]:
-    sets = [f"name={run_name(config)}", f"seed={args.seed}", f"optim.eval_every={args.eval_every}"]
+    sets = [f"name={run_name(config, args.tag)}", f"seed={args.seed}", f"optim.eval_every={args.eval_every}"]
     if config in MCU:
         sets += [f"optim.steps={args.float_steps}", f"qat.steps={args.qat_steps}"]
     else:
@@ -70,9 +72,9 @@ def folders(config: str, args) -> list[Path]:
 
     root = run_paths(args.mode).checkpoints
     if config in MCU:
-        return [root / f"{run_name(config)}_s{args.seed}_{phase}" for phase in ("float", "qat")]
+        return [root / f"{run_name(config, args.tag)}_s{args.seed}_{phase}" for phase in ("float", "qat")]
     student = config.rsplit("_", 1)[1]
-    return [root / f"{run_name(config)}_{student}_s{args.seed}"]
+    return [root / f"{run_name(config, args.tag)}_{student}_s{args.seed}"]
 
 
 def card(cmd: list[str], args) -> dict:
@@ -95,7 +97,7 @@ def run_jobs(configs, args) -> dict[str, int | None]:
         while pending and len(running) < args.parallel:
             config = pending.pop(0)
             cmd = student_cmd(config, args)
-            log = open(logs / f"{run_name(config)}_s{args.seed}.log", "w")
+            log = open(logs / f"{run_name(config, args.tag)}_s{args.seed}.log", "w")
             running[config] = (subprocess.Popen(cmd, cwd=REPO, env=_env(args.threads, args.mode), stdout=log,
                                                 stderr=subprocess.STDOUT), log, cmd)
             print(f"[{time.strftime('%H:%M:%S')}] started {config}: {' '.join(cmd[1:])}", flush=True)
@@ -136,9 +138,13 @@ def main(argv=None) -> int:
                     help="only these configs of the phase (e.g. baseline_squeezenet kl_squeezenet)")
     ap.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
                     help="more config overrides for every run (e.g. 'model.options.input_size=[144, 112]')")
+    ap.add_argument("--tag", default=None, help="a variant of the configs' runs (with --set): names and ships "
+                    "them as ref_<config>_<tag>, beside the configs' own")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
     args = ap.parse_args(argv)
+    if args.tag is not None and not args.tag.replace("_", "").isalnum():
+        ap.error(f"--tag {args.tag!r}: use letters, digits and '_' (it becomes part of a folder name)")
     os.environ["POSEKD_MODE"] = args.mode
     if args.phase == "ship":
         from posekd_lib.reference import ship

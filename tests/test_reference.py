@@ -77,12 +77,16 @@ def test_train_reference_passes_extra_settings_to_every_run():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = script.argparse.Namespace(seed=1, eval_every=500, float_steps=10, qat_steps=2, steps=7, mode="quick",
-                                     set=["model.options.input_size=[144, 112]"])
+                                     set=["model.options.input_size=[144, 112]"], tag=None)
     cmd = script.student_cmd("bottomup_s4_gt", args)
     assert cmd[cmd.index("--set") + 1:] == ["name=ref_bottomup_s4_gt", "seed=1", "optim.eval_every=500",
                                             "optim.steps=10", "qat.steps=2", "model.options.input_size=[144, 112]"]
     assert script.student_cmd("baseline_squeezenet", script.argparse.Namespace(**{**vars(args), "set": None}))[-1] \
         == "optim.steps=7"
+    small = script.argparse.Namespace(**{**vars(args), "set": ["model.options.variant=small"], "tag": "small"})
+    assert script.student_cmd("ai8x_tiny_fpd", small)[-6] == "name=ref_ai8x_tiny_fpd_small"   # shipped beside tiny's
+    assert [f.name for f in script.folders("ai8x_tiny_fpd", small)] == ["ref_ai8x_tiny_fpd_small_s1_float",
+                                                                       "ref_ai8x_tiny_fpd_small_s1_qat"]
 
 
 @pytest.mark.slow  # two 4+2-step MAX78000 runs side by side in quick mode: ~40 s
