@@ -87,8 +87,7 @@ def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
     params = set(inspect.signature(cls).parameters)
     shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
                        "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
-    if cls is LogitsKD:
-        shared |= {"teacher_cache"}      # recipes.kd_recipe's: the teacher's heatmaps computed once
+    shared |= {"teacher_cache"}   # recipes.kd_recipe's: the teacher's heatmaps (and hinted features) computed once
     for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
                                  (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
                                  ("distill", cfg.distill, shared)):
