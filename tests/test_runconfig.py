@@ -280,7 +280,7 @@ def test_every_config_runs_in_quick_mode(tmp_path, monkeypatch):
             assert 0 <= row["PCK@0.2"] <= 1
         assert f"| {cfg.name} " in out.stdout and rc.config_id(cfg) in out.stdout
     hinted = table[table["distill.kinds"].fillna("").str.contains("hint")]
-    assert sorted(hinted["name"]) == ["feature", "feature-cached"]
+    assert sorted(hinted["name"]) == ["feature", "feature_cached"]
 
     # again, one config with quantize and export stages: the trained run is loaded (not retrained)
     base = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"), ["data.mode=quick"])
