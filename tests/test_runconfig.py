@@ -366,9 +366,10 @@ def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
         rc.check_mapping(kl_t1)
 
 
-def test_teacher_cache_is_a_logits_distiller_option():
+def test_teacher_cache_is_a_distiller_option():
     """The logits settings distil from the teacher cache by default; ``distill.options.teacher_cache:
-    false`` runs the teacher live (another recipe); the feature distiller refuses the option by name."""
+    false`` runs the teacher live (another recipe); the feature setting takes ``true`` (its hinted
+    features cached too: configs/feature_cached_squeezenet.yaml) and names a mistyped option."""
     fpd = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "fpd_squeezenet.yaml")
     assert "teacher_cache" not in rc.kd_setting(fpd)[1]                      # the default, as notebook 03
     assert kd_recipe(*rc.kd_setting(fpd)[:1], None, "squeezenet", "quick").recipe["teacher_cache"] is True
@@ -376,8 +377,11 @@ def test_teacher_cache_is_a_logits_distiller_option():
     assert tag == "fpd" and overrides["teacher_cache"] is False
     assert "teacher_cache" not in kd_recipe(tag, None, "squeezenet", "quick", **overrides).recipe
     feature = rc.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "feature_squeezenet.yaml")
-    with pytest.raises(rc.ConfigError, match=r"distill\.options\.teacher_cache: unknown option"):
-        rc.kd_setting(rc.apply_overrides(feature, ["distill.options.teacher_cache=true"]))
+    tag, overrides = rc.kd_setting(rc.apply_overrides(feature, ["distill.options.teacher_cache=true"]))
+    assert tag == "feature" and kd_recipe(tag, None, "squeezenet", "quick", **overrides).recipe["teacher_cache"] is True
+    assert "teacher_cache" not in kd_recipe(*rc.kd_setting(feature)[:1], None, "squeezenet", "quick").recipe
+    with pytest.raises(rc.ConfigError, match=r"distill\.options\.teacher_cach: unknown option.*teacher_cache"):
+        rc.kd_setting(rc.apply_overrides(feature, ["distill.options.teacher_cach=true"]))
 
 
 def test_launch_runs_a_named_config_as_the_command_does_and_reloads_it(capsys):
