@@ -9,8 +9,9 @@
 ``ai8x``: the MAX78000 student ``ai85posenet("tiny")`` on ground truth only
 (``configs/ai8x_tiny_gt.yaml``) and with FPD from the demo teacher's cache
 (``configs/ai8x_tiny_fpd.yaml``), float then QAT, side by side at the same steps.
-``squeezenet``: the SqueezeNet baseline, the spatial KL (teacher cache) and hints + FPD
-(``baseline_squeezenet``, ``kl_squeezenet``, ``feature_squeezenet``), at most two at once.
+``squeezenet``: the SqueezeNet baseline, the spatial KL (teacher cache) and hints + FPD, with the
+live teacher or from the teacher caches (``baseline_squeezenet``, ``kl_squeezenet``,
+``feature_squeezenet``, ``feature_cached_squeezenet``), at most two at once.
 ``bottomup``: the stride-4 bottom-up MAX78000 student ``ai85bottomup("tiny_s4")`` on ground truth
 only and distilled from the teacher's keypoints (``bottomup_s4_gt``, ``bottomup_s4_kd``), as ``ai8x``.
 ``--configs`` picks some configs of a phase.
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 AI8X = ("ai8x_tiny_gt", "ai8x_tiny_fpd")
 BOTTOM_UP = ("bottomup_s4_gt", "bottomup_s4_kd")
-SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet")
+SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet", "feature_cached_squeezenet")
 PHASES = {"ai8x": AI8X, "squeezenet": SQUEEZENET, "bottomup": BOTTOM_UP}
 MCU = AI8X + BOTTOM_UP           # float then QAT: two run folders each
 
