@@ -18,21 +18,21 @@ last to see whether the machine's load moved during it.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
 import torch
 
 
-def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path) -> float:
-    """Seconds per training step of ``setting`` after ``warmup`` steps (see the module docstring)."""
+def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path, teacher) -> float:
+    """Seconds per training step of ``setting`` after ``warmup`` steps (see the module docstring);
+    ``teacher``: the frozen teacher the KD settings distil from."""
     from posekd_lib.budgets import budget, student_amp, training_set
     from posekd_lib.device_data import shuffled_loader
-    from posekd_lib.distill import freeze
     from posekd_lib.experiments import _device, _trainee, build_loss, build_student_model
     from posekd_lib.recipes import KD_SETTINGS, kd_recipe
-    from posekd_lib.teachers import load_teacher
-    from posekd_lib.train import History, fit
+    from posekd_lib.train import fit
 
     tag, _, cache = setting.partition("-")
     if tag != "baseline" and tag not in KD_SETTINGS:
@@ -47,15 +47,13 @@ def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int,
         made = build_loss("mse")
     else:
         overrides = {} if not cache else {"teacher_cache": cache == "cached"}
-        teacher = freeze(load_teacher(mode=mode)[0])
         made = kd_recipe(tag, teacher, student, mode, **overrides)(model, warmup + steps)
     net, loss_fn = _trainee(model, made)
     loader = shuffled_loader(training_set(b), b.batch_size, b.loader, _device(b.device), b.num_workers)
     kw = dict(loss_fn=loss_fn, lr=b.lr, device=b.device, out_dir=out, run_name=setting, threads=b.threads,
               progress=False, channels_last=b.channels_last, amp=student_amp(student, b), save_every_steps=warmup)
     optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
-    fit(net, loader, max_steps=warmup, optimizer=optimizer, **kw)
-    before = History.from_dict(torch.load(out / setting / "latest.pt", weights_only=True)["history"]).train_time_s
+    before = fit(net, loader, max_steps=warmup, optimizer=optimizer, **kw).train_time_s
     after = fit(net, loader, max_steps=warmup + steps, optimizer=optimizer, **kw).train_time_s
     for hooked in (net, loss_fn):
         if hasattr(hooked, "remove"):
@@ -65,6 +63,8 @@ def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int,
 
 def main(argv=None) -> int:
     from posekd_lib.config import get_mode, set_torch_threads
+    from posekd_lib.distill import freeze
+    from posekd_lib.teachers import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
@@ -76,13 +76,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
     set_torch_threads(args.threads)
-    import os
-
     os.environ["POSEKD_THREADS"] = str(args.threads)   # the budget's threads, which fit sets
+    teacher = (freeze(load_teacher(mode=mode)[0]) if any(not s.startswith("baseline") for s in args.settings)
+               else None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, setting in enumerate(args.settings):    # a setting named twice (load drift) runs twice
-            rows.append((setting, step_seconds(setting, mode, args.student, args.warmup, args.steps, Path(tmp) / str(i))))
+            rows.append((setting, step_seconds(setting, mode, args.student, args.warmup, args.steps, Path(tmp) / str(i),
+                                               teacher)))
             print(f"  {setting}: {rows[-1][1]:.3f} s/step", flush=True)
     plain = next((s for setting, s in rows if setting == "baseline"), None)
     print(f"\nmode {mode}, student {args.student}, {args.threads} thread(s), {args.steps} timed steps after "

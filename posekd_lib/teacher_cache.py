@@ -41,10 +41,6 @@ class CacheMissError(KeyError):
     numbers its persons differently)."""
 
 
-def _homogeneous(m: np.ndarray) -> np.ndarray:
-    return np.vstack([np.asarray(m, dtype=np.float64), [0.0, 0.0, 1.0]])
-
-
 def _normaliser(w: int, h: int) -> np.ndarray:
     """Cell coordinates -> grid_sample's normalised coordinates (``align_corners=True``)."""
     return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])

@@ -12,12 +12,12 @@ from ..registry import AI8X_STUDENT, BOTTOM_UP_STUDENT, MCU_STUDENTS  # noqa: F4
 STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export", "izer")
 #: Stages it runs today; the others are rejected with a message rather than skipped.
 WIRED_STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export")
-#: The students a config may name are ``registry.MODELS``. The MAX78000 student (``ai85posenet``,
-#: ``options: {variant: tiny}``) trains with ``experiments.train_ai8x``, float steps then QAT steps,
-#: always both (its ``qat`` stage); the bottom-up one (``ai85bottomup``, ``options: {variant:
-#: tiny_s4}``: whole frames in, heatmaps + PAFs out) with ``bottom_up.train_bottom_up``, float then QAT
-#: as above; its ``distil`` stage takes one ``fpd`` term: the MSE to maps drawn from the teacher's
-#: keypoints, its weight the KD share α.
+# The students a config may name are ``registry.MODELS``. The MAX78000 student (``ai85posenet``,
+# ``options: {variant: tiny}``) trains with ``experiments.train_ai8x``, float steps then QAT steps,
+# always both (its ``qat`` stage); the bottom-up one (``ai85bottomup``, ``options: {variant:
+# tiny_s4}``: whole frames in, heatmaps + PAFs out) with ``bottom_up.train_bottom_up``, float then QAT
+# as above; its ``distil`` stage takes one ``fpd`` term: the MSE to maps drawn from the teacher's
+# keypoints, its weight the KD share α.
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 #: Distiller keywords a term's ``options`` may set; the others go in ``distill.options``.
