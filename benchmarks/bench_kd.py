@@ -7,7 +7,7 @@
     python benchmarks/bench_kd.py --settings feature --labelled 0.1 --unlabelled  # few labels, teacher labels the rest
     python benchmarks/bench_kd.py --mode quick             # seconds: checks that everything runs
 
-Every setting (``baseline`` and the tags of ``recipes.KD_SETTINGS``) is trained with the
+Every setting (``baseline`` and the tags of ``recipes.RECIPES``) is trained with the
 mode's budget (same batch, data, augmentation, learning rate; only the loss and the seed change;
 in workshop mode the same training *time*: 3,000 steps for the baseline and the logits settings,
 ``Budget.feature_steps`` = 1,500 for ``feature``, whose step also runs the teacher) through
@@ -44,7 +44,7 @@ from posekd_lib.config import get_mode, run_paths
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import freeze
 from posekd_lib.evaluation import ResultsTable, gap_closed
-from posekd_lib.experiments import (KD_SETTINGS, budget_trend, evaluate_teacher, kd_recipe,
+from posekd_lib.experiments import (RECIPES, budget_trend, evaluate_teacher, kd_recipe,
                                    label_tag, localization_summary, train_student)
 from posekd_lib.teachers import load_teacher
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")
     ap.add_argument("--student", default="squeezenet")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--settings", nargs="+", default=list(KD_SETTINGS), help=f"of {list(KD_SETTINGS)}")
+    ap.add_argument("--settings", nargs="+", default=list(RECIPES), help=f"of {list(RECIPES)}")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe entries")
     ap.add_argument("--name", default=None,
                     help="name the overrides in tags (feature-<name>) instead of spelling them out")

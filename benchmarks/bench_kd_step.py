@@ -9,7 +9,7 @@ batch, augmentation, AMP, threads; the distiller of ``recipes.kd_recipe``) for `
 which build or load whatever the setting caches (the teacher caches are built once per teacher and
 stored; the first run of a cached setting builds them and says so), then resumes for ``--steps``
 more, and prints the seconds per step of those alone (``fit``'s own clock, loading excluded) and
-their ratio to the plain step. Settings: ``baseline`` and every tag of ``recipes.KD_SETTINGS``,
+their ratio to the plain step. Settings: ``baseline`` and every tag of ``recipes.RECIPES``,
 each with the cache its recipe uses; ``<tag>-live`` runs the teacher forward in every step,
 ``<tag>-cached`` reads the caches; the ratio is to the first ``baseline``. Runs go to a temporary
 folder and leave no results row. Compare figures only from one call, and name ``baseline`` first and
@@ -31,12 +31,12 @@ def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int,
     from posekd_lib.budgets import budget, student_amp, training_set
     from posekd_lib.device_data import shuffled_loader
     from posekd_lib.experiments import _device, _trainee, build_loss, build_student_model
-    from posekd_lib.recipes import KD_SETTINGS, kd_recipe
+    from posekd_lib.recipes import RECIPES, kd_recipe
     from posekd_lib.train import fit
 
     tag, _, cache = setting.partition("-")
-    if tag != "baseline" and tag not in KD_SETTINGS:
-        raise SystemExit(f"--settings {setting!r}: use baseline or one of {sorted(KD_SETTINGS)}, "
+    if tag != "baseline" and tag not in RECIPES:
+        raise SystemExit(f"--settings {setting!r}: use baseline or one of {sorted(RECIPES)}, "
                          "optionally with -live or -cached")
     if cache not in ("", "live", "cached"):
         raise SystemExit(f"--settings {setting!r}: the suffix is -live or -cached, not -{cache}")

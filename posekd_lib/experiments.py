@@ -32,7 +32,7 @@ from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields
                       demo_teacher_sizes, example_batch, label_tag, steps_for, student_amp, training_set)
 from .config import atomic_write, run_paths
 from .registry import MODELS, TOPDOWN
-from .recipes import FEATURE_PAIRS, KD_SETTINGS, kd_recipe, teacher_cache_for, weights_fingerprint  # noqa: F401
+from .recipes import RECIPES, kd_recipe, recipe_settings, teacher_cache_for, weights_fingerprint  # noqa: F401
 
 #: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
 ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
@@ -328,7 +328,7 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
                curve_every: int | None = None) -> Ai8xRun:
     """Train (or load) a MAX78000 pose student: float training, then QAT, each ``AI8X_STEPS[mode]``.
 
-    ``kd`` is a :data:`KD_SETTINGS` logits tag (``"fpd"``, ``"kl"``) distilled from ``teacher``
+    ``kd`` is a logits recipe's tag (``"fpd"``, ``"kl"``: :data:`RECIPES`) distilled from ``teacher``
     (default: the mode's teacher), or None for ground truth only. The runs
     ``f"{tag}_float"`` / ``f"{tag}_qat"`` (tag default ``f"ai8x_{variant}_{kd or 'gt'}_s{seed}"``)
     are cached like :func:`train_student`'s; the float weights, the QAT weights and the integer
@@ -356,9 +356,9 @@ def train_ai8x(variant: str = "tiny", mode: str | None = None, seed: int = 0, kd
     loader = shuffled_loader(train_ds, b.batch_size, b.loader, _device(b.device), b.num_workers)
     factory, teacher_id = None, None
     if kd is not None:
-        if KD_SETTINGS.get(kd, {}).get("method") != "logits":
-            raise ValueError(f"kd={kd!r}: the MAX78000 student distils with a logits setting "
-                             f"({[t for t, s in KD_SETTINGS.items() if s['method'] == 'logits']}) or None")
+        logits = [t for t in RECIPES if recipe_settings(t)["method"] == "logits"]
+        if kd not in logits:
+            raise ValueError(f"kd={kd!r}: the MAX78000 student distils with a logits setting ({logits}) or None")
         if teacher is None:
             from .distill import freeze
             from .teachers import load_teacher

@@ -1,13 +1,18 @@
 """The distillation recipes of notebooks 03-05 and ``benchmarks/``, by run tag, and the teacher cache.
 
-:data:`KD_SETTINGS` holds each setting's terms and weights, :data:`FEATURE_PAIRS` the feature-KD
-layer pairs per student; :func:`kd_recipe` turns a tag into the ``kd`` factory that
-:func:`~posekd_lib.experiments.train_student` trains with, and records the recipe (the teacher's
-:func:`weights_fingerprint` included) with the run.
+A recipe is a committed run config: :data:`RECIPES` names, for each tag, the config whose
+``distill`` section holds its terms and weights (``configs/fpd_squeezenet.yaml`` for ``fpd``, ...),
+and :func:`recipe_settings` reads it as the distiller's keywords. The feature setting's layer pairs
+are the student's (``registry.ModelEntry.hint_pairs``). :func:`kd_recipe` turns a tag into the ``kd``
+factory that :func:`~posekd_lib.experiments.train_student` trains with, and records the recipe (the
+teacher's :func:`weights_fingerprint` included) with the run. How β and the pairs were chosen:
+``docs/experiments.md`` ("How the feature recipe was chosen"); why α = 0.5: notebook 03.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 from typing import Callable
 
@@ -15,31 +20,102 @@ import torch
 from torch import nn
 
 from .budgets import budget, training_set
-from .config import run_paths
+from .config import REPO_ROOT, run_paths
+
+#: The distillation settings of notebooks 03-04 and ``benchmarks/bench_kd.py``, by run tag: the
+#: config file (``configs/<name>.yaml``) whose ``distill`` section is the recipe. ``fpd``: FPD's
+#: heatmap MSE to the teacher; ``kl``: spatial-softmax KL at a temperature; ``feature``: FitNets
+#: hints on the last stride-4 features on top of the FPD term.
+RECIPES: dict[str, str] = {"fpd": "fpd_squeezenet", "kl": "kl_squeezenet", "feature": "feature_squeezenet"}
+#: The keys a recipe always states, by distiller method; its other keywords only when they differ
+#: from the distiller's defaults (so a recipe and a config that spells it out are one run).
+_CORE_KEYS = {"logits": ("kind", "alpha"), "feature": ("beta", "alpha_logits", "kind")}
 
 
-#: The distillation settings of notebooks 03-04 and ``benchmarks/bench_kd.py``, by run tag.
-#: ``fpd``: FPD's heatmap MSE to the teacher; ``kl``: spatial-softmax KL at a temperature;
-#: ``feature``: FitNets hints on the last stride-4 features (:data:`FEATURE_PAIRS`) on top of the
-#: FPD term (``alpha_logits``). α balances the gradients the terms send into the student (measured
-#: in notebook 03): at T = 0.5 the KL's gradient is about the GT MSE's, so α = 0.5 for both logits
-#: variants; β = 1 and the pairs were chosen on measured runs (docs/experiments.md, "How the
-#: feature recipe was chosen").
-KD_SETTINGS: dict[str, dict] = {
-    "fpd": {"method": "logits", "kind": "mse", "alpha": 0.5, "teacher_cache": True},
-    "kl": {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5, "teacher_cache": True},
-    "feature": {"method": "feature", "beta": 1.0, "alpha_logits": 0.5, "kind": "mse"},
-}
-#: Feature-KD layer pairs per student, ``{student layer: teacher layer}``: the student's last neck
-#: layer and HRNet's ``stage4`` output (its high-resolution branch), both 1/4 of the crop.
-FEATURE_PAIRS: dict[str, dict[str, str]] = {
-    "squeezenet": {"neck.4": "stage4"},
-    "mobilenetv3": {"neck.2": "stage4"},
-}
+def distill_wanted(distill) -> tuple[str, str, dict]:
+    """``(tag, method, keywords)`` that a config's ``distill`` section (a
+    :class:`~posekd_lib.runconfig.DistillConfig`) asks of the distiller: ``fpd``/``kl`` alone are the
+    logits recipes (``LogitsKD``), a ``hint`` term (with at most one logits term) the feature recipe
+    (``FeatureKD``). Every keyword the section names is in ``keywords``, defaults included; an option
+    no distiller takes is a :class:`~posekd_lib.runconfig.ConfigError` naming its key."""
+    from .distill import FeatureKD, LogitsKD
+    from .runconfig.parse import _suggest
+    from .runconfig.schema import HINT_OPTIONS, LOGIT_OPTIONS, LOGIT_TERMS, ConfigError
+
+    terms = distill.terms
+    i_hint = next((i for i, t in enumerate(terms) if t.kind == "hint"), None)
+    i_logit = next((i for i, t in enumerate(terms) if t.kind in LOGIT_TERMS), None)
+    hint = terms[i_hint] if i_hint is not None else None
+    logit = terms[i_logit] if i_logit is not None else None
+    wanted: dict = {}
+    if hint is None:
+        tag, method, cls = ("fpd" if logit.kind == "fpd" else "kl"), "logits", LogitsKD
+        wanted.update(kind=LOGIT_TERMS[logit.kind], alpha=logit.weight)
+    else:
+        tag, method, cls = "feature", "feature", FeatureKD
+        wanted.update(beta=hint.weight, alpha_logits=logit.weight if logit else 0.0,
+                      kind=LOGIT_TERMS[logit.kind] if logit else "mse")
+        if hint.pairs:
+            wanted["pairs"] = {str(k): str(v) for k, v in hint.pairs.items()}
+    params = set(inspect.signature(cls).parameters)
+    shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
+                       "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
+    shared |= {"teacher_cache"}   # kd_recipe's: the teacher's heatmaps (and hinted features) computed once
+    for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
+                                 (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
+                                 ("distill", distill, shared)):
+        for k, v in (term.options if term is not None else {}).items():
+            if k not in allowed:
+                label = f"a {term.kind} term" if where != "distill" else f"the {cls.__name__} distiller"
+                raise ConfigError(f"{where}.options.{k}: unknown option{_suggest(k, allowed)}; "
+                                  f"{label} takes {sorted(allowed)}")
+            wanted[k] = v
+    wanted["schedule"] = distill.schedule
+    return tag, method, wanted
+
+
+def distiller_defaults(method: str) -> dict:
+    """The keyword defaults of the distiller a recipe ``method`` builds (``teacher_cache``: the logits
+    recipes read the teacher's heatmaps from the cache unless told not to; the feature one runs live)."""
+    from .distill import FeatureKD, LogitsKD
+
+    cls = LogitsKD if method == "logits" else FeatureKD
+    return {**{k: p.default for k, p in inspect.signature(cls).parameters.items()},
+            "teacher_cache": method == "logits"}
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe_settings(tag: str) -> str:
+    from .runconfig.parse import from_yaml
+
+    if tag not in RECIPES:
+        raise KeyError(f"unknown distillation setting {tag!r}; choose one of {sorted(RECIPES)}")
+    path = REPO_ROOT / "configs" / f"{RECIPES[tag]}.yaml"
+    found, method, wanted = distill_wanted(from_yaml(path).distill)
+    if found != tag:
+        raise ValueError(f"{path}: its distill terms make the {found!r} recipe, not {tag!r} (recipes.RECIPES)")
+    wanted.pop("pairs", None)     # the student's, from the registry
+    defaults = distiller_defaults(method)
+    settings = {"method": method, **{k: v for k, v in wanted.items()
+                                     if k in _CORE_KEYS[method] or v != defaults.get(k, inspect.Parameter.empty)}}
+    if "teacher_cache" not in settings and defaults["teacher_cache"]:
+        settings["teacher_cache"] = True
+    if settings.get("teacher_cache") is False:
+        settings.pop("teacher_cache")
+    return json.dumps(settings)
+
+
+def recipe_settings(tag: str) -> dict:
+    """The distiller keywords of the recipe ``tag`` (a fresh dict), read from its config
+    (:data:`RECIPES`): ``method`` (``logits`` or ``feature``), the keys every recipe states (the logits
+    ``kind`` and ``alpha``; the feature recipe's ``beta``, ``alpha_logits`` and ``kind``), the other
+    keywords where they differ from the distiller's defaults, and ``teacher_cache`` where the teacher's
+    outputs come from the cache (the logits recipes' default)."""
+    return json.loads(_recipe_settings(tag))
 
 
 def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **overrides) -> Callable:
-    """The ``kd`` factory of :func:`train_student` for a :data:`KD_SETTINGS` tag (``overrides`` win).
+    """The ``kd`` factory of :func:`train_student` for a :data:`RECIPES` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
     ``kd_recipe(...)(student, total_steps)`` is the :class:`~posekd_lib.distill.Distiller` itself.
@@ -58,23 +134,25 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
     from hrnet_pose.configs import load_configs
 
     from .distill import FeatureKD, LogitsKD
+    from .registry import MODELS
     from .teachers import DEMO_CONFIG, FULL_CONFIG
 
-    if tag not in KD_SETTINGS:
-        raise KeyError(f"unknown distillation setting {tag!r}; choose one of {sorted(KD_SETTINGS)}")
+    base = recipe_settings(tag)
     b = budget(mode)
     teacher_size = tuple(int(v) for v in load_configs(FULL_CONFIG if b.mode == "full" else DEMO_CONFIG).MODEL.IMAGE_SIZE)
     default_size = None if teacher_size == tuple(b.input_size) else teacher_size
-    settings = {**KD_SETTINGS[tag], "teacher_input_size": default_size, **overrides}
+    settings = {**base, "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
     teacher_cache = bool(settings.pop("teacher_cache", False))
     if method == "logits":
         build = lambda student, total: LogitsKD(teacher, student, total_steps=total, **settings)  # noqa: E731
     else:
-        pairs = settings.pop("pairs", None) or FEATURE_PAIRS.get(student_name)
-        if pairs is None:
+        entry = MODELS.get(student_name)
+        pairs = settings.pop("pairs", None) or (entry.hint_pairs if entry is not None else None)
+        if not pairs:
+            known = sorted(n for n, e in MODELS.items() if e.hint_pairs)
             raise KeyError(f"no feature-KD layer pairs for student {student_name!r}; pass pairs={{student_layer: "
-                           f"teacher_layer}} (known: {sorted(FEATURE_PAIRS)})")
+                           f"teacher_layer}} (registry.MODELS has them for {known})")
         settings["pairs"] = dict(pairs)
         build = lambda student, total: FeatureKD(teacher, student, total_steps=total,  # noqa: E731
                                                  input_size=b.input_size, **settings)

@@ -21,7 +21,8 @@ TOPDOWN, MCU_TOPDOWN, MCU_BOTTOMUP = "topdown", "mcu_topdown", "mcu_bottomup"
 class ModelEntry:
     """One model of :data:`MODELS`. ``builder`` is ``"module:function"`` (imported on first use);
     ``defaults`` are its keywords for this entry (a top-down variant); ``base`` is the
-    ``models.build_student`` name of a top-down student."""
+    ``models.build_student`` name of a top-down student; ``hint_pairs`` its feature-KD layer pairs,
+    ``{student layer: teacher layer}`` (the feature recipe's hints; empty: none chosen)."""
 
     name: str
     family: str
@@ -30,6 +31,7 @@ class ModelEntry:
     builder: str
     defaults: dict = field(default_factory=dict)
     base: str | None = None
+    hint_pairs: dict = field(default_factory=dict)
 
     @property
     def qat(self) -> bool:
@@ -50,10 +52,13 @@ class ModelEntry:
 
 
 _HEATMAPS = "17 COCO keypoint heatmaps of a person crop, at a quarter of its size"
+# The feature recipe's hints: the student's last neck layer to HRNet's ``stage4`` output (its
+# high-resolution branch), both at 1/4 of the crop (chosen on measured runs: docs/experiments.md).
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
-    ModelEntry("squeezenet", TOPDOWN, _HEATMAPS, (), "posekd_lib.models:build_student", base="squeezenet"),
+    ModelEntry("squeezenet", TOPDOWN, _HEATMAPS, (), "posekd_lib.models:build_student", base="squeezenet",
+               hint_pairs={"neck.4": "stage4"}),
     ModelEntry("mobilenetv3", TOPDOWN, _HEATMAPS, ("output_stride",), "posekd_lib.models:build_student",
-               base="mobilenetv3"),
+               base="mobilenetv3", hint_pairs={"neck.2": "stage4"}),
     ModelEntry("mobilenetv3_os16", TOPDOWN, _HEATMAPS, (), "posekd_lib.models:build_student",
                {"output_stride": 16}, base="mobilenetv3"),
     ModelEntry("ai85posenet", MCU_TOPDOWN, _HEATMAPS + " (96x128 crops, ai8x layers)", ("variant",),

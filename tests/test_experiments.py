@@ -12,6 +12,7 @@ from hrnet_pose.configs import load_configs
 from posekd_lib import experiments
 from posekd_lib.ai8x import ai8x_layers
 from posekd_lib.config import run_paths
+from posekd_lib.registry import model_entry
 from posekd_lib.evaluation import ResultsTable
 from posekd_lib.experiments import budget, train_student
 from posekd_lib.losses import joints_mse
@@ -201,7 +202,8 @@ def test_kd_recipes_build_the_documented_losses():
 
     teacher = _random_teacher()
     student = experiments.build_student_model("squeezenet")
-    for tag, settings in experiments.KD_SETTINGS.items():
+    for tag in experiments.RECIPES:
+        settings = experiments.recipe_settings(tag)
         loss = experiments.kd_recipe(tag, teacher, "squeezenet", "quick")(student, 10)
         if settings["method"] == "logits":
             assert isinstance(loss, LogitsKD)
@@ -209,7 +211,7 @@ def test_kd_recipes_build_the_documented_losses():
             assert loss.temperature == settings.get("temperature", 1.0)
         else:
             assert isinstance(loss, FeatureKD)
-            assert loss.pairs == experiments.FEATURE_PAIRS["squeezenet"]
+            assert loss.pairs == {"neck.4": "stage4"} == model_entry("squeezenet").hint_pairs
             assert (loss.beta, loss.alpha) == (settings["beta"], settings["alpha_logits"])
             loss.remove()
     over = experiments.kd_recipe("fpd", teacher, "squeezenet", "quick", alpha=0.9)(student, 5)
@@ -226,8 +228,7 @@ def test_a_cached_kd_run_remembers_its_settings():
     teacher = _random_teacher()
     recipe = experiments.kd_recipe("feature", teacher, "squeezenet", "quick")
     assert recipe.recipe == {"setting": "feature", "method": "feature", "teacher_input_size": None,
-                             "pairs": experiments.FEATURE_PAIRS["squeezenet"],
-                             **{k: v for k, v in experiments.KD_SETTINGS["feature"].items() if k != "method"},
+                             "pairs": {"neck.4": "stage4"}, "beta": 1.0, "alpha_logits": 0.5, "kind": "mse",
                              "teacher": experiments.weights_fingerprint(teacher)}
     run = train_student("squeezenet", steps=1, tag="kdrec", progress=False, kd=recipe)
     stored = experiments._read_json(run.run_dir / "run_info.json")["recipe"]

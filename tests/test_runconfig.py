@@ -13,6 +13,7 @@ import torch
 from posekd_lib import runconfig as rc
 from posekd_lib import runs_table as rt
 from posekd_lib.experiments import budget, kd_recipe
+from posekd_lib.registry import model_entry
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -174,6 +175,33 @@ def test_distillation_terms_map_onto_the_notebooks_kd_recipe(name):
         assert kd_recipe(*rc.kd_setting(hints_alone)[:1], None, "squeezenet", "quick",
                          **rc.kd_setting(hints_alone)[1]).recipe == \
             kd_recipe("feature", None, "squeezenet", "quick", alpha_logits=0.0).recipe
+
+
+def test_a_recipe_is_read_from_its_config(tmp_path, monkeypatch):
+    """The recipes are the configs' distill sections: what a config says is what kd_recipe builds,
+    and the settings a notebook prints follow an edit of the file."""
+    from posekd_lib import recipes
+
+    assert recipes.recipe_settings("kl") == {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5,
+                                             "teacher_cache": True}
+    assert recipes.recipe_settings("feature") == {"method": "feature", "beta": 1.0, "alpha_logits": 0.5,
+                                                  "kind": "mse"}
+    feature = rc.from_yaml(REPO / "configs" / "feature_squeezenet.yaml")
+    assert feature.distill.terms[0].pairs == model_entry("squeezenet").hint_pairs    # the two say the same
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "kl_squeezenet.yaml").write_text(
+        (REPO / "configs" / "kl_squeezenet.yaml").read_text().replace("temperature: 0.5", "temperature: 2.0"))
+    monkeypatch.setattr(recipes, "REPO_ROOT", tmp_path)
+    recipes._recipe_settings.cache_clear()
+    try:
+        assert recipes.recipe_settings("kl")["temperature"] == 2.0
+        assert kd_recipe("kl", None, "squeezenet", "quick").recipe["temperature"] == 2.0
+        with pytest.raises(FileNotFoundError):
+            recipes.recipe_settings("fpd")
+    finally:
+        recipes._recipe_settings.cache_clear()
+    with pytest.raises(KeyError, match="unknown distillation setting 'fitnet'; choose one of"):
+        recipes.recipe_settings("fitnet")
 
 
 def test_kd_setting_of_other_terms():
@@ -362,7 +390,7 @@ def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
                                         "progress": False, "curve_every": None}
     assert rc.run_dir(cfg).name == "ai8x_tiny_fpd_s0_qat"      # the folder train_ai8x's default tag gives
     kl_t1 = rc.apply_overrides(cfg, ["distill.terms.0.kind=kl", "distill.terms.0.options.temperature=1.0"])
-    with pytest.raises(rc.ConfigError, match=r"distill.terms: \{'temperature': 1.0\} differ from .*KD_SETTINGS\['kl'\]"):
+    with pytest.raises(rc.ConfigError, match=r"distill.terms: \{'temperature': 1.0\} differ from the 'kl' recipe \(configs/kl_squeezenet.yaml\)"):
         rc.check_mapping(kl_t1)
 
 

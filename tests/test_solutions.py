@@ -59,10 +59,10 @@ def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
     assert set(out["hints_kl"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
     recipe = _quick_recipe("hints_kl_2_squeezenet_s0")
     assert recipe["steps"] == 2
-    from posekd_lib.experiments import KD_SETTINGS
+    from posekd_lib.recipes import recipe_settings
 
     kd = recipe["kd"]
-    assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, KD_SETTINGS["feature"]["beta"])
+    assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, recipe_settings("feature")["beta"])
 
 
 def test_cwd_hint_solution_trains_the_hint_alone_with_cwd():

@@ -19,7 +19,9 @@ import torch
 from posekd_lib.config import get_mode
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import FeatureKD, freeze
-from posekd_lib.experiments import FEATURE_PAIRS, KD_SETTINGS, budget, build_student_model, example_batch, kd_recipe, train_student
+from posekd_lib.experiments import budget, build_student_model, example_batch, kd_recipe, train_student
+from posekd_lib.recipes import recipe_settings
+from posekd_lib.registry import model_entry
 from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons
 from posekd_lib.teachers import load_teacher
 
@@ -74,8 +76,8 @@ def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
     for norm in ("channel", "none"):
         torch.manual_seed(seed)
         student = build_student_model(STUDENT)
-        settings = {k: v for k, v in KD_SETTINGS["feature"].items() if k != "method"}
-        kd = FeatureKD(teacher, student, FEATURE_PAIRS[STUDENT], input_size=b.input_size, normalize=norm,
+        settings = {k: v for k, v in recipe_settings("feature").items() if k != "method"}
+        kd = FeatureKD(teacher, student, model_entry(STUDENT).hint_pairs, input_size=b.input_size, normalize=norm,
                        **settings)
         parts = kd.loss(kd(batch["image"]), batch)
         kd.remove()
@@ -87,10 +89,10 @@ def exercise_4(mode: str | None = None, steps: int | None = None) -> dict:
     """β at 10x and 0.1x the recipe's value.
 
     The recipe's β = 1 came from a sweep on this student (0.05, 0.25, 1: AP rose with β, ever more
-    slowly; see the comment on ``KD_SETTINGS``). Compare the runs' ``gt`` loss curves with the
+    slowly; docs/experiments.md, "How the feature recipe was chosen"). Compare the runs' ``gt`` loss curves with the
     baseline's to see where the hint starts to compete with the task rather than help it.
     """
-    beta = KD_SETTINGS["feature"]["beta"]
+    beta = recipe_settings("feature")["beta"]
     return {f: _train(f"feat_b{f}".replace(".", "p"), mode, steps, beta=beta * f) for f in (10.0, 0.1)}
 
 

@@ -1,6 +1,6 @@
 """One run as one YAML file: :class:`RunConfig`, its checks, overrides, id and the recipe it maps to.
 
-A run's settings used to live in five places (the mode's ``Budget``, ``KD_SETTINGS``, keyword
+A run's settings used to live in five places (the mode's ``Budget``, a table of KD settings, keyword
 overrides, ``--set`` flags and the run's name); a :class:`RunConfig` holds all of them as plain
 dataclasses, read from and written to YAML (``configs/*.yaml``, and ``config.yaml`` in the run's
 folder)::
@@ -29,7 +29,7 @@ dotted key (``distill.terms[1].kind``); :func:`apply_overrides` applies ``--set 
 :func:`train_run` makes the run with the existing functions of :mod:`posekd_lib.experiments`
 (``train_student`` and ``kd_recipe``), so a config that says what a notebook does reuses the
 notebook's cached run and gives the same metrics for the same seed: the distillation terms map
-onto one ``KD_SETTINGS`` entry plus overrides (``fpd``/``kl`` alone: ``LogitsKD``; a ``hint`` term,
+onto one recipe (``recipes.RECIPES``: the config that holds it) plus overrides (``fpd``/``kl`` alone: ``LogitsKD``; a ``hint`` term,
 optionally with one logits term: ``FeatureKD``), and only settings that differ from the entry and
 from the distiller's defaults are passed, so the stored recipe equals the notebook's.
 

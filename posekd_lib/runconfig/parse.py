@@ -203,7 +203,7 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _check_ai8x(cfg: RunConfig) -> None:
-    """What ``experiments.train_ai8x`` can do: every label, GT MSE, one logits term as in KD_SETTINGS."""
+    """What ``experiments.train_ai8x`` can do: every label, GT MSE, one logits term as its recipe."""
     if cfg.data.labelled < 1:
         raise ConfigError(f"data.labelled: {cfg.data.labelled}; the MAX78000 student trains on every label")
     if cfg.optim.loss != "mse" and cfg.model.student != BOTTOM_UP_STUDENT:

@@ -7,11 +7,8 @@ import inspect
 from pathlib import Path
 
 from ..registry import MCU_BOTTOMUP, MCU_TOPDOWN, model_entry
-from .parse import _suggest, ai8x_variant, bottom_up_input, student_key
-from .schema import (
-    AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, HINT_OPTIONS, LOGIT_OPTIONS, LOGIT_TERMS,
-    MCU_STUDENTS, RunConfig,
-)
+from .parse import ai8x_variant, bottom_up_input, student_key
+from .schema import AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, MCU_STUDENTS, RunConfig
 
 
 # --------------------------------------------------------------------------- onto experiments.py
@@ -61,45 +58,16 @@ def budget_fields(cfg: RunConfig) -> dict:
 
 
 def kd_setting(cfg: RunConfig) -> tuple[str, dict]:
-    """``(KD_SETTINGS tag, kd_recipe overrides)`` equivalent to ``cfg.distill``.
+    """``(recipe tag, kd_recipe overrides)`` equivalent to ``cfg.distill``.
 
-    Only settings that differ from the tag's entry are passed, and a keyword the entry does not
-    have only when it differs from the distiller's default, so a config that spells out a
+    The tag is the recipe its terms make (``recipes.distill_wanted``); only settings that differ from
+    that recipe's config (``recipes.recipe_settings``) are passed, and a keyword the recipe does not
+    state only when it differs from the distiller's default, so a config that spells out a
     notebook's recipe yields exactly that recipe (and reuses its cached run)."""
-    from ..distill import FeatureKD, LogitsKD
-    from ..recipes import KD_SETTINGS
+    from ..recipes import distill_wanted, distiller_defaults, recipe_settings
 
-    terms = cfg.distill.terms
-    i_hint = next((i for i, t in enumerate(terms) if t.kind == "hint"), None)
-    i_logit = next((i for i, t in enumerate(terms) if t.kind in LOGIT_TERMS), None)
-    hint = terms[i_hint] if i_hint is not None else None
-    logit = terms[i_logit] if i_logit is not None else None
-    wanted: dict = {}
-    if hint is None:
-        tag, cls = ("fpd" if logit.kind == "fpd" else "kl"), LogitsKD
-        wanted.update(kind=LOGIT_TERMS[logit.kind], alpha=logit.weight)
-    else:
-        tag, cls = "feature", FeatureKD
-        wanted.update(beta=hint.weight, alpha_logits=logit.weight if logit else 0.0,
-                      kind=LOGIT_TERMS[logit.kind] if logit else KD_SETTINGS["feature"]["kind"])
-        if hint.pairs:
-            wanted["pairs"] = {str(k): str(v) for k, v in hint.pairs.items()}
-    params = set(inspect.signature(cls).parameters)
-    shared = params - {"teacher", "student", "total_steps", "pairs", "alpha", "beta", "alpha_logits", "kind",
-                       "input_size", "schedule", *LOGIT_OPTIONS, *HINT_OPTIONS}
-    shared |= {"teacher_cache"}   # recipes.kd_recipe's: the teacher's heatmaps (and hinted features) computed once
-    for where, term, allowed in ((f"distill.terms[{i_logit}]", logit, set(LOGIT_OPTIONS) & params),
-                                 (f"distill.terms[{i_hint}]", hint, set(HINT_OPTIONS) & params),
-                                 ("distill", cfg.distill, shared)):
-        for k, v in (term.options if term is not None else {}).items():
-            if k not in allowed:
-                label = f"a {term.kind} term" if where != "distill" else f"the {cls.__name__} distiller"
-                raise ConfigError(f"{where}.options.{k}: unknown option{_suggest(k, allowed)}; "
-                                  f"{label} takes {sorted(allowed)}")
-            wanted[k] = v
-    wanted["schedule"] = cfg.distill.schedule
-    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
-    entry = KD_SETTINGS[tag]
+    tag, method, wanted = distill_wanted(cfg.distill)
+    entry, defaults = recipe_settings(tag), distiller_defaults(method)
     overrides = {k: v for k, v in wanted.items()
                  if (k in entry and entry[k] != v) or (k not in entry and defaults.get(k, inspect.Parameter.empty) != v)}
     return tag, overrides
@@ -112,7 +80,7 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     ``teacher`` is the frozen teacher (loaded from ``distill.teacher`` when None). Returns
     ``train_student``'s :class:`~posekd_lib.experiments.Run`: the model, metrics and results row;
     for the MAX78000 student ``experiments.train_ai8x``'s :class:`~posekd_lib.experiments.Ai8xRun`
-    (float, QAT and integer-simulated metrics; its logits term must be a KD_SETTINGS entry as is).
+    (float, QAT and integer-simulated metrics; its logits term must be a recipe as is).
     """
     import os
 
@@ -144,10 +112,12 @@ def check_mapping(cfg: RunConfig) -> None:
     ``run`` can make them before it writes anything."""
     budget_fields(cfg)
     if "distil" in cfg.stages and cfg.model.student != BOTTOM_UP_STUDENT:
+        from ..recipes import RECIPES
+
         tag, overrides = kd_setting(cfg)
         if cfg.model.student == AI8X_STUDENT and overrides:
-            raise ConfigError(f"distill.terms: {overrides} differ from recipes.KD_SETTINGS[{tag!r}], which "
-                              "train_ai8x distils with as is")
+            raise ConfigError(f"distill.terms: {overrides} differ from the {tag!r} recipe "
+                              f"(configs/{RECIPES[tag]}.yaml), which train_ai8x distils with as is")
 
 
 def _train_ai8x(cfg: RunConfig, teacher, progress: bool):

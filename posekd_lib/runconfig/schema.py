@@ -74,7 +74,7 @@ class DistillTerm:
     kind: str
     weight: float = 1.0
     options: dict = field(default_factory=dict)     # LogitsKD / FeatureKD keywords (temperature, normalize, ...)
-    pairs: dict = field(default_factory=dict)       # hint: {student layer: teacher layer}; {}: FEATURE_PAIRS
+    pairs: dict = field(default_factory=dict)       # hint: {student layer: teacher layer}; {}: the student's registry hint_pairs
 
 
 @dataclass
