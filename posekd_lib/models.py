@@ -123,7 +123,11 @@ def complexity(model: nn.Module, input_size: tuple[int, int] = (192, 256)) -> di
 
     ``int8_kb`` assumes one byte per parameter (1 kB = 1000 bytes), the MAX78000 weight format.
     """
-    from calflops import calculate_flops
+    import warnings
+
+    with warnings.catch_warnings():   # calflops imports tqdm.auto, which warns in a kernel without widgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from calflops import calculate_flops
 
     w, h = input_size
     was_training = model.training

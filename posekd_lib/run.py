@@ -93,20 +93,27 @@ def config_path(config) -> Path:
 def launch(config, sets=(), mode: str | None = None, teacher=None, progress: bool = True, show: bool = True):
     """A notebook's training cell: the config ``config`` names (a ``configs/`` name, a path, or a
     :class:`~posekd_lib.runconfig.RunConfig`), with ``sets`` applied as ``--set`` would, run as
-    ``python -m posekd_lib.run`` runs it; ``show`` prints the YAML it runs first.
+    ``python -m posekd_lib.run`` runs it; ``show`` first prints the file as written (with its
+    comments; a RunConfig: its YAML), the overrides applied, the config id and the run's folder.
 
     Returns the trained run (``experiments.Run``, for the MAX78000 student ``Ai8xRun``), loaded
     from its folder when the command or an earlier cell already made it."""
+    from .config import shown_path
+
     if isinstance(config, rc.RunConfig):
         from .config import get_mode
 
         cfg = rc.apply_overrides(config, [f"data.mode={get_mode(mode or config.data.mode)}", *sets])
         rc.check_mapping(cfg)
+        text = rc.to_yaml(cfg)
     else:
-        cfg = prepare(config_path(config), sets, mode)
-    if show:
-        print(f"# {cfg.name}: id {rc.config_id(cfg)}, folder {rc.run_dir(cfg)}")
-        print(rc.to_yaml(cfg))
+        path = config_path(config)
+        cfg = prepare(path, sets, mode)
+        text = path.read_text()
+    if show:         # the file as written (a RunConfig: its YAML); nulls take the mode's budget
+        applied = ", ".join([f"data.mode={cfg.data.mode}", *sets])
+        print(f"# run {cfg.name} ({applied}): id {rc.config_id(cfg)}, folder {shown_path(rc.run_dir(cfg))}")
+        print(text.rstrip())
     return _run_stages(cfg, teacher, progress)[0]
 
 

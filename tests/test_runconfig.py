@@ -420,9 +420,13 @@ def test_launch_runs_a_named_config_as_the_command_does_and_reloads_it(capsys):
     assert config_path("kl_squeezenet") == REPO / "configs" / "kl_squeezenet.yaml"
     run = launch("baseline_squeezenet", ["optim.steps=2", "name=launch-check"], mode="quick", progress=False)
     shown = capsys.readouterr().out
-    assert "# launch-check: id" in shown and "steps: 2" in shown
+    assert "# run launch-check (data.mode=quick, optim.steps=2, name=launch-check): id" in shown
+    assert "# Notebook 02" in shown and "stages: [train, evaluate]" in shown     # the file, with its comments
     folder = rc.run_dir(rc.apply_overrides(rc.from_yaml(config_path("baseline_squeezenet")),
                                            ["data.mode=quick", "optim.steps=2", "name=launch-check"]))
+    from posekd_lib.config import shown_path
+
+    assert f"folder {shown_path(folder)}\n" in shown
     stamp = (folder / "latest.pt").stat().st_mtime_ns
     again = launch("baseline_squeezenet", ["optim.steps=2", "name=launch-check"], mode="quick", progress=False,
                    show=False)
