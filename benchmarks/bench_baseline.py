@@ -4,7 +4,7 @@
     python benchmarks/bench_baseline.py --mode quick      # seconds: checks that everything runs
 
 AP is COCO AP (flip test, ground-truth boxes) on the mode's validation split, from the same cached
-runs as the notebooks (``experiments.train_student`` / ``evaluate_teacher``; a missing run is
+runs as the notebooks (``configs/baseline_<student>.yaml`` through ``run.launch`` / ``evaluate_teacher``; a missing run is
 trained first, which in workshop mode takes minutes); the teacher is also scored in one pass, without
 the flip test, as a distillation target computed in one forward sees it. Training speed times real
 steps (data loading with augmentation, forward, joints MSE, backward, Adam) on the mode's training
@@ -24,7 +24,8 @@ import torch
 from posekd_lib.config import get_mode
 from posekd_lib.data import TopDownDataset, dataset_splits
 from posekd_lib.evaluation import evaluate_topdown
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, train_student
+from posekd_lib.experiments import budget, build_student_model, evaluate_teacher
+from posekd_lib.run import launch
 from posekd_lib.losses import joints_mse
 from posekd_lib.teachers import load_teacher
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
                 t.model, splits.val, t_info.input_size, t_info.heatmap_size, t_info.sigma, flip_test=False,
                 batch_size=b.eval_batch_size, device=next(t.model.parameters()).device)
         for name in STUDENTS[:2]:
-            ap_rows[name] = train_student(name, mode=mode, progress=False).metrics
+            ap_rows[name] = launch(f"baseline_{name}", mode=mode, progress=False, show=False).metrics
             torch.set_num_threads(args.threads)
         print(f"\n{'model':24s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'PCK@0.2':>8s}   (val, flip test, GT boxes)")
         for name, m in ap_rows.items():

@@ -3,7 +3,8 @@
     python benchmarks/bench_onnx.py --mode quick           # seconds: checks that everything runs
     python benchmarks/bench_onnx.py                        # workshop mode (trains the baselines if not cached)
 
-Each student is the mode's cached baseline (``experiments.train_student``; ``--untrained`` skips
+Each student is the mode's cached baseline (``configs/baseline_squeezenet.yaml`` with ``model.student``
+set, through ``run.launch``; ``--untrained`` skips
 training and uses a from-scratch student whose BatchNorm statistics come from 32 training crops).
 It is exported with ``export_onnx`` and quantized with ``quantize_int8`` (MinMax, per-channel
 weights) from ``--calib`` un-augmented training crops. Latency: batch 1, one thread (torch
@@ -29,7 +30,8 @@ import torch
 from posekd_lib.config import get_mode
 from posekd_lib.data import TopDownDataset, dataset_splits
 from posekd_lib.evaluation import evaluate_topdown
-from posekd_lib.experiments import budget, build_student_model, train_student
+from posekd_lib.experiments import budget, build_student_model
+from posekd_lib.run import launch
 from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, export_onnx, heatmap_agreement,
                                     onnx_parity, quantize_int8)
 
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
             ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, b.input_size, b.heatmap_size, b.sigma)
             model = with_data_bn_stats(build_student_model(name), torch.stack([ds[i]["image"] for i in range(32)]))
         else:
-            model = train_student(name, mode, progress=False).model.cpu().eval()
+            model = launch("baseline_squeezenet", [f"model.student={name}"], mode, progress=False,
+                           show=False).model.cpu().eval()
         fpath = export_onnx(model, out_dir / f"{name}.onnx", b.input_size, dynamo=False)
         qpath = quantize_int8(fpath, out_dir / f"{name}.int8.onnx", reader)
         crops = torch.from_numpy(reader.get_next()["image"])
