@@ -231,8 +231,9 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                                  log_every=max(1, min(10, float_steps // 4)),
                                  **curve_fit_kw(model, val, curve_every))
     float_model = trained["float_model"]                    # the float phase's final weights, before QAT
-    if sum(History.steps_done(d) for d in dirs) > before:
-        info["train_time_s"] = round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
+    if sum(History.steps_done(d) for d in dirs) > before:   # the phases' clocks (they survive a resume), as train_ai8x
+        clocked = sum(h.train_time_s or 0.0 for h in (trained.get("float"), trained.get("qat")) if h is not None)
+        info["train_time_s"] = round(clocked, 1) or round(info.get("train_time_s", 0.0) + time.perf_counter() - t0, 1)
     info.update(seed=seed, steps=[float_steps, qat_steps], batch_size=batch_size, lr=lr, policy=DEFAULT_QAT_POLICY,
                 teacher=teacher, **recipe)
     text = json.dumps(info, indent=1)

@@ -49,6 +49,11 @@ def test_a_short_distilled_run_trains_quantizes_and_scores():
     assert all(0 <= m["AP"] <= 1 for m in run.metrics.values())
     info = json.loads((run.run_dir / "run_info.json").read_text())
     assert info["teacher"] == weights_fingerprint(teacher) and info["kd"]   # the card names its teacher
+    from posekd_lib.train import History
+
+    clocks = sum(History.load(run.run_dir.parent / f"{run.name}_{p}" / "history.json").train_time_s
+                 for p in ("float", "qat"))
+    assert info["train_time_s"] == pytest.approx(clocks, abs=0.11)   # the phases' clocks, which survive a resume
 
 
 def test_map_diagnosis_scores_the_four_mixes_and_the_peaks():
