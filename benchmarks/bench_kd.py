@@ -2,16 +2,19 @@
 
     python benchmarks/bench_kd.py                          # workshop mode, SqueezeNet, seeds 0 and 1
     python benchmarks/bench_kd.py --seeds 0 1 2 --student mobilenetv3
-    python benchmarks/bench_kd.py --settings feature --set beta=0.25 --seeds 0   # tuning: own tag
+    python benchmarks/bench_kd.py --settings feature --set distill.terms.0.weight=0.25 --name b025 --seeds 0
+    python benchmarks/bench_kd.py --settings feature_cached_squeezenet --seeds 0 1 2   # any distil config
     python benchmarks/bench_kd.py --settings feature --steps 1200 --seeds 0      # equal steps, another budget
     python benchmarks/bench_kd.py --settings feature --labelled 0.1 --unlabelled  # few labels, teacher labels the rest
     python benchmarks/bench_kd.py --mode quick             # seconds: checks that everything runs
 
-Every setting (``baseline`` and the tags of ``recipes.RECIPES``) is trained with the
+Every setting (``baseline`` and the tags of ``recipes.RECIPES``, or any distillation config of
+``configs/``) is its config file, run as ``python -m posekd_lib.run`` runs it (``run.launch``) with the
+seed, student, steps and labels of the command line set on it, and trained with the
 mode's budget (same batch, data, augmentation, learning rate; only the loss and the seed change;
 in workshop mode the same training *time*: 3,000 steps for the baseline and the logits settings,
 ``Budget.feature_steps`` = 1,500 for ``feature``, whose step also runs the teacher) through
-``experiments.train_student``, so runs the notebooks already made are reused from the cache and
+the configs the notebooks run, so runs the notebooks already made are reused from the cache and
 missing ones are trained (in workshop mode 6-7 min per run on 2 idle cores). ``--steps N`` gives
 every run N steps instead (equal steps, tags get ``_<N>``). For each
 setting it prints COCO AP (flip test, GT boxes), AP50, AP75 and PCK@0.2 as mean ± half the range
@@ -22,10 +25,9 @@ A second table separates keypoint placement from ranking (``experiments.localiza
 mean OKS of each person with its own ground truth, the share with OKS >= 0.5, and ``AP_oracle``,
 the AP if every person were ranked by its true OKS -- the most that better scores alone could give --
 and ``rank_corr``, the Spearman correlation of each model's own person scores with that OKS.
-``--set key=value`` overrides a recipe entry (values are JSON: ``beta=0.25``,
-``pairs='{"neck.2": "stage3"}'``) and trains under its own tag, e.g. ``feature-beta=0.25``.
-``--name hints2`` names the overrides instead (``feature-hints2``), for values such as ``pairs``
-that make poor folder names.
+``--set key=value`` overrides a key of every distillation config (``distill.terms.0.weight=0.25``,
+``distill.terms.0.pairs='{neck.2: stage3}'``, values read as YAML) and needs ``--name`` to name the
+variant: its runs are ``<setting>-<name>`` (``feature-b025``).
 ``--labelled F`` keeps the keypoints of a fraction F of the training images for every run (tags get
 ``_l<percent>``); with ``--unlabelled`` the distilled runs also see the other images' persons without
 keypoints, which only the teacher labels (tags get ``_l<percent>u``); the baseline cannot use them.
@@ -33,8 +35,6 @@ keypoints, which only the teacher labels (tags get ``_l<percent>u``); the baseli
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,25 +44,22 @@ from posekd_lib.config import get_mode, run_paths
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import freeze
 from posekd_lib.evaluation import ResultsTable, gap_closed
-from posekd_lib.experiments import (RECIPES, budget_trend, evaluate_teacher, kd_recipe,
-                                   label_tag, localization_summary, train_student)
+from posekd_lib.experiments import RECIPES, budget_trend, evaluate_teacher, label_tag, localization_summary
+from posekd_lib.run import config_path, launch
+from posekd_lib.runconfig import from_yaml
 from posekd_lib.teachers import load_teacher
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["beta=0.25", "kind=kl"]`` -> ``{"beta": 0.25, "kind": "kl"}`` (JSON values, else strings)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+def setting_config(setting: str) -> tuple[str, str]:
+    """``(config name, run tag)`` of a ``--settings`` item: a recipe tag (``kl``: ``configs/kl_squeezenet.yaml``)
+    or a distillation config's name (``feature_cached_squeezenet``); the tag is the config's ``name``."""
+    config = RECIPES.get(setting, setting)
+    cfg = from_yaml(config_path(config))
+    if "distil" not in cfg.stages:
+        raise SystemExit(f"--settings {setting!r}: configs/{config}.yaml trains no distilled student")
+    return config, cfg.name
 
 
 def main(argv=None) -> int:
@@ -71,21 +68,22 @@ def main(argv=None) -> int:
     ap.add_argument("--student", default="squeezenet")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--settings", nargs="+", default=list(RECIPES), help=f"of {list(RECIPES)}")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe entries")
-    ap.add_argument("--name", default=None,
-                    help="name the overrides in tags (feature-<name>) instead of spelling them out")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override keys of the distillation configs (needs --name)")
+    ap.add_argument("--name", default=None, help="names the --set variant: runs <setting>-<name>")
     ap.add_argument("--steps", type=int, default=None, help="another budget for every run (tags get _<steps>)")
     ap.add_argument("--labelled", type=float, default=1.0, help="fraction of training images with keypoints")
     ap.add_argument("--unlabelled", action="store_true", help="distilled runs also train on the other images")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
-    overrides = parse_overrides(args.set)
     if args.name is not None and not args.name.replace("_", "").replace("-", "").isalnum():
         ap.error(f"--name {args.name!r}: use letters, digits, '-' and '_' (it becomes part of a folder name)")
-    suffix = f"-{args.name}" if args.name is not None else "".join(
-        f"-{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items())
+    if args.set and args.name is None:
+        ap.error("--set needs --name (the variant's runs are <setting>-<name>)")
+    suffix = f"-{args.name}" if args.name is not None else ""
     steps = "" if args.steps is None else f"_{args.steps}"
+    settings = [setting_config(s) for s in args.settings]
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")
     labels = label_tag(args.labelled)                        # the baseline's data
@@ -95,15 +93,20 @@ def main(argv=None) -> int:
     t = evaluate_teacher(mode, progress=False)
     teacher, _ = load_teacher(mode=mode)
     freeze(teacher)
+    budget = [*([f"optim.steps={args.steps}"] if args.steps else []),
+              *([f"data.labelled={args.labelled}"] if args.labelled < 1 else [])]
+    hint_pairs = [] if args.student == "squeezenet" else ["distill.terms.0.pairs={}"]  # the student's own (registry)
     runs: dict[str, list] = {"baseline": []}
     for seed in args.seeds:
-        runs["baseline"].append(train_student(args.student, mode=mode, seed=seed, tag="baseline" + labels + steps,
-                                              steps=args.steps, progress=False, labelled=args.labelled))
-        for tag in args.settings:
-            runs.setdefault(tag + suffix + data, []).append(train_student(
-                args.student, mode=mode, seed=seed, tag=tag + suffix + data + steps,
-                steps=args.steps, progress=False, labelled=args.labelled, unlabelled=args.unlabelled,
-                kd=kd_recipe(tag, teacher, args.student, mode, **overrides)))
+        common = [f"seed={seed}", f"model.student={args.student}", *budget]
+        runs["baseline"].append(launch("baseline_squeezenet", [f"name=baseline{labels}{steps}", *common], mode,
+                                       progress=False, show=False))
+        for config, tag in settings:
+            hinted = any(t.kind == "hint" for t in from_yaml(config_path(config)).distill.terms)
+            sets = [f"name={tag}{suffix}{data}{steps}", *common, *(hint_pairs if hinted else []),
+                    *(["data.unlabelled=true"] if args.unlabelled else []), *args.set]
+            runs.setdefault(tag + suffix + data, []).append(launch(config, sets, mode, teacher=teacher,
+                                                                   progress=False, show=False))
             torch.set_num_threads(args.threads)
 
     val = dataset_splits(mode).val

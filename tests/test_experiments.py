@@ -369,15 +369,19 @@ def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     spec = importlib.util.spec_from_file_location("bench_kd", REPO_ROOT / "benchmarks" / "bench_kd.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.parse_overrides(["beta=0.25", "kind=kl", 'pairs={"a": "b"}']) == {
-        "beta": 0.25, "kind": "kl", "pairs": {"a": "b"}}
-    with pytest.raises(ValueError, match="key=value"):
-        bench.parse_overrides(["beta"])
+    assert bench.setting_config("kl") == ("kl_squeezenet", "kl")
+    assert bench.setting_config("feature_cached_squeezenet") == ("feature_cached_squeezenet", "feature_cached")
+    with pytest.raises(SystemExit, match="trains no distilled student"):
+        bench.setting_config("baseline_squeezenet")
+    with pytest.raises(SystemExit):      # a --set variant must be named
+        bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "distill.terms.1.weight=0"])
+    capsys.readouterr()
 
-    assert bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "alpha_logits=0"]) == 0
+    assert bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "distill.terms.1.weight=0",
+                       "--name", "hints_alone_with_a_long_name"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("setting") and "gap closed" in line)
-    row = next(line for line in out.splitlines() if line.startswith("feature-alpha_logits=0 "))
+    row = next(line for line in out.splitlines() if line.startswith("feature-hints_alone_with_a_long_name "))
     assert len(row) == len(header), "the KD row is not aligned with the header"
     assert re.search(r"(-?\d+\.\d|nan) % ± (\d+\.\d|nan)$", row), row   # the gap it closed, last column
     assert "vs baseline at every budget" in out
@@ -385,11 +389,11 @@ def test_bench_kd_prints_the_comparison_with_long_tags_aligned(capsys):
     with pytest.raises(SystemExit):      # a name that would not make a plain folder name
         bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--name", "a/b"])
     capsys.readouterr()
-    assert bench.main(["--mode", "quick", "--seeds", "0", "--settings", "feature", "--set", "alpha_logits=0",
-                       'pairs={"neck.4": "stage4"}', "--name", "hints_only"]) == 0
-    out = capsys.readouterr().out
-    assert any(line.startswith("feature-hints_only ") for line in out.splitlines()), out
-    assert not any("pairs" in line for line in out.splitlines())
+    from posekd_lib.config import run_paths
+
+    folder = run_paths("quick").checkpoints / "feature-hints_alone_with_a_long_name_squeezenet_s0"
+    recipe = json.loads((folder / "run_info.json").read_text())["recipe"]["kd"]
+    assert recipe["alpha_logits"] == 0.0 and recipe["pairs"] == {"neck.4": "stage4"}   # the config, one term off
 
 
 @pytest.mark.slow  # 3 quick-mode settings, 2 + 2 steps each: ~20 s
