@@ -83,7 +83,8 @@ def main(argv=None) -> int:
         ap.error("--set needs --name (the variant's runs are <setting>-<name>)")
     suffix = f"-{args.name}" if args.name is not None else ""
     steps = "" if args.steps is None else f"_{args.steps}"
-    settings = [setting_config(s) for s in args.settings]
+    settings = [(config, tag, any(t.kind == "hint" for t in from_yaml(config_path(config)).distill.terms))
+                for config, tag in map(setting_config, args.settings)]       # hinted: the student's layer pairs
     if args.unlabelled and args.labelled >= 1:
         ap.error("--unlabelled needs --labelled below 1")
     labels = label_tag(args.labelled)                        # the baseline's data
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
         common = [f"seed={seed}", f"model.student={args.student}", *budget]
         runs["baseline"].append(launch("baseline_squeezenet", [f"name=baseline{labels}{steps}", *common], mode,
                                        progress=False, show=False))
-        for config, tag in settings:
-            hinted = any(t.kind == "hint" for t in from_yaml(config_path(config)).distill.terms)
+        for config, tag, hinted in settings:
             sets = [f"name={tag}{suffix}{data}{steps}", *common, *(hint_pairs if hinted else []),
                     *(["data.unlabelled=true"] if args.unlabelled else []), *args.set]
             runs.setdefault(tag + suffix + data, []).append(launch(config, sets, mode, teacher=teacher,

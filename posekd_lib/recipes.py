@@ -96,13 +96,10 @@ def _recipe_settings(tag: str) -> str:
         raise ValueError(f"{path}: its distill terms make the {found!r} recipe, not {tag!r} (recipes.RECIPES)")
     wanted.pop("pairs", None)     # the student's, from the registry
     defaults = distiller_defaults(method)
+    teacher_cache = wanted.pop("teacher_cache", defaults["teacher_cache"])
     settings = {"method": method, **{k: v for k, v in wanted.items()
                                      if k in _CORE_KEYS[method] or v != defaults.get(k, inspect.Parameter.empty)}}
-    if "teacher_cache" not in settings and defaults["teacher_cache"]:
-        settings["teacher_cache"] = True
-    if settings.get("teacher_cache") is False:
-        settings.pop("teacher_cache")
-    return json.dumps(settings)
+    return json.dumps({**settings, "teacher_cache": True} if teacher_cache else settings)
 
 
 def recipe_settings(tag: str) -> dict:
