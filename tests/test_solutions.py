@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from posekd_lib.hardware import limits
+
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
 
 
@@ -79,7 +81,11 @@ def test_mcu_solutions_without_training():
     assert all(v["fits"] for v in pruned.values())
     grouped = sol5.exercise_4()
     assert grouped["MAX78000"].startswith("rejected") and grouped["MAX78002"] == "accepted"
-    assert "state-dict order" in _load("06_export_solutions").exercise_3()
+    sol6 = _load("06_export_solutions")
+    assert "state-dict order" in sol6.exercise_3()
+    sizes = sol6.exercise_1()              # the two shipped long-budget students, no training
+    assert sizes["tiny"]["weight_bytes"] < sizes["small"]["weight_bytes"] <= limits(85).weight_memory_bytes
+    assert sizes["small"]["latency_ms"] > sizes["tiny"]["latency_ms"]
 
 
 def test_unlabelled_control_solution_trains_on_the_labelled_images_only():
