@@ -1,10 +1,12 @@
 """The models a run config may name (``model.student``), in one table: how each is built, what its
 head outputs, how it trains and which ``model.options`` it takes.
 
-Three families train differently: ``topdown`` students (person crops in, heatmaps out; float
-training, ONNX export), and the two MAX78000 students, ``mcu_topdown`` (the same task on ai8x
+Four families train differently: ``topdown`` students (person crops in, heatmaps out; float
+training, ONNX export), the two MAX78000 students, ``mcu_topdown`` (the same task on ai8x
 layers) and ``mcu_bottomup`` (whole frames in, heatmaps + part affinity fields out), both trained
-float then quantization-aware (``qat``). The runner, the config checks, the reference loader and
+float then quantization-aware (``qat``), and the ``teacher`` (an HRNet trained on the embedded
+dataset by ``teacher_training.train_teacher``, exported as the fp16 weights and card the
+notebooks load). The runner, the config checks, the reference loader and
 ``experiments.STUDENTS`` read this table instead of comparing names.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-TOPDOWN, MCU_TOPDOWN, MCU_BOTTOMUP = "topdown", "mcu_topdown", "mcu_bottomup"
+TOPDOWN, MCU_TOPDOWN, MCU_BOTTOMUP, TEACHER = "topdown", "mcu_topdown", "mcu_bottomup", "teacher"
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class ModelEntry:
     @property
     def qat(self) -> bool:
         """Whether it trains float then quantization-aware (the MAX78000 students)."""
-        return self.family != TOPDOWN
+        return self.family in (MCU_TOPDOWN, MCU_BOTTOMUP)
 
     def build(self, **kw) -> nn.Module:
         """A fresh model (no downloaded weights); ``kw`` go to the builder after ``defaults``."""
@@ -65,11 +67,15 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                "posekd_lib.ai8x_models:ai85posenet"),
     ModelEntry("ai85bottomup", MCU_BOTTOMUP, "19 keypoint heatmaps + 38 part affinity fields of a whole "
                "frame (ai8x layers)", ("variant", "input_size"), "posekd_lib.ai8x_models:ai85bottomup"),
+    ModelEntry("hrnet", TEACHER, _HEATMAPS + " (an HRNet teacher; its config sets the crop)",
+               ("config", "init_from", "train_multiple"), "posekd_lib.teacher_training:hrnet_teacher"),
 )}
 #: The MAX78000 students' config names.
 AI8X_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_TOPDOWN)
 BOTTOM_UP_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_BOTTOMUP)
 MCU_STUDENTS = tuple(n for n, e in MODELS.items() if e.qat)
+#: The teacher's config name.
+TEACHER_MODEL = next(n for n, e in MODELS.items() if e.family == TEACHER)
 
 
 def model_entry(name: str) -> ModelEntry:

@@ -20,7 +20,8 @@ it); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and eva
 id with every config field as a column (:func:`~posekd_lib.runs_table.runs_table`); ``export``
 writes ``student.onnx``. ``qat`` trains the MAX78000 student (``model.student: ai85posenet``) with
 ``experiments.train_ai8x``, float then QAT, and evaluates the float, QAT and integer-simulated
-models; its ``izer`` export is not wired yet.
+models; its ``izer`` export is not wired yet. The teacher (``model.student: hrnet``,
+:mod:`posekd_lib.teacher_training`) trains, evaluates and ``export`` writes its fp16 weights and card.
 """
 from __future__ import annotations
 
@@ -128,7 +129,11 @@ def _run_stages(cfg: rc.RunConfig, teacher, progress: bool):
     row = rt.runs_row(cfg, run)
     if "quantize" in cfg.stages:
         row.update(quantize(cfg, run))
-    if "export" in cfg.stages:
+    if "export" in cfg.stages and cfg.model.student == rc.TEACHER_MODEL:
+        from .teacher_training import export_teacher
+
+        row["weights"] = str(export_teacher(cfg, run))
+    elif "export" in cfg.stages:
         row["onnx"] = str(_export(cfg, run))
     if "evaluate" in cfg.stages:
         rt.record_run(row, rc.resolved_mode(cfg))

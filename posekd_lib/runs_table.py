@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .runconfig import (MCU_STUDENTS, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
+from .runconfig import (MCU_STUDENTS, TEACHER_MODEL, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
                         resolved_mode, to_dict)
 
 
@@ -58,6 +58,12 @@ def runs_row(cfg: RunConfig, run) -> dict:
 
     if cfg.model.student in MCU_STUDENTS:
         return _ai8x_row(cfg, run)
+    if cfg.model.student == TEACHER_MODEL:
+        return {"config_id": config_id(cfg), **flat_fields(cfg), "budget.steps": run.steps,
+                "budget.batch_size": run.batch_size, "budget.lr": run.lr,
+                "budget.input_size": f"{run.input_size[0]}x{run.input_size[1]}",
+                **{k: run.metrics.get(k) for k in (*ROW_METRICS, "PCK@0.2")}, "params": run.card["params"],
+                "train_time_s": run.train_time_s, "run_dir": str(run.run_dir)}
     b = run.budget
     row = {"config_id": config_id(cfg), **flat_fields(cfg),
            "budget.steps": run.row["steps"], "budget.batch_size": b.batch_size, "budget.lr": b.lr,

@@ -2,7 +2,9 @@
 
 ``load_teacher()`` picks by mode: in ``quick`` and ``workshop`` the demo teacher
 (``hrnet_pose/weights/<DEMO_NAME>.pt``, an HRNet-W16 at 128x96 trained on the embedded dataset
-by ``scripts/train_teacher.py``, with its ``.json`` card: command, seed, curve, validation AP); in ``full`` the official HRNet-W48
+by ``python -m posekd_lib.run configs/teacher_w16.yaml`` (:mod:`posekd_lib.teacher_training`; the cards
+of the teachers trained before it name the former ``scripts/train_teacher.py``, in git history), with its ``.json``
+card: command or config, seed, curve, validation AP); in ``full`` the official HRNet-W48
 384x288 COCO checkpoint. Nothing is downloaded; a missing file raises an error that says what the
 file is and where to put it.
 
@@ -73,7 +75,8 @@ def _missing_error(name: str, weights: Path, mode: str | None) -> FileNotFoundEr
         return FileNotFoundError(
             f"demo teacher weights not found: {weights}. This is the small HRNet-W16 (128x96) trained on "
             f"the embedded dataset; it ships with the repository as hrnet_pose/weights/{DEMO_NAME}.pt. "
-            f"Restore it from git, recreate it with `python scripts/train_teacher.py` (about an hour on "
+            f"Restore it from git, train one with `python -m posekd_lib.run configs/teacher_w16.yaml` "
+            f"(--set model.options.init_from=null to start from scratch; hours on "
             f"2 cores), or set {WEIGHTS_ENV} to another checkpoint of the {DEMO_CONFIG} config.")
     from hrnet_pose.checkpoint import MODEL_ZOO_HINT, official_checkpoint_name
 

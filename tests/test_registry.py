@@ -16,12 +16,15 @@ def test_every_model_builds_and_outputs_what_its_entry_says(name):
     out = out if torch.is_tensor(out) else out[0]
     channels = 19 + 38 if entry.family == registry.MCU_BOTTOMUP else 17
     assert out.shape[1] == channels and str(channels if channels == 17 else 19) in entry.outputs
-    assert entry.qat == (entry.family != registry.TOPDOWN) == (name in rc.MCU_STUDENTS)
-    assert (entry.variants() is None) == (entry.family == registry.TOPDOWN)
+    mcu = entry.family in (registry.MCU_TOPDOWN, registry.MCU_BOTTOMUP)
+    assert entry.qat == mcu == (name in rc.MCU_STUDENTS)
+    assert (entry.variants() is None) == (not mcu)
 
 
 def test_the_other_tables_are_read_from_the_registry():
-    assert experiments.STUDENTS == {n: (e.base, e.defaults) for n, e in registry.MODELS.items() if not e.qat}
+    assert experiments.STUDENTS == {n: (e.base, e.defaults) for n, e in registry.MODELS.items()
+                                    if e.family == registry.TOPDOWN}
+    assert rc.TEACHER_MODEL == "hrnet"
     assert (rc.AI8X_STUDENT, rc.BOTTOM_UP_STUDENT) == ("ai85posenet", "ai85bottomup")
     assert experiments.build_student_model("mobilenetv3_os16").head.in_channels > 0
     with pytest.raises(KeyError, match=r"unknown model 'resnet'; choose one of \['ai85bottomup'"):

@@ -487,3 +487,19 @@ def test_bottom_up_configs_train_the_recipe_notebook_08_trains():
         got = {"variant": rc.ai8x_variant(cfg.model), "loss": cfg.optim.loss, "sigma": cfg.data.sigma}
         assert got == {k: RECIPE[k] for k in got}, name
         assert rc.bottom_up_input(cfg.model) == tuple(RECIPE.get("input_size", (128, 128))), name
+
+
+def test_the_teacher_is_a_config_whose_errors_name_the_key():
+    cfg = rc.from_yaml(REPO / "configs" / "teacher_w16.yaml")
+    assert cfg.model.student == rc.TEACHER_MODEL and cfg.stages == ["train", "evaluate", "export"]
+    assert rc.teacher_options(cfg.model)["train_multiple"] == 5
+    assert (REPO / cfg.model.options["init_from"]).is_file()          # it continues a shipped teacher
+    assert rc.run_dir(rc.apply_overrides(cfg, ["data.mode=quick"])).name == f"{cfg.name}_hrnet_s0"
+    for sets, key in ((["model.options.width=32"], r"model\.options\.width: unknown option of hrnet"),
+                      (["model.options.config=w99"], r"model\.options\.config: 'w99' is not one of"),
+                      (["model.options.train_multiple=0.5"], r"model\.options\.train_multiple: 0\.5"),
+                      (["stages=[distil, evaluate]", "distill.terms=[{kind: fpd}]"], r"stages\[0\]: 'distil'; a hrnet"),
+                      (["optim.loss=awing"], r"optim\.loss: 'awing'; the hrnet teacher"),
+                      (["data.labelled=0.5"], r"data\.labelled: 0\.5; the hrnet teacher")):
+        with pytest.raises(rc.ConfigError, match=key):
+            rc.apply_overrides(cfg, sets)

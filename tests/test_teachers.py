@@ -52,7 +52,7 @@ def test_missing_demo_weights_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as e:
         load_teacher("demo")
     msg = str(e.value)
-    assert str(missing) in msg and "scripts/train_teacher.py" in msg and teachers.WEIGHTS_ENV in msg
+    assert str(missing) in msg and "configs/teacher_w16.yaml" in msg and teachers.WEIGHTS_ENV in msg
 
 
 def test_full_mode_error_names_the_official_checkpoint(monkeypatch):

@@ -14,7 +14,7 @@ from posekd_lib import ai8x, export, max78000
 from posekd_lib import ai8x_models as am
 from posekd_lib import onnx_export as ox
 from posekd_lib.data import dataset_splits
-from posekd_lib.experiments import budget, kd_recipe, train_ai8x, train_student
+from posekd_lib.experiments import budget, kd_recipe, train_student
 from posekd_lib.reference import load_reference_ai8x, reference_table
 from posekd_lib.teachers import load_teacher
 

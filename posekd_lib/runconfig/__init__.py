@@ -37,19 +37,22 @@ The runs table (``<mode folder>/runs.csv``, one row per config id, every config 
 is :mod:`posekd_lib.runs_table`'s. The mode's ``results.csv`` keeps the rows ``train_student``
 writes, as before.
 
+The teacher is a config too (``model.student: hrnet``, ``configs/teacher_w16.yaml``), trained by
+:mod:`posekd_lib.teacher_training` with the stages ``train``, ``evaluate`` and ``export``.
+
 The package, one job a module: `schema` (the dataclasses, the choices, `ConfigError`), `parse`
 (reading, checking, `--set` overrides, the config id) and `runner` (a config run by the
 experiments' functions). Import from here.
 """
 from .schema import (
-    STAGES, WIRED_STAGES, AI8X_STUDENT, BOTTOM_UP_STUDENT, MCU_STUDENTS, LOGIT_TERMS,
+    STAGES, WIRED_STAGES, AI8X_STUDENT, BOTTOM_UP_STUDENT, MCU_STUDENTS, TEACHER_MODEL, LOGIT_TERMS,
     LOGIT_OPTIONS, HINT_OPTIONS, TERM_KINDS, AMP_CHOICES, LR_SCHEDULES, ConfigError, DataConfig,
     ModelConfig, OptimConfig, DistillTerm, DistillConfig, QatConfig, PruneConfig,
     QuantizeConfig, ExportConfig, RunConfig,
 )
 from .parse import (
     from_dict, from_yaml, to_dict, to_yaml, config_id, validate, bottom_up_input, ai8x_variant,
-    student_key, apply_overrides,
+    student_key, teacher_options, apply_overrides,
 )
 from .runner import (
     resolved_mode, run_dir, ai8x_steps, budget_fields, kd_setting, train_run, check_mapping,
@@ -57,11 +60,11 @@ from .runner import (
 )
 
 __all__ = [
-    'STAGES', 'WIRED_STAGES', 'AI8X_STUDENT', 'BOTTOM_UP_STUDENT', 'MCU_STUDENTS',
+    'STAGES', 'WIRED_STAGES', 'AI8X_STUDENT', 'BOTTOM_UP_STUDENT', 'MCU_STUDENTS', 'TEACHER_MODEL',
     'LOGIT_TERMS', 'LOGIT_OPTIONS', 'HINT_OPTIONS', 'TERM_KINDS', 'AMP_CHOICES', 'LR_SCHEDULES',
     'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'DistillTerm', 'DistillConfig',
     'QatConfig', 'PruneConfig', 'QuantizeConfig', 'ExportConfig', 'RunConfig', 'from_dict',
     'from_yaml', 'to_dict', 'to_yaml', 'config_id', 'validate', 'bottom_up_input',
-    'ai8x_variant', 'student_key', 'apply_overrides', 'resolved_mode', 'run_dir', 'ai8x_steps',
+    'ai8x_variant', 'student_key', 'teacher_options', 'apply_overrides', 'resolved_mode', 'run_dir', 'ai8x_steps',
     'budget_fields', 'kd_setting', 'train_run', 'check_mapping', 'load_frozen_teacher',
 ]

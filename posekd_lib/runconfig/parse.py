@@ -13,7 +13,7 @@ import yaml
 
 from .schema import (
     AMP_CHOICES, BOTTOM_UP_STUDENT, ConfigError, LOGIT_TERMS, LR_SCHEDULES, MCU_STUDENTS,
-    ModelConfig, RunConfig, STAGES, TERM_KINDS, WIRED_STAGES, _FLOAT,
+    ModelConfig, RunConfig, STAGES, TEACHER_MODEL, TERM_KINDS, WIRED_STAGES, _FLOAT,
 )
 
 
@@ -134,7 +134,10 @@ def validate(cfg: RunConfig) -> None:
     if not 0 < cfg.data.labelled <= 1:
         raise ConfigError(f"data.labelled: {cfg.data.labelled} is not a fraction in (0, 1]")
     ai8x = cfg.model.student in MCU_STUDENTS
-    ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
+    if cfg.model.student == TEACHER_MODEL:
+        _check_teacher(cfg)
+    else:
+        ai8x_variant(cfg.model) if ai8x else student_key(cfg.model)
     if cfg.model.student == BOTTOM_UP_STUDENT:
         bottom_up_input(cfg.model)
     for k in ("steps", "batch_size", "eval_every"):
@@ -202,6 +205,21 @@ def validate(cfg: RunConfig) -> None:
         _check_ai8x(cfg)
 
 
+def _check_teacher(cfg: RunConfig) -> None:
+    """What ``teacher_training.train_teacher`` does: ground truth (MSE), every label, no KD, no QAT."""
+    teacher_options(cfg.model)
+    allowed = ("train", "evaluate", "export")
+    for i, s in enumerate(cfg.stages):
+        if s not in allowed:
+            raise ConfigError(f"stages[{i}]: {s!r}; a {cfg.model.student} teacher run has the stages {list(allowed)}")
+    if cfg.distill.terms:
+        raise ConfigError(f"distill.terms: a {cfg.model.student} teacher trains on the ground truth only")
+    if cfg.optim.loss != "mse":
+        raise ConfigError(f"optim.loss: {cfg.optim.loss!r}; the {cfg.model.student} teacher trains with 'mse'")
+    if cfg.data.labelled < 1 or cfg.data.unlabelled:
+        raise ConfigError(f"data.labelled: {cfg.data.labelled}; the {cfg.model.student} teacher trains on every label")
+
+
 def _check_ai8x(cfg: RunConfig) -> None:
     """What ``experiments.train_ai8x`` can do: every label, GT MSE, one logits term as its recipe."""
     if cfg.data.labelled < 1:
@@ -249,6 +267,28 @@ def ai8x_variant(model: ModelConfig) -> str:
     variant = model.options.get("variant", "tiny")
     _choice("model.options.variant", variant, entry.variants())
     return variant
+
+
+def teacher_options(model: ModelConfig) -> dict:
+    """The teacher's ``model.options`` with their defaults (``teacher_training.DEFAULT_OPTIONS``):
+    ``config`` an ``hrnet_pose`` config name, ``init_from`` a weights file or null, ``train_multiple``
+    a whole number >= 1."""
+    from ..teacher_training import DEFAULT_OPTIONS
+
+    extra = sorted(set(model.options) - set(DEFAULT_OPTIONS))
+    if extra:
+        raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has "
+                          + ", ".join(repr(k) for k in DEFAULT_OPTIONS))
+    opts = {**DEFAULT_OPTIONS, **model.options}
+    from hrnet_pose.configs import available_configs
+
+    _choice("model.options.config", opts["config"], available_configs())
+    if opts["init_from"] is not None and not isinstance(opts["init_from"], str):
+        raise ConfigError(f"model.options.init_from: {opts['init_from']!r}; a weights file (a path) or null")
+    m = opts["train_multiple"]
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise ConfigError(f"model.options.train_multiple: {m!r}; a whole number >= 1 (3: three times the images)")
+    return opts
 
 
 def student_key(model: ModelConfig) -> str:

@@ -6,9 +6,9 @@ import dataclasses
 import inspect
 from pathlib import Path
 
-from ..registry import MCU_BOTTOMUP, MCU_TOPDOWN, model_entry
+from ..registry import MCU_BOTTOMUP, MCU_TOPDOWN, TEACHER, model_entry
 from .parse import ai8x_variant, bottom_up_input, student_key
-from .schema import AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, MCU_STUDENTS, RunConfig
+from .schema import AI8X_STUDENT, BOTTOM_UP_STUDENT, ConfigError, MCU_STUDENTS, RunConfig, TEACHER_MODEL
 
 
 # --------------------------------------------------------------------------- onto experiments.py
@@ -20,12 +20,15 @@ def resolved_mode(cfg: RunConfig) -> str:
 
 def run_dir(cfg: RunConfig) -> Path:
     """The run's folder, the one ``train_student`` trains in: ``<checkpoints>/<name>_<student>_s<seed>``;
-    for the MAX78000 students the QAT folder, ``<checkpoints>/<name>_s<seed>_qat``."""
+    for the MAX78000 students the QAT folder, ``<checkpoints>/<name>_s<seed>_qat``; for the teacher
+    ``<checkpoints>/<name>_hrnet_s<seed>``."""
     from ..config import run_paths
 
     root = run_paths(resolved_mode(cfg)).checkpoints
     if cfg.model.student in MCU_STUDENTS:
         return root / f"{cfg.name}_s{cfg.seed}_qat"
+    if cfg.model.student == TEACHER_MODEL:
+        return root / f"{cfg.name}_{TEACHER_MODEL}_s{cfg.seed}"
     return root / f"{cfg.name}_{student_key(cfg.model)}_s{cfg.seed}"
 
 
@@ -91,7 +94,8 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
     mode = resolved_mode(cfg)
     if cfg.data.coco_root is not None:
         os.environ["COCO_ROOT"] = str(cfg.data.coco_root)
-    trainer = {MCU_TOPDOWN: _train_ai8x, MCU_BOTTOMUP: _train_bottom_up}.get(model_entry(cfg.model.student).family)
+    trainer = {MCU_TOPDOWN: _train_ai8x, MCU_BOTTOMUP: _train_bottom_up,
+               TEACHER: _train_teacher}.get(model_entry(cfg.model.student).family)
     if trainer is not None:
         return trainer(cfg, teacher, progress)
     student = student_key(cfg.model)
@@ -150,6 +154,12 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
                                curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma,
                                input_size=bottom_up_input(cfg.model))
+
+
+def _train_teacher(cfg: RunConfig, teacher, progress: bool):
+    from ..teacher_training import train_teacher
+
+    return train_teacher(cfg, progress=progress)
 
 
 def load_frozen_teacher(cfg: RunConfig):

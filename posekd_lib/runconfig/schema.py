@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..registry import AI8X_STUDENT, BOTTOM_UP_STUDENT, MCU_STUDENTS  # noqa: F401 (re-exported)
+from ..registry import AI8X_STUDENT, BOTTOM_UP_STUDENT, MCU_STUDENTS, TEACHER_MODEL  # noqa: F401 (re-exported)
 
 #: The stages a config may name, in pipeline order. ``python -m posekd_lib.run`` trains (and
 #: evaluates: ``train_student`` always does), quantizes, exports, then records the ``evaluate`` row.
@@ -17,7 +17,9 @@ WIRED_STAGES = ("train", "distil", "qat", "quantize", "evaluate", "export")
 # always both (its ``qat`` stage); the bottom-up one (``ai85bottomup``, ``options: {variant:
 # tiny_s4}``: whole frames in, heatmaps + PAFs out) with ``bottom_up.train_bottom_up``, float then QAT
 # as above; its ``distil`` stage takes one ``fpd`` term: the MSE to maps drawn from the teacher's
-# keypoints, its weight the KD share α.
+# keypoints, its weight the KD share α. The teacher (``hrnet``, ``options: {config: w16_128x96,
+# init_from: <weights>, train_multiple: 5}``) trains with ``teacher_training.train_teacher``; its stages
+# are ``train``, ``evaluate`` and ``export`` (the fp16 weights and card the notebooks load).
 #: Distillation term kinds: FPD's heatmap MSE, the spatial-softmax KL, FitNets hints.
 LOGIT_TERMS = {"fpd": "mse", "kl": "kl"}
 #: Distiller keywords a term's ``options`` may set; the others go in ``distill.options``.
