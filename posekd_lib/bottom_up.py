@@ -34,7 +34,7 @@ from torch import nn
 from .ai8x_models import (BOTTOM_UP_INPUT, DEFAULT_QAT_POLICY, HeatmapView, ai85bottomup, simulate_copy,
                           train_ai8x_student)
 from .config import atomic_write, get_mode, run_paths
-from .losses import bottom_up_mse
+from .losses import BOTTOM_UP_LOSSES, bottom_up_mse
 
 STRIDE = 8
 #: Teacher keypoints below this heatmap peak are left unlabelled in its targets (HRNet's
@@ -116,7 +116,7 @@ def teacher_keypoints(teacher: nn.Module, mode: str | None = None, min_score: fl
 
 
 #: ``optim.loss`` of a bottom-up run -> ``losses.bottom_up_mse``'s positive weight λ.
-LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
+LOSSES = BOTTOM_UP_LOSSES
 #: The design the learning curves chose (docs/experiments.md, E15-E21; 3,000-step curves on 100 fixed
 #: frames): stride 4 (36x28 maps), the loss that weights keypoint and limb cells ``1 + 10·|target|``,
 #: heatmap Gaussians of 3.5 input pixels, and 4:3 frames of 144x112 (a 320x240 camera frame at 0.45x;

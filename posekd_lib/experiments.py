@@ -31,16 +31,16 @@ from .analysis import budget_trend, localization_summary, pck_of_results  # noqa
 from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields, mode_settings,  # noqa: F401 (ditto)
                       demo_teacher_sizes, example_batch, label_tag, steps_for, student_amp, training_set)
 from .config import atomic_write, run_paths
-from .registry import MODELS, TOPDOWN
+from .losses import TOPDOWN_LOSSES
+from .registry import TOPDOWN_STUDENTS
 from .recipes import RECIPES, kd_recipe, recipe_settings, teacher_cache_for, weights_fingerprint  # noqa: F401
 
 #: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
 ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 #: Student names accepted by :func:`train_student`: ``models.build_student`` name and keywords (the
 #: top-down entries of ``registry.MODELS``).
-STUDENTS: dict[str, tuple[str, dict]] = {n: (e.base, dict(e.defaults)) for n, e in MODELS.items()
-                                         if e.family == TOPDOWN}
-LOSSES = ("mse", "awing", "mse_ce")
+STUDENTS: dict[str, tuple[str, dict]] = TOPDOWN_STUDENTS
+LOSSES = TOPDOWN_LOSSES
 
 
 @dataclass

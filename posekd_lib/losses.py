@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The top-down students' ground-truth losses by name (``experiments.build_loss``; a config's ``optim.loss``).
+TOPDOWN_LOSSES = ("mse", "awing", "mse_ce")
+#: The bottom-up student's: the masked map MSE with keypoint and limb cells weighted
+#: ``1 + weight·|target|`` (``bottom_up.gt_loss``).
+BOTTOM_UP_LOSSES = {"mse": 0.0, "mse_pos10": 10.0}
+
 
 def _joint_weight(target_weight: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor | None:
     """Per-joint weights reshaped to (N, K, 1, 1) so they broadcast over heatmap pixels."""

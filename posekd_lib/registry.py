@@ -74,8 +74,13 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
 AI8X_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_TOPDOWN)
 BOTTOM_UP_STUDENT = next(n for n, e in MODELS.items() if e.family == MCU_BOTTOMUP)
 MCU_STUDENTS = tuple(n for n, e in MODELS.items() if e.qat)
-#: The teacher's config name.
+#: The top-down students as ``experiments.STUDENTS`` names them: ``{name: (models.build_student base, its keywords)}``.
+TOPDOWN_STUDENTS: dict[str, tuple[str, dict]] = {n: (e.base, dict(e.defaults)) for n, e in MODELS.items()
+                                                 if e.family == TOPDOWN}
+#: The teacher's config name, and its ``model.options`` when a config leaves them out: an
+#: ``hrnet_pose`` config, the weights it starts from, how many times the training images it sees.
 TEACHER_MODEL = next(n for n, e in MODELS.items() if e.family == TEACHER)
+TEACHER_OPTIONS = {"config": "w16_128x96", "init_from": None, "train_multiple": 1}
 
 
 def model_entry(name: str) -> ModelEntry:

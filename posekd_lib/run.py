@@ -132,7 +132,7 @@ def _run_stages(cfg: rc.RunConfig, teacher, progress: bool):
     if "export" in cfg.stages and cfg.model.student == rc.TEACHER_MODEL:
         from .teacher_training import export_teacher
 
-        row["weights"] = str(export_teacher(cfg, run))
+        row["weights"] = str(export_teacher(run, rc.resolved_mode(cfg)))
     elif "export" in cfg.stages:
         row["onnx"] = str(_export(cfg, run))
     if "evaluate" in cfg.stages:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .config import REPO_ROOT, shown_path
+from .registry import TEACHER_OPTIONS
 from .teachers import DEMO_WEIGHTS
 
 #: Images of the learning curve's fixed validation subset (the demo teachers' cards use 150).
@@ -40,7 +41,7 @@ CURVE_IMAGES = 150
 #: Steps between curve points when ``optim.eval_every`` is null.
 EVAL_EVERY = 500
 WEIGHTS_DIR = REPO_ROOT / "hrnet_pose" / "weights"
-DEFAULT_OPTIONS = {"config": "w16_128x96", "init_from": None, "train_multiple": 1}
+DEFAULT_OPTIONS = TEACHER_OPTIONS
 
 
 def hrnet_teacher(config: str = DEFAULT_OPTIONS["config"]) -> nn.Module:
@@ -75,50 +76,50 @@ def _weights_file(init_from) -> Path | None:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def train_teacher(cfg, progress: bool = True) -> TeacherRun:
-    """Train (or resume, or load) the teacher ``cfg`` describes and score it (module docstring)."""
+def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str = DEFAULT_OPTIONS["config"],
+                  init_from: str | None = None, train_multiple: int = 1, steps: int | None = None,
+                  eval_every: int | None = None, progress: bool = True, record: dict | None = None) -> TeacherRun:
+    """Train (or resume, or load) an HRNet teacher in ``folder`` and score it (module docstring).
+
+    ``steps``, batch size, learning rate, augmentation, autocast, device and threads are the mode's
+    budget (``budgets.budget``; the runner sets a config's values on it); ``record`` (the run's
+    resolved config) is stored in the card."""
     from hrnet_pose.checkpoint import load_pose_checkpoint
     from hrnet_pose.configs import load_configs
 
-    from .budgets import budget, budget_fields as with_budget
+    from .budgets import budget
     from .data import TopDownDataset, dataset_splits
     from .device_data import shuffled_loader
     from .evaluation import curve_evaluator, first_images
     from .experiments import _device, evaluate_cached
-    from .runconfig import resolved_mode, run_dir, teacher_options, to_dict
-    from .runconfig.runner import budget_fields
     from .train import History, fit, load_checkpoint
 
-    mode, opts = resolved_mode(cfg), teacher_options(cfg.model)
     if mode == "full":
-        raise ValueError(f"data.mode: full; the {cfg.name} teacher trains on the embedded dataset (quick or "
+        raise ValueError(f"data.mode: full; the {name} teacher trains on the embedded dataset (quick or "
                          "workshop); full mode's teacher is the official HRNet-W48 checkpoint")
-    with with_budget(**budget_fields(cfg)):
-        b = budget(mode)
-    hcfg = load_configs(opts["config"])
+    b = budget(mode)
+    hcfg = load_configs(config)
     size, hm_size, sigma = tuple(hcfg.MODEL.IMAGE_SIZE), tuple(hcfg.MODEL.HEATMAP_SIZE), float(hcfg.MODEL.SIGMA)
     splits = dataset_splits(mode)
     train_ds = TopDownDataset(splits.train.ann_file, splits.train.img_dir, size, hm_size, sigma, train=True, aug=b.aug)
     dataset_text = f"posekd embedded ({mode}) train split"
-    if opts["train_multiple"] > 1:
+    if train_multiple > 1:
         from torch.utils.data import ConcatDataset
 
         from .synth import ensure_extra_train
         from .synth.splits import sizes_for_mode
 
-        n_extra = (opts["train_multiple"] - 1) * sizes_for_mode(mode)["train"]
+        n_extra = (train_multiple - 1) * sizes_for_mode(mode)["train"]
         extra = ensure_extra_train(mode, n_extra, progress=progress)
         train_ds = ConcatDataset([train_ds, TopDownDataset(extra.ann_file, extra.img_dir, size, hm_size, sigma,
                                                            train=True, aug=b.aug)])
         dataset_text += f" + the {n_extra} images that follow it (synth.ensure_extra_train)"
-    steps = cfg.optim.steps or b.steps
+    steps = steps or b.steps
     device = _device(b.device)
     loader = shuffled_loader(train_ds, b.batch_size, b.loader, device, b.num_workers)
-    folder = run_dir(cfg)
-
-    torch.manual_seed(cfg.seed)
-    model = hrnet_teacher(opts["config"])
-    init = _weights_file(opts["init_from"])
+    torch.manual_seed(seed)
+    model = hrnet_teacher(config)
+    init = _weights_file(init_from)
     if init is not None and History.steps_done(folder) == 0:
         load_pose_checkpoint(model, init)          # strict: names the file and the keys that differ
     curve_ids = first_images(splits.val.ann_file, CURVE_IMAGES)
@@ -127,8 +128,8 @@ def train_teacher(cfg, progress: bool = True) -> TeacherRun:
     t0 = time.perf_counter()
     history = fit(model, loader, max_steps=steps, lr=b.lr, out_dir=folder.parent, run_name=folder.name,
                   save_every_steps=100 if steps > 200 else None, evaluate_fn=evaluate, best_metric="AP",
-                  seed=cfg.seed, device=device, threads=b.threads, log_every=max(1, min(20, steps // 4)), amp=amp,
-                  eval_every_steps=cfg.optim.eval_every or min(EVAL_EVERY, steps), channels_last=True,
+                  seed=seed, device=device, threads=b.threads, log_every=max(1, min(20, steps // 4)), amp=amp,
+                  eval_every_steps=eval_every or min(EVAL_EVERY, steps), channels_last=True,
                   progress=progress)
     wall = time.perf_counter() - t0
     best = folder / "best.pt"
@@ -139,10 +140,10 @@ def train_teacher(cfg, progress: bool = True) -> TeacherRun:
                                  batch_size=b.eval_batch_size, progress=progress)
     metrics = {k: v for k, v in metrics.items() if k != "eval_time_s"}
     card = {
-        "name": cfg.name, "config": opts["config"], "input_size_wh": list(size), "heatmap_size_wh": list(hm_size),
+        "name": name, "config": config, "input_size_wh": list(size), "heatmap_size_wh": list(hm_size),
         "sigma": sigma, "dataset": dataset_text, "train_persons": len(train_ds), "steps": steps,
-        "batch_size": b.batch_size, "lr": b.lr, "seed": cfg.seed, "aug": b.aug, "amp": amp,
-        "init_from": opts["init_from"],
+        "batch_size": b.batch_size, "lr": b.lr, "seed": seed, "aug": b.aug, "amp": amp,
+        "init_from": init_from,
         "best_step": best_step,
         "best_step_val_subset_AP": round(float(extras["metrics"]["AP"]), 4)
         if isinstance(extras, dict) and "metrics" in extras else None,
@@ -150,13 +151,13 @@ def train_teacher(cfg, progress: bool = True) -> TeacherRun:
             {"step": e["step"], "samples": e["step"] * b.batch_size,
              **{k: round(float(e[k]), 4) for k in ("AP", "AP50", "AP75", "mean_OKS")}} for e in history.evals]},
         "command": "python -m posekd_lib.run " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("run.py") else None,
-        "run_config": to_dict(cfg),
+        **({"run_config": record} if record is not None else {}),
         "val_metrics_flip_gt_boxes": {k: round(float(v), 4) for k, v in metrics.items()},
         "train_time_s": history.train_time_s or round(wall, 1), "device": str(device),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "params": sum(p.numel() for p in model.parameters()),
     }
-    return TeacherRun(cfg.name, folder, model.cpu(), metrics, steps, b.batch_size, b.lr, size,
+    return TeacherRun(name, folder, model.cpu(), metrics, steps, b.batch_size, b.lr, size,
                       card["train_time_s"], card)
 
 
@@ -167,19 +168,18 @@ def _card_ap(weights: Path) -> float | None:
     return (json.loads(card.read_text()).get("val_metrics_flip_gt_boxes") or {}).get("AP")
 
 
-def export_teacher(cfg, run: TeacherRun) -> Path:
+def export_teacher(run: TeacherRun, mode: str) -> Path:
     """The ``export`` stage: fp16 weights, ``.json`` card and curve picture (module docstring).
     Returns the weights file written."""
     from hrnet_pose.checkpoint import load_pose_checkpoint, save_fp16_state_dict
 
     from .plotting import learning_curves
-    from .runconfig import resolved_mode
 
     shipped = WEIGHTS_DIR / f"{run.name}.pt"
     new_ap = run.card["val_metrics_flip_gt_boxes"]["AP"]
     rivals = {p: _card_ap(p) for p in (shipped, DEMO_WEIGHTS) if p.is_file()}
     beaten = [f"{shown_path(p)} (AP {ap})" for p, ap in rivals.items() if ap is not None and ap >= new_ap]
-    ship = resolved_mode(cfg) == "workshop" and not beaten
+    ship = mode == "workshop" and not beaten
     out = shipped if ship else run.run_dir / "export" / f"{run.name}.pt"
     pictures = REPO_ROOT / "images" if ship else out.parent
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,7 @@ def validate(cfg: RunConfig) -> None:
     """Check values that types cannot: names, ranges, stage lists, which terms go together."""
     from ..config import MODES
     from ..distill import SCHEDULES
-    from ..experiments import LOSSES
+    from ..losses import TOPDOWN_LOSSES as LOSSES
 
     if not cfg.name or not cfg.name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ConfigError(f"name: {cfg.name!r}; use letters, digits, '-', '_' and '.' (it names the run's folder)")
@@ -154,7 +154,7 @@ def validate(cfg: RunConfig) -> None:
         _choice("optim.amp", cfg.optim.amp, AMP_CHOICES)
     _choice("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
     if cfg.model.student == BOTTOM_UP_STUDENT:
-        from ..bottom_up import LOSSES as BOTTOM_UP_LOSSES
+        from ..losses import BOTTOM_UP_LOSSES
 
         _choice("optim.loss", cfg.optim.loss, tuple(BOTTOM_UP_LOSSES))
     else:
@@ -270,10 +270,10 @@ def ai8x_variant(model: ModelConfig) -> str:
 
 
 def teacher_options(model: ModelConfig) -> dict:
-    """The teacher's ``model.options`` with their defaults (``teacher_training.DEFAULT_OPTIONS``):
+    """The teacher's ``model.options`` with their defaults (``registry.TEACHER_OPTIONS``):
     ``config`` an ``hrnet_pose`` config name, ``init_from`` a weights file or null, ``train_multiple``
     a whole number >= 1."""
-    from ..teacher_training import DEFAULT_OPTIONS
+    from ..registry import TEACHER_OPTIONS as DEFAULT_OPTIONS
 
     extra = sorted(set(model.options) - set(DEFAULT_OPTIONS))
     if extra:
@@ -294,7 +294,7 @@ def teacher_options(model: ModelConfig) -> dict:
 def student_key(model: ModelConfig) -> str:
     """The ``experiments.STUDENTS`` name of ``model``: a name, or a base name (or name) plus options
     that pick a variant (``mobilenetv3`` with ``{output_stride: 16}`` is ``mobilenetv3_os16``)."""
-    from ..experiments import STUDENTS
+    from ..registry import TOPDOWN_STUDENTS as STUDENTS
 
     bases = {b for b, _ in STUDENTS.values()}
     if model.student not in STUDENTS and model.student not in bases:

@@ -157,9 +157,14 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
 
 
 def _train_teacher(cfg: RunConfig, teacher, progress: bool):
+    from ..budgets import budget_fields as with_budget
     from ..teacher_training import train_teacher
+    from .parse import teacher_options, to_dict
 
-    return train_teacher(cfg, progress=progress)
+    with with_budget(**budget_fields(cfg)):
+        return train_teacher(cfg.name, run_dir(cfg), resolved_mode(cfg), seed=cfg.seed, **teacher_options(cfg.model),
+                             steps=cfg.optim.steps, eval_every=cfg.optim.eval_every, progress=progress,
+                             record=to_dict(cfg))
 
 
 def load_frozen_teacher(cfg: RunConfig):
