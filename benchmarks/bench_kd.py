@@ -40,13 +40,14 @@ import numpy as np
 import torch
 
 
-from posekd_lib.config import get_mode, run_paths
+from posekd_lib.config import get_mode
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import freeze
-from posekd_lib.evaluation import ResultsTable, gap_closed
-from posekd_lib.experiments import RECIPES, budget_trend, evaluate_teacher, label_tag, localization_summary
+from posekd_lib.evaluation import gap_closed
+from posekd_lib.experiments import RECIPES, evaluate_teacher, label_tag, localization_summary
 from posekd_lib.run import config_path, launch
-from posekd_lib.runconfig import from_yaml
+from posekd_lib.runconfig import apply_overrides, from_yaml
+from posekd_lib.runs_table import budget_trend, runs_csv, runs_table
 from posekd_lib.teachers import load_teacher
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
@@ -136,12 +137,14 @@ def main(argv=None) -> int:
         locs = [localization_summary(r.results, val, size) for r in rs]
         print(f"{tag:{w}s}" + "".join(f"{_cell([x[k] for x in locs]):>18s}" for k in loc_keys))
 
-    results_csv = run_paths(mode).results_csv
-    rows = ResultsTable(results_csv).rows()
-    for tag in [t for t in runs if t != "baseline" and not labels]:  # the budget trend is for runs on every label
-        print(f"\n{tag} vs baseline at every budget in {results_csv.name} (mean ± half the range):")
+    table = runs_table(mode)
+    student = [f"model.student={args.student}", f"data.mode={mode}"]
+    baseline_cfg = apply_overrides(from_yaml(config_path("baseline_squeezenet")), student)
+    for config, tag, hinted in ([] if labels else settings):  # the budget trend is for runs on every label
+        kd_cfg = apply_overrides(from_yaml(config_path(config)), [*student, *(hint_pairs if hinted else []), *args.set])
+        print(f"\n{tag}{suffix} vs baseline at every budget in {runs_csv(mode).name} (mean ± half the range):")
         print(f"{'steps':>7s}{'seeds':>8s}{'baseline AP':>20s}{'KD AP':>20s}{'gap closed':>18s}")
-        for b in budget_trend(rows, args.student, t_ap, tag):
+        for b in budget_trend(table, kd_cfg, t_ap, baseline_cfg):
             print(f"{b['steps']:7d}{len(b['seeds']):8d}{b['baseline_AP']:11.4f} ± {b['baseline_AP_pm']:.4f}"
                   f"{b['kd_AP']:11.4f} ± {b['kd_AP_pm']:.4f}{100 * b['closed']:9.1f} % ± {100 * b['closed_pm']:.1f}")
     return 0

@@ -1,11 +1,10 @@
-"""Reading finished runs: PCK, keypoint placement apart from ranking, and KD's gain by budget.
+"""Reading finished runs: PCK, keypoint placement apart from ranking.
 
 Helpers over COCO results lists (validation-person order, as ``evaluation.evaluate_topdown`` on
-GT boxes returns them) and over a results table's rows.
+GT boxes returns them). KD's gain by budget is a query over the runs table
+(``runs_table.budget_trend``).
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
@@ -55,29 +54,3 @@ def localization_summary(results: list[dict], split, input_size) -> dict[str, fl
     return {"mean_OKS": float(o.mean()), "OKS>=0.5": float((o >= 0.5).mean()),
             "AP_oracle": coco_evaluate(split.ann_file, rescored)["AP"],
             "rank_corr": spearman([r["score"] for r in results], o)}
-
-
-def budget_trend(rows: list[dict], student_name: str, teacher_ap: float, kd_tag: str = "feature") -> list[dict]:
-    """How the share of the teacher-baseline gap that ``kd_tag`` closes changes with the budget.
-
-    ``rows``: a :class:`~posekd_lib.evaluation.ResultsTable`'s rows. Uses the rows of
-    ``student_name`` whose setting is ``baseline`` or ``kd_tag``, optionally with a budget suffix
-    ``_<steps>`` (``benchmarks/bench_kd.py --steps``) and a seed suffix; the budget is the row's
-    ``steps`` column. Baseline and KD runs are paired by (steps, seed) and only complete pairs count.
-    One dict per budget, fewest steps first: ``steps``, ``seeds`` (list), ``baseline_AP``,
-    ``kd_AP`` and ``closed`` (``evaluation.gap_closed`` per seed against that seed's baseline), each
-    a mean over the seeds with ``<key>_pm``, half the range; ``closed_per_seed`` in ``seeds`` order
-    (:func:`~posekd_lib.evaluation.gap_by_budget`).
-    """
-    from .evaluation import gap_by_budget
-
-    pattern = re.compile(rf"(baseline|{re.escape(kd_tag)})(?:_\d+)?(?: s\d+)?")
-    ap = {}
-    for r in rows:
-        m = pattern.fullmatch(str(r.get("setting", "")))
-        if r.get("model") != student_name or not m or r.get("AP") is None:
-            continue
-        if r.get("steps") in (None, ""):
-            raise KeyError(f"results row {student_name}/{r['setting']} has no 'steps' value")
-        ap[m.group(1), int(r["steps"]), int(r.get("seed") or 0)] = float(r["AP"])
-    return gap_by_budget(ap, teacher_ap, kd_key=kd_tag)

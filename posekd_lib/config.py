@@ -77,10 +77,6 @@ class RunPaths:
     def notebooks(self) -> Path:
         return self.root / "notebooks"
 
-    @property
-    def results_csv(self) -> Path:
-        return self.root / "results.csv"
-
     def ensure(self) -> "RunPaths":
         for p in (self.data, self.checkpoints, self.notebooks):
             p.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,11 @@
 
 AP is always pycocotools' ``COCOeval(iouType="keypoints")``, the number papers report. ``oks`` /
 ``oks_matrix`` reproduce ``COCOeval.computeOks`` exactly, so per-person scores (e.g. in FiftyOne)
-agree with what COCOeval matched. ``ResultsTable`` is the CSV every notebook appends its row to.
+agree with what COCOeval matched.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import os
@@ -20,6 +19,8 @@ from .keypoints import COCO_OKS_SIGMAS
 
 #: The ten numbers ``COCOeval.summarize`` prints for keypoints, in its order.
 COCO_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+#: The metric columns of a runs-table row (``runs_table``), in :data:`COCO_METRICS` names.
+ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
 # --------------------------------------------------------------------------- COCO AP
@@ -391,91 +392,3 @@ def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
     dist = np.linalg.norm(p[..., :2] - g[..., :2], axis=-1)
     hit = dist <= thr * norm[:, None]
     return float(hit[labelled].mean())
-
-
-# --------------------------------------------------------------------------- results table
-def _parse(value: str):
-    if value == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-class ResultsTable:
-    """One CSV row per (``model``, ``setting``): re-running a notebook replaces its own rows.
-
-    Columns are free-form and grow as rows bring new keys (AP, PCK, params, MACs, int8_kB,
-    train_time_s, seed, ...). Defaults to the mode's ``run_paths().results_csv``.
-    """
-
-    KEY = ("model", "setting")
-
-    def __init__(self, path=None):
-        if path is None:
-            from .config import run_paths
-
-            path = run_paths().results_csv
-        self.path = Path(path)
-
-    def _read(self) -> tuple[list[str], list[dict]]:
-        if not self.path.is_file():
-            return list(self.KEY), []
-        with open(self.path, newline="") as f:
-            reader = csv.DictReader(f)
-            return list(reader.fieldnames or self.KEY), list(reader)
-
-    def rows(self) -> list[dict]:
-        """All rows, numbers parsed back to int/float, empty cells as None."""
-        return [{k: _parse(v or "") for k, v in r.items()} for r in self._read()[1]]
-
-    def columns(self) -> list[str]:
-        return self._read()[0]
-
-    def df(self):
-        """The rows as a pandas DataFrame (pandas comes with FiftyOne; ``rows()`` needs nothing)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows(), columns=self.columns())
-
-    def add(self, row: dict) -> None:
-        """Insert ``row``, or replace the row with the same ``model`` and ``setting``."""
-        missing = [k for k in self.KEY if row.get(k) in (None, "")]
-        if missing:
-            raise KeyError(f"results row needs {missing} (got keys {sorted(row)})")
-        cols, rows = self._read()
-        cols += [k for k in row if k not in cols]
-        new = {k: _fmt(v) for k, v in row.items()}
-        key = tuple(new[k] for k in self.KEY)
-        rows = [r for r in rows if tuple(r.get(k) for k in self.KEY) != key] + [new]
-        def write(f):
-            writer = csv.DictWriter(f, fieldnames=cols, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-
-        atomic_write(self.path, write, mode="w")
-
-    def to_markdown(self, columns=None, floatfmt: str = ".3f") -> str:
-        """The table as GitHub markdown (``columns`` picks and orders; floats with ``floatfmt``)."""
-        cols = list(columns or self.columns())
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in self.rows():
-            cells = [format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v))
-                     for v in (r.get(c) for c in cols)]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)):
-        return repr(round(float(value), 6))
-    if isinstance(value, np.integer):
-        return str(int(value))
-    return str(value)

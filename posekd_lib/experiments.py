@@ -1,7 +1,9 @@
 """The student runs of notebooks 02-05 and ``benchmarks/``: trained once, cached, evaluated, recorded.
 
 :func:`train_student` trains one student with the mode's :class:`~posekd_lib.budgets.Budget`,
-evaluates it on the validation split (COCO AP with flip test, PCK@0.2) and adds a row to the mode's :class:`~posekd_lib.evaluation.ResultsTable`. Runs are cached by name,
+evaluates it on the validation split (COCO AP with flip test, PCK@0.2) and returns it with its
+row (``Run.row``; the config runner puts it in the mode's runs table, :mod:`posekd_lib.runs_table`).
+Runs are cached by name,
 ``f"{tag}_{student}_s{seed}"`` under ``run_paths(mode).checkpoints``: a finished run is loaded, not
 retrained, and its evaluation is read from ``val_metrics.json`` / ``val_results.json`` next to the
 checkpoint, so notebook 03 reuses notebook 02's baseline at no cost.
@@ -27,16 +29,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .analysis import budget_trend, localization_summary, pck_of_results  # noqa: F401 (notebooks import them here)
+from .analysis import localization_summary, pck_of_results  # noqa: F401 (notebooks import them here)
 from .budgets import (FLOAT32_ON_CPU, Budget, budget, budget_dict, budget_fields, mode_settings,  # noqa: F401 (ditto)
                       demo_teacher_sizes, example_batch, label_tag, steps_for, student_amp, training_set)
 from .config import atomic_write, run_paths
+from .evaluation import ROW_METRICS  # noqa: F401 (re-exported)
 from .losses import TOPDOWN_LOSSES
 from .registry import TOPDOWN_STUDENTS
 from .recipes import RECIPES, kd_recipe, recipe_settings, teacher_cache_for, weights_fingerprint  # noqa: F401
 
-#: Metric columns of a results row, in ``evaluation.COCO_METRICS`` names.
-ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 #: Student names accepted by :func:`train_student`: ``models.build_student`` name and keywords (the
 #: top-down entries of ``registry.MODELS``).
 STUDENTS: dict[str, tuple[str, dict]] = TOPDOWN_STUDENTS
@@ -154,12 +155,6 @@ def _row(model_name: str, setting: str, seed, metrics: dict, cplx: dict, train_t
             "train_time_s": train_time_s, "steps": steps}
 
 
-def _add_row(results_csv: Path, row: dict) -> None:
-    from .evaluation import ResultsTable
-
-    ResultsTable(results_csv).add(row)
-
-
 # --------------------------------------------------------------------------- students
 def _trainee(student: nn.Module, made) -> tuple[nn.Module, Callable | None]:
     """``(module fit trains, its loss_fn)`` for what a ``kd`` factory (or ``build_loss``) returned."""
@@ -260,7 +255,6 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
                                        key={"step": trained}, batch_size=b.eval_batch_size, progress=progress)
     setting = tag if seed == 0 else f"{tag} s{seed}"
     row = _row(student_name, setting, seed, metrics, info["complexity"], info.get("train_time_s"), trained)
-    _add_row(paths.results_csv, row)
     return Run(name, model, history, metrics, results, row, run_dir, b)
 
 
@@ -275,7 +269,8 @@ def _sha1(path: Path) -> str:
 
 def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None,
                      progress: bool = True) -> Run:
-    """Load the mode's teacher (:func:`posekd_lib.teachers.load_teacher`), evaluate and record it.
+    """Load the mode's teacher (:func:`posekd_lib.teachers.load_teacher`), evaluate it and record its
+    row in the mode's runs table (:func:`posekd_lib.runs_table.teacher_row`).
 
     Evaluated at the teacher's own input and heatmap size with flip test; cached per weights file
     (by content hash) under ``run_paths(mode).checkpoints / f"teacher_{info.name}_{sha1[:10]}"``,
@@ -298,9 +293,12 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
         cplx = _complexity(model, info.input_size)
         _write_json(cplx_file, cplx)
     row = _row(info.name, "teacher", info.card.get("seed"), metrics, cplx,
-               info.card.get("train_wall_time_s_this_session"), None)
-    _add_row(paths.results_csv, row)
-    return Run(info.name, model, None, metrics, results, row, run_dir, b)
+               info.card.get("train_time_s", info.card.get("train_wall_time_s_this_session")), None)
+    run = Run(info.name, model, None, metrics, results, row, run_dir, b)
+    from . import runs_table
+
+    runs_table.record_run(runs_table.teacher_row(run), mode)
+    return run
 
 
 # --------------------------------------------------------------------------- MAX78000 students

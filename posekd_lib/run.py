@@ -14,8 +14,7 @@ makes for seed 1), nor do ``stages``, ``quantize`` and ``export``. A folder whos
 holds a config that trains another model is an error rather than a silent mix.
 
 Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and evaluates the
-student (COCO AP with flip test, PCK@0.2; the mode's ``results.csv`` row as the notebooks write
-it); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
+student (COCO AP with flip test, PCK@0.2); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
 (``int8.AP`` ... columns); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config
 id with every config field as a column (:func:`~posekd_lib.runs_table.runs_table`); ``export``
 writes ``student.onnx``. ``qat`` trains the MAX78000 student (``model.student: ai85posenet``) with
@@ -154,7 +153,7 @@ def quantize(cfg: rc.RunConfig, run) -> dict:
     import json
 
     from .data import dataset_splits
-    from .experiments import ROW_METRICS
+    from .evaluation import ROW_METRICS
     from .onnx_export import calibration_reader, evaluate_onnx, quantize_int8
 
     folder, b = rc.run_dir(cfg), run.budget

@@ -54,7 +54,7 @@ def runs_csv(mode: str | None = None) -> Path:
 def runs_row(cfg: RunConfig, run) -> dict:
     """A runs-table row: ``config_id``, every config field (:func:`flat_fields`), the budget the run
     trained with (``budget.*``: the mode's values where the config says null) and its metrics."""
-    from .experiments import ROW_METRICS
+    from .evaluation import ROW_METRICS
 
     if cfg.model.student in MCU_STUDENTS:
         return _ai8x_row(cfg, run)
@@ -80,7 +80,7 @@ def _ai8x_row(cfg: RunConfig, run) -> dict:
 
     from .ai8x_models import AI8X_STUDENT_INPUT
     from .budgets import budget, budget_fields as with_budget
-    from .experiments import ROW_METRICS
+    from .evaluation import ROW_METRICS
 
     with with_budget(**budget_fields(cfg)):
         b = budget(resolved_mode(cfg))
@@ -96,6 +96,18 @@ def _ai8x_row(cfg: RunConfig, run) -> dict:
     row["train_time_s"] = info.get("train_time_s")
     row["run_dir"] = str(run.run_dir)
     return row
+
+
+def teacher_row(run) -> dict:
+    """The row of an evaluated teacher (``experiments.evaluate_teacher``'s run): its id is its folder's
+    name (``teacher_<name>_<weights hash>``), so new weights make a new row."""
+    from .evaluation import ROW_METRICS
+    from .registry import TEACHER_MODEL
+
+    r = run.row
+    return {"config_id": run.run_dir.name, "name": run.name, "seed": r.get("seed"), "model.student": TEACHER_MODEL,
+            **{k: r.get(k) for k in (*ROW_METRICS, "PCK@0.2", "params", "MACs", "int8_kB", "train_time_s")},
+            "run_dir": str(run.run_dir)}
 
 
 def runs_table(mode: str | None = None):
@@ -152,12 +164,12 @@ def rows_like(table, cfg: RunConfig, free=_TREND_FREE):
 
 
 def budget_trend(table, kd_cfg: RunConfig, teacher_ap: float, baseline_cfg: RunConfig | None = None) -> list[dict]:
-    """``analysis.budget_trend`` as a query over the runs table instead of a regex over tags.
+    """How the share of the teacher-baseline gap a KD config closes changes with the budget: a query
+    over the runs table.
 
     The KD rows are those made with ``kd_cfg`` up to name, seed and steps (:func:`rows_like`), the
     baseline rows those of ``baseline_cfg`` (default: ``kd_cfg`` without distillation, a ``train``
-    run); they pair by (``budget.steps``, ``seed``). Same output as ``analysis.budget_trend``:
-    one dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
+    run); they pair by (``budget.steps``, ``seed``), and only complete pairs count. One dict per budget, fewest steps first, with ``steps``, ``seeds``, ``baseline_AP``, ``kd_AP``,
     ``closed`` (each with ``<key>_pm``, half the range over seeds) and ``closed_per_seed``.
     """
     from .evaluation import gap_by_budget

@@ -3,8 +3,8 @@
     python scripts/run_series.py --mode workshop            # executed copies in runs/<mode>/notebooks/
     python scripts/run_series.py --mode workshop --inplace  # re-execute the committed notebooks
 
-Each notebook runs in a fresh kernel (they stand alone), in order; the results table that the
-notebooks extend (runs/<mode>/results.csv) is rendered to runs/<mode>/results.md at the end.
+Each notebook runs in a fresh kernel (they stand alone), in order; the notebooks' wall times and the
+runs table their runs extend (runs/<mode>/runs.csv) are rendered to runs/<mode>/results.md at the end.
 """
 from __future__ import annotations
 
@@ -82,10 +82,12 @@ def main(argv=None) -> int:
 
     lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
     lines += [f"| {n} | {dt / 60:.1f} min |" for n, dt in timings]
-    if paths.results_csv.exists():
-        from posekd_lib.evaluation import ResultsTable
+    from posekd_lib.runs_table import SUMMARY_COLUMNS, runs_table
 
-        lines += ["", ResultsTable(paths.results_csv).to_markdown()]
+    table = runs_table(args.mode)
+    if len(table):
+        cols = [c for c in SUMMARY_COLUMNS if c in table]
+        lines += ["", table[cols].to_markdown(index=False, floatfmt=".3f")]
     summary = paths.root / "results.md"
     summary.write_text("\n".join(lines) + "\n")
     print(f">> summary: {summary}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from posekd_lib.evaluation import (
-    COCO_METRICS, ResultsTable, coco_evaluate, gap_closed, gt_as_results, oks, oks_matrix, pck, write_coco_results,
+    COCO_METRICS, coco_evaluate, gap_closed, gt_as_results, oks, oks_matrix, pck, write_coco_results,
 )
 from posekd_lib.keypoints import COCO_OKS_SIGMAS
 from coco_helpers import cocoeval_evaluated
@@ -122,34 +122,6 @@ def test_pck():
     assert pck(pred, gt, [100.0, 210.0]) == pytest.approx(28 / 29)
     assert pck(pred[1], gt[1], 50.0, thr=1.0) == pytest.approx(1.0)
     assert math.isnan(pck(pred[0], np.zeros((17, 3)), boxes[0]))
-
-
-def test_results_table_upserts(tmp_path):
-    t = ResultsTable(tmp_path / "results.csv")
-    t.add({"model": "teacher", "setting": "coco", "AP": 0.861, "params": 28_500_000})
-    t.add({"model": "student", "setting": "kd", "AP": 0.5, "seed": 0})
-    t.add({"model": "teacher", "setting": "coco", "AP": 0.9, "MACs": 7.1e9})  # replaces, new column
-    rows = ResultsTable(tmp_path / "results.csv").rows()
-    assert [(r["model"], r["setting"]) for r in rows] == [("student", "kd"), ("teacher", "coco")]
-    assert rows[1]["AP"] == 0.9 and rows[1]["params"] is None and rows[1]["MACs"] == 7.1e9
-    assert rows[0]["seed"] == 0 and isinstance(rows[0]["seed"], int)
-    assert t.columns() == ["model", "setting", "AP", "params", "seed", "MACs"]
-    md = t.to_markdown(["model", "AP"])
-    assert md.splitlines()[0] == "| model | AP |" and "| teacher | 0.900 |" in md
-    with pytest.raises(KeyError, match="setting"):
-        t.add({"model": "x", "AP": 1.0})
-    pd = pytest.importorskip("pandas")
-    df = t.df()
-    assert isinstance(df, pd.DataFrame) and df.shape == (2, 6) and df["AP"].tolist() == [0.5, 0.9]
-
-
-def test_results_table_default_path_is_run_folder():
-    from posekd_lib.config import run_paths
-
-    t = ResultsTable()
-    assert t.path == run_paths().results_csv
-    t.add({"model": "m", "setting": "s", "AP": 1.0})
-    assert run_paths().results_csv.is_file()
 
 
 def test_spearman_is_scipys_and_keeps_the_hand_written_ranks_results():

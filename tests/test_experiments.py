@@ -11,9 +11,7 @@ from torch import nn
 from hrnet_pose.configs import load_configs
 from posekd_lib import experiments
 from posekd_lib.ai8x import ai8x_layers
-from posekd_lib.config import run_paths
 from posekd_lib.registry import model_entry
-from posekd_lib.evaluation import ResultsTable
 from posekd_lib.experiments import budget, train_student
 from posekd_lib.losses import joints_mse
 
@@ -85,8 +83,6 @@ def test_train_student_records_a_row_and_reuses_the_run():
     assert run.row["params"] > 1e5 and run.row["MACs"] > 1e6 and run.row["train_time_s"] > 0
     assert 0 <= run.metrics["AP"] <= 1 and 0 <= run.metrics["PCK@0.2"] <= 1
     assert len(run.results) > 0 and run.history.step[-1] == 2
-    table = ResultsTable(run_paths().results_csv).rows()
-    assert [r["steps"] for r in table if (r["model"], r["setting"]) == ("squeezenet", "t1")] == [2]
 
     ckpt, metrics_file = run.run_dir / "latest.pt", run.run_dir / "val_metrics.json"
     stamps = ckpt.stat().st_mtime_ns, metrics_file.stat().st_mtime_ns
@@ -187,7 +183,13 @@ def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
     assert again.metrics == run.metrics
     torch.manual_seed(1)
     save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
-    assert experiments.evaluate_teacher(progress=False).run_dir != run.run_dir  # new weights, new evaluation
+    new = experiments.evaluate_teacher(progress=False)
+    assert new.run_dir != run.run_dir  # new weights, new evaluation
+    from posekd_lib.runs_table import runs_table
+
+    rows = runs_table().set_index("config_id")       # both weights files, a row each, in the one table
+    assert rows.loc[run.run_dir.name, "AP"] == pytest.approx(run.metrics["AP"]) and new.run_dir.name in rows.index
+    assert rows.loc[run.run_dir.name, "model.student"] == "hrnet" and rows.loc[run.run_dir.name, "name"] == "t"
 
 
 def _random_teacher() -> nn.Module:
@@ -329,35 +331,6 @@ def test_train_ai8x_learning_curve_scores_the_student_on_fixed_images():
     again = curve_evaluator(val, first_images(val.ann_file, experiments.CURVE_IMAGES), AI8X_STUDENT_INPUT,
                             AI8X_STUDENT_HEATMAP, experiments.budget("quick").sigma)(HeatmapView(run.float_model).eval())
     assert again["mean_OKS"] == run.histories["float"].evals[-1]["mean_OKS"]
-
-
-def test_budget_trend_pairs_runs_by_budget_and_seed():
-    def row(setting, seed, ap, steps, model="squeezenet"):
-        return {"model": model, "setting": setting, "seed": seed, "AP": ap, "steps": steps}
-
-    rows = [row("teacher", 0, 0.5, 3770, model="demo"),
-            row("baseline", 0, 0.1, 500), row("feature", 0, 0.2, 500),
-            row("baseline s1", 1, 0.0, 500), row("feature s1", 1, 0.25, 500),
-            row("fpd", 0, 0.45, 500),                                   # another recipe: not counted
-            row("feature-beta=0.25", 0, 0.45, 500),                     # a tuning tag: not counted
-            row("baseline", 0, 0.0, 500, model="mobilenetv3"),          # another student
-            row("baseline_2000", 0, 0.3, 2000), row("feature_2000", 0, 0.4, 2000),
-            row("baseline_2000 s1", 1, 0.3, 2000),                      # its KD run is missing
-            row("feature_4000", 0, 0.5, 4000)]                          # its baseline is missing
-    trend = experiments.budget_trend(rows, "squeezenet", teacher_ap=0.5)
-    assert [t["steps"] for t in trend] == [500, 2000]
-    t500, t2000 = trend
-    assert t500["seeds"] == [0, 1] and t2000["seeds"] == [0]
-    assert t500["baseline_AP"] == pytest.approx(0.05) and t500["baseline_AP_pm"] == pytest.approx(0.05)
-    assert t500["kd_AP"] == pytest.approx(0.225) and t500["kd_AP_pm"] == pytest.approx(0.025)
-    # per seed against its own baseline: 0.1 / 0.4 and 0.25 / 0.5, not the gap of the means
-    assert t500["closed"] == pytest.approx((0.25 + 0.5) / 2) and t500["closed_pm"] == pytest.approx(0.125)
-    assert t500["closed_per_seed"] == pytest.approx([0.25, 0.5])
-    assert t2000["closed"] == pytest.approx(0.5) and t2000["closed_pm"] == 0.0
-    assert experiments.budget_trend(rows, "squeezenet", 0.5, kd_tag="fpd")[0]["kd_AP"] == 0.45
-    assert experiments.budget_trend(rows, "resnet", 0.5) == []
-    with pytest.raises(KeyError, match="baseline_1000"):
-        experiments.budget_trend([{**row("baseline_1000", 0, 0.1, 1000), "steps": None}], "squeezenet", 0.5)
 
 
 @pytest.mark.slow  # trains three quick-mode students and evaluates the teacher: ~30 s

@@ -327,18 +327,19 @@ def test_every_config_runs_in_quick_mode(tmp_path, monkeypatch):
     assert "int8.AP" in again.stdout
 
 
-def test_budget_trend_is_a_query_that_gives_the_regex_versions_numbers(tmp_path):
-    """The runs table answers "every budget of the hinted run" with the numbers that
-    experiments.budget_trend reads out of tags such as ``feature_2000 s1``."""
+def test_budget_trend_is_a_query_over_the_runs_table(tmp_path):
+    """The runs table answers "every budget of the hinted run": the rows of the hinted config (any
+    name, seed and steps) pair with the baseline's by (steps, seed); other recipes and students and
+    unpaired rows do not count."""
     import pandas as pd
 
-    from posekd_lib.experiments import budget_trend
+    from posekd_lib.evaluation import gap_by_budget
 
     feature = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "feature_squeezenet.yaml"), ["data.mode=quick"])
     baseline = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"), ["data.mode=quick"])
     other_beta = rc.apply_overrides(feature, ["distill.terms.0.weight=0.25", "name=feature-b"])
     mobilenet = rc.apply_overrides(baseline, ["model.student=mobilenetv3"])
-    table_rows, result_rows = [], []
+    table_rows, expected = [], {}
     ap = iter(0.001 * i for i in range(1, 100))
     for steps in (4, 500, 2000):
         for seed in (0, 1):
@@ -349,14 +350,13 @@ def test_budget_trend_is_a_query_that_gives_the_regex_versions_numbers(tmp_path)
                 c = rc.apply_overrides(cfg, [f"seed={seed}", f"optim.steps={steps}"])
                 value = next(ap)
                 table_rows.append({"config_id": rc.config_id(c), **rt.flat_fields(c), "budget.steps": steps, "AP": value})
-                suffix = "" if steps == 500 else f"_{steps}"
-                result_rows.append({"model": rc.student_key(c.model), "setting": tag + suffix + (f" s{seed}" if seed else ""),
-                                    "seed": seed, "steps": steps, "AP": value})
+                if cfg is feature or cfg is baseline:
+                    expected["kd" if cfg is feature else "baseline", steps, seed] = value
     path = tmp_path / "runs.csv"
     pd.DataFrame(table_rows).to_csv(path, index=False)          # through CSV, as runs_table reads it
     table = pd.read_csv(path, dtype={"config_id": str})
     ours = rt.budget_trend(table, feature, teacher_ap=0.3)
-    assert ours == budget_trend(result_rows, "squeezenet", 0.3, "feature")
+    assert ours == gap_by_budget(expected, 0.3)
     assert [r["steps"] for r in ours] == [4, 500, 2000] and ours[-1]["seeds"] == [0]
     assert len(rt.rows_like(table, feature)) == 5 and len(rt.rows_like(table, other_beta)) == 6
 

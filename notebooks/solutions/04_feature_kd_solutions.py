@@ -151,21 +151,22 @@ def exercise_7(mode: str | None = None, steps: int | None = None) -> dict:
 
 def exercise_8(mode: str | None = None) -> list[dict]:
     """Budgets of your own, at equal steps: every pair of a baseline and a hints + FPD run of the
-    same steps and seed in the mode's results table (``experiments.budget_trend``), after
+    same steps and seed in the mode's runs table (``runs_table.budget_trend``), after
     ``python benchmarks/bench_kd.py --settings feature --steps N [--seeds 0 1 2]`` trained them.
     Each entry: steps, seeds, both APs (mean and half range over seeds) and the share of the
     teacher-baseline gap the hints close. With the earlier demo teacher that share rose from 9 %
     at 500 steps to 31 % at 2,000 and fell back to 24 % at 4,000 as the baseline caught up
     (``docs/history.md``); the long-budget reference runs (notebook 04, section 3) give today's
     answer at 24,000 steps."""
-    from posekd_lib.config import run_paths
-    from posekd_lib.evaluation import ResultsTable
-    from posekd_lib.experiments import budget_trend, evaluate_teacher
+    from posekd_lib.experiments import evaluate_teacher
+    from posekd_lib.run import config_path
+    from posekd_lib.runconfig import apply_overrides, from_yaml
+    from posekd_lib.runs_table import budget_trend, runs_table
 
     mode = get_mode(mode)
     t_ap = evaluate_teacher(mode).metrics["AP"]
-    rows = ResultsTable(run_paths(mode).results_csv).rows()
-    return budget_trend(rows, STUDENT, t_ap, kd_tag="feature")
+    feature = apply_overrides(from_yaml(config_path("feature_squeezenet")), [f"model.student={STUDENT}", f"data.mode={mode}"])
+    return budget_trend(runs_table(mode), feature, t_ap)
 
 
 if __name__ == "__main__":

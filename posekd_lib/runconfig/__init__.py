@@ -34,8 +34,7 @@ optionally with one logits term: ``FeatureKD``), and only settings that differ f
 from the distiller's defaults are passed, so the stored recipe equals the notebook's.
 
 The runs table (``<mode folder>/runs.csv``, one row per config id, every config field a column)
-is :mod:`posekd_lib.runs_table`'s. The mode's ``results.csv`` keeps the rows ``train_student``
-writes, as before.
+is :mod:`posekd_lib.runs_table`'s: the project's one results table.
 
 The teacher is a config too (``model.student: hrnet``, ``configs/teacher_w16.yaml``), trained by
 :mod:`posekd_lib.teacher_training` with the stages ``train``, ``evaluate`` and ``export``.
