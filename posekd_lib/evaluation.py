@@ -392,3 +392,34 @@ def pck(pred, gt, bbox_or_norm, thr: float = 0.2) -> float:
     dist = np.linalg.norm(p[..., :2] - g[..., :2], axis=-1)
     hit = dist <= thr * norm[:, None]
     return float(hit[labelled].mean())
+
+
+# --------------------------------------------------------------------------- the runs table (CSV)
+def runs_csv(mode: str | None = None) -> Path:
+    """The mode's runs table, the project's one results table: one row per run config id (and per
+    evaluated teacher's weights), ``<mode folder>/runs.csv``. Its rows are ``runs_table.runs_row``'s."""
+    from .config import run_paths
+
+    return run_paths(mode).root / "runs.csv"
+
+
+def runs_table(mode: str | None = None):
+    """The runs table as a pandas DataFrame (empty when no run was recorded), e.g. every budget of
+    the hinted runs: ``df[df["distill.kinds"].str.contains("hint")][["budget.steps", "AP"]]``."""
+    import pandas as pd
+
+    path = runs_csv(mode)
+    return pd.read_csv(path, dtype={"config_id": str}) if path.is_file() else pd.DataFrame(columns=["config_id"])
+
+
+def record_run(row: dict, mode: str | None = None) -> None:
+    """Insert ``row`` into the runs table, replacing the row of the same ``config_id``."""
+    import pandas as pd
+
+    from .config import atomic_write
+
+    df = runs_table(mode)
+    df = df[df["config_id"].astype(str) != row["config_id"]]
+    new = pd.DataFrame([row])
+    df = new if df.empty else pd.concat([df, new], ignore_index=True)
+    atomic_write(runs_csv(mode), lambda f: df.to_csv(f, index=False), mode="w")

@@ -270,7 +270,7 @@ def _sha1(path: Path) -> str:
 def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None,
                      progress: bool = True) -> Run:
     """Load the mode's teacher (:func:`posekd_lib.teachers.load_teacher`), evaluate it and record its
-    row in the mode's runs table (:func:`posekd_lib.runs_table.teacher_row`).
+    row in the mode's runs table (``evaluation.record_run``).
 
     Evaluated at the teacher's own input and heatmap size with flip test; cached per weights file
     (by content hash) under ``run_paths(mode).checkpoints / f"teacher_{info.name}_{sha1[:10]}"``,
@@ -294,11 +294,14 @@ def evaluate_teacher(mode: str | None = None, name: str | None = None, path=None
         _write_json(cplx_file, cplx)
     row = _row(info.name, "teacher", info.card.get("seed"), metrics, cplx,
                info.card.get("train_time_s", info.card.get("train_wall_time_s_this_session")), None)
-    run = Run(info.name, model, None, metrics, results, row, run_dir, b)
-    from . import runs_table
+    from .evaluation import record_run
+    from .registry import TEACHER_MODEL
 
-    runs_table.record_run(runs_table.teacher_row(run), mode)
-    return run
+    # its id is its folder's name (teacher_<name>_<weights hash>): new weights, a new row
+    record_run({"config_id": run_dir.name, "name": info.name, "seed": row["seed"], "model.student": TEACHER_MODEL,
+                **{k: v for k, v in row.items() if k not in ("model", "setting", "seed", "steps")},
+                "run_dir": str(run_dir)}, mode)
+    return Run(info.name, model, None, metrics, results, row, run_dir, b)
 
 
 # --------------------------------------------------------------------------- MAX78000 students

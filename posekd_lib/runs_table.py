@@ -8,10 +8,12 @@ themselves are :mod:`posekd_lib.runconfig`'s.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import yaml
 
+# the CSV itself (where it is, reading it, replacing a row) is evaluation's, below every layer that
+# writes rows (experiments.evaluate_teacher records the teacher's); re-exported here
+from .evaluation import record_run, runs_csv, runs_table  # noqa: F401
 from .runconfig import (MCU_STUDENTS, TEACHER_MODEL, DistillConfig, RunConfig, ai8x_steps, budget_fields, config_id,
                         resolved_mode, to_dict)
 
@@ -42,13 +44,6 @@ def flat_fields(cfg: RunConfig) -> dict:
 #: What ``python -m posekd_lib.run`` prints of a run's row.
 SUMMARY_COLUMNS = ("name", "config_id", "model.student", "distill.kinds", "budget.steps", "AP", "AP50", "AP75",
                    "PCK@0.2", "train_time_s")
-
-
-def runs_csv(mode: str | None = None) -> Path:
-    """The mode's runs table: one row per config id (``<mode folder>/runs.csv``)."""
-    from .config import run_paths
-
-    return run_paths(mode).root / "runs.csv"
 
 
 def runs_row(cfg: RunConfig, run) -> dict:
@@ -96,40 +91,6 @@ def _ai8x_row(cfg: RunConfig, run) -> dict:
     row["train_time_s"] = info.get("train_time_s")
     row["run_dir"] = str(run.run_dir)
     return row
-
-
-def teacher_row(run) -> dict:
-    """The row of an evaluated teacher (``experiments.evaluate_teacher``'s run): its id is its folder's
-    name (``teacher_<name>_<weights hash>``), so new weights make a new row."""
-    from .evaluation import ROW_METRICS
-    from .registry import TEACHER_MODEL
-
-    r = run.row
-    return {"config_id": run.run_dir.name, "name": run.name, "seed": r.get("seed"), "model.student": TEACHER_MODEL,
-            **{k: r.get(k) for k in (*ROW_METRICS, "PCK@0.2", "params", "MACs", "int8_kB", "train_time_s")},
-            "run_dir": str(run.run_dir)}
-
-
-def runs_table(mode: str | None = None):
-    """The runs table as a pandas DataFrame (empty when no run was recorded), e.g. every budget of
-    the hinted runs: ``df[df["distill.kinds"].str.contains("hint")][["budget.steps", "AP"]]``."""
-    import pandas as pd
-
-    path = runs_csv(mode)
-    return pd.read_csv(path, dtype={"config_id": str}) if path.is_file() else pd.DataFrame(columns=["config_id"])
-
-
-def record_run(row: dict, mode: str | None = None) -> None:
-    """Insert ``row`` into the runs table, replacing the row of the same ``config_id``."""
-    import pandas as pd
-
-    from .config import atomic_write
-
-    df = runs_table(mode)
-    df = df[df["config_id"].astype(str) != row["config_id"]]
-    new = pd.DataFrame([row])
-    df = new if df.empty else pd.concat([df, new], ignore_index=True)
-    atomic_write(runs_csv(mode), lambda f: df.to_csv(f, index=False), mode="w")
 
 
 #: Fields that may differ between the rows of one recipe at several budgets and seeds.
