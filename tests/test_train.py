@@ -97,6 +97,20 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert_same_state(again, reference)
 
 
+def test_a_run_folder_of_another_checkpoint_format_is_refused_not_upgraded(tmp_path):
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b", save_every_steps=3, loss_fn=interrupt_at(7))
+    latest = tmp_path / "b" / "r" / "latest.pt"
+    ck = torch.load(latest, weights_only=True)
+    assert ck["format"] == 1
+    for old in ({**ck, "format": 0}, {k: v for k, v in ck.items() if k not in ("format", "running")}):
+        torch.save(old, latest)
+        with pytest.raises(ValueError, match=re.escape(str(latest)) + r": a run folder this posekd cannot resume"):
+            run(tmp_path / "b", save_every_steps=3)
+    torch.save({k: v for k, v in ck.items() if k != "format"}, latest)    # written before the field: format 1
+    run(tmp_path / "b", save_every_steps=3)
+
+
 def untimed(history):
     return dataclasses.replace(history, train_time_s=0.0)
 

@@ -14,6 +14,13 @@ from .history import History
 from .rng import rng_state, set_rng_state
 
 
+#: The layout of ``latest.pt`` this library writes and reads. A run folder written with another
+#: layout is refused with a message naming the file, not upgraded (delete it to retrain).
+CHECKPOINT_FORMAT = 1
+_RUN_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch_in_epoch", "history",
+                   "best", "running", "rng")
+
+
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
     config.atomic_write(path, lambda f: torch.save(obj, f))
@@ -71,14 +78,21 @@ def save_training(path: Path, model: nn.Module, optimizer, sched, scaler, state:
                  "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                  "history": state.history.to_dict(), "best": state.best,
                  "running": {"sums": dict(state.sums), "count": state.count}, "rng": rng_state(),
-                 "seed": seed, "run_name": run_name, "guard": dict(guard)}, path)
+                 "seed": seed, "run_name": run_name, "guard": dict(guard), "format": CHECKPOINT_FORMAT}, path)
     state.history.save(Path(path).parent / "history.json")
 
 
 def resume_training(path: Path, model: nn.Module, optimizer, sched, scaler) -> tuple[RunState, dict]:
     """Load ``latest.pt`` into the model, optimizer, scheduler, scaler and RNGs; return the run's
     state and its divergence guard's references."""
-    ck = load_checkpoint(path, model)
+    ck = torch.load(Path(path), map_location="cpu", weights_only=True)
+    fmt = ck.get("format", CHECKPOINT_FORMAT) if isinstance(ck, dict) else None   # format 1 predates the field
+    missing = [k for k in _RUN_STATE_KEYS if not isinstance(ck, dict) or k not in ck]
+    if fmt != CHECKPOINT_FORMAT or missing:
+        raise ValueError(f"{path}: a run folder this posekd cannot resume (checkpoint format {fmt}, it reads "
+                         f"{CHECKPOINT_FORMAT}" + (f"; no {', '.join(missing)}" if missing else "") + "); old "
+                         "folders are not upgraded: delete the folder to retrain, or resume with the version that wrote it")
+    load_checkpoint(path, model)
     optimizer.load_state_dict(ck["optimizer"])
     if sched is not None and ck["scheduler"] is not None:
         sched.load_state_dict(ck["scheduler"])
