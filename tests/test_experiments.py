@@ -389,6 +389,23 @@ def test_bench_kd_step_prints_seconds_per_step_and_the_ratio_to_a_plain_step(cap
             bench.main(["--mode", "quick", "--steps", "1", "--warmup", "1", "--settings", bad])
 
 
+@pytest.mark.slow  # a 4-step quick-mode student with two curve points: ~15 s
+def test_bench_learning_draws_the_curve_of_a_config_run(capsys):
+    import importlib.util
+
+    from posekd_lib.config import REPO_ROOT, run_paths
+
+    spec = importlib.util.spec_from_file_location("bench_learning", REPO_ROOT / "benchmarks" / "bench_learning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["baseline_squeezenet", "--mode", "quick", "--steps", "4", "--eval-every", "2", "--quiet",
+                "--name", "curve_test"])
+    curve = json.loads((run_paths("quick").root / "curves" / "curve_test" / "curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [2, 4] and curve["run_dir"] == "curve_test_squeezenet_s0"
+    assert all(0 <= p["AP"] <= 1 and p["samples"] == 8 * p["step"] for p in curve["points"])
+    assert "| 4 | 32 |" in capsys.readouterr().out
+
+
 def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     """teacher_cache=True: the heatmaps come from the cache (built once, stored, named by the
     teacher), the recipe says so, and a feature setting is refused."""
