@@ -65,6 +65,12 @@ VARIANTS = {
     "small": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc3", "pool", 64), ("enc3b", "conv", 64),
               ("enc4", "pool", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64), ("up3", "up", 64),
               ("dec3", "conv", 64), ("up2", "up", 32)),
+    # small + one more 64-channel conv at 1/16 and one after the first upsampling (1/8): the next
+    # capacity step if small's curve still rises (337,360 weight bytes, 213,049 cycles = 4.26 ms;
+    # docs/experiments.md, section 12)
+    "medium": (("enc1", "pool", 16), ("enc2", "pool", 32), ("enc3", "pool", 64), ("enc3b", "conv", 64),
+               ("enc4", "pool", 64), ("enc4b", "conv", 64), ("enc4c", "conv", 64), ("enc4d", "conv", 64),
+               ("up3", "up", 64), ("dec3", "conv", 64), ("dec3b", "conv", 64), ("up2", "up", 32)),
 }
 
 DEFAULT_QAT_POLICY = {"start_epoch": 1, "weight_bits": 8}

@@ -34,7 +34,7 @@ def _warmed(variant="tiny", input_size=SMALL_IN, seed=0):
     return m.eval()
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small"])
+@pytest.mark.parametrize("variant", ["tiny", "small", "medium"])
 def test_variant_is_legal_and_fits_max78000(variant):
     m = am.ai85posenet(variant)
     ai8x.check_model(m)
@@ -59,10 +59,10 @@ def test_hwc_input_at_teacher_crop_does_not_fit():
     assert not r.fits
 
 
-def test_small_is_bigger_than_tiny():
-    t, s = (max78000.resource_report(am.ai85posenet(v), am.input_shape(), data_format="CHW").totals
-            for v in ("tiny", "small"))
-    assert s["weight_bytes"] > t["weight_bytes"]
+def test_small_is_bigger_than_tiny_and_medium_than_small():
+    t, s, m = (max78000.resource_report(am.ai85posenet(v), am.input_shape(), data_format="CHW").totals
+               for v in ("tiny", "small", "medium"))
+    assert t["weight_bytes"] < s["weight_bytes"] < m["weight_bytes"] == 337_360 and m["cycles"] == 213_049
 
 
 def test_bad_arguments_raise():
@@ -183,7 +183,7 @@ def test_network_yaml_per_variant(variant):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AI8X_SYNTHESIS_DIR"), reason="AI8X_SYNTHESIS_DIR not set")
-@pytest.mark.parametrize("variant", ["tiny", "small", "tiny-pruned", "bottomup-tiny", "bottomup-small",
+@pytest.mark.parametrize("variant", ["tiny", "small", "medium", "tiny-pruned", "bottomup-tiny", "bottomup-small",
                                      "bottomup-tiny_s4", "bottomup-recipe", "bottomup-candidate"])
 def test_izer_synthesizes_variant(variant, tmp_path):
     """izer accepts the student (a channel-pruned one, the bottom-up 128x128 students and notebook
