@@ -34,17 +34,16 @@ from torch import nn
 
 from .config import REPO_ROOT, shown_path
 from .registry import TEACHER_OPTIONS
-from .teachers import DEMO_WEIGHTS
+from .teachers import DEMO_WEIGHTS, _read_card
 
 #: Images of the learning curve's fixed validation subset (the demo teachers' cards use 150).
 CURVE_IMAGES = 150
 #: Steps between curve points when ``optim.eval_every`` is null.
 EVAL_EVERY = 500
 WEIGHTS_DIR = REPO_ROOT / "hrnet_pose" / "weights"
-DEFAULT_OPTIONS = TEACHER_OPTIONS
 
 
-def hrnet_teacher(config: str = DEFAULT_OPTIONS["config"]) -> nn.Module:
+def hrnet_teacher(config: str = TEACHER_OPTIONS["config"]) -> nn.Module:
     """A fresh HRNet of the ``hrnet_pose`` config ``config`` (the registry's ``hrnet`` builder)."""
     from hrnet_pose.configs import load_configs
     from hrnet_pose.hrnetpose_model import get_pose_net
@@ -76,7 +75,7 @@ def _weights_file(init_from) -> Path | None:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str = DEFAULT_OPTIONS["config"],
+def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str = TEACHER_OPTIONS["config"],
                   init_from: str | None = None, train_multiple: int = 1, steps: int | None = None,
                   eval_every: int | None = None, progress: bool = True, record: dict | None = None) -> TeacherRun:
     """Train (or resume, or load) an HRNet teacher in ``folder`` and score it (module docstring).
@@ -162,10 +161,7 @@ def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str
 
 
 def _card_ap(weights: Path) -> float | None:
-    card = weights.with_suffix(".json")
-    if not card.is_file():
-        return None
-    return (json.loads(card.read_text()).get("val_metrics_flip_gt_boxes") or {}).get("AP")
+    return (_read_card(weights).get("val_metrics_flip_gt_boxes") or {}).get("AP")
 
 
 def export_teacher(run: TeacherRun, mode: str) -> Path:

@@ -273,13 +273,13 @@ def teacher_options(model: ModelConfig) -> dict:
     """The teacher's ``model.options`` with their defaults (``registry.TEACHER_OPTIONS``):
     ``config`` an ``hrnet_pose`` config name, ``init_from`` a weights file or null, ``train_multiple``
     a whole number >= 1."""
-    from ..registry import TEACHER_OPTIONS as DEFAULT_OPTIONS
+    from ..registry import TEACHER_OPTIONS
 
-    extra = sorted(set(model.options) - set(DEFAULT_OPTIONS))
+    extra = sorted(set(model.options) - set(TEACHER_OPTIONS))
     if extra:
         raise ConfigError(f"model.options.{extra[0]}: unknown option of {model.student}; it has "
-                          + ", ".join(repr(k) for k in DEFAULT_OPTIONS))
-    opts = {**DEFAULT_OPTIONS, **model.options}
+                          + ", ".join(repr(k) for k in TEACHER_OPTIONS))
+    opts = {**TEACHER_OPTIONS, **model.options}
     from hrnet_pose.configs import available_configs
 
     _choice("model.options.config", opts["config"], available_configs())
