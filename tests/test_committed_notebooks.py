@@ -58,3 +58,21 @@ def test_committed_outputs_carry_no_warnings_or_machine_folders(path):
         assert bad, f"{path.name} is clean now: remove it from NOT_RERUN"
         return
     assert not bad, f"{path.name}: outputs show " + "; ".join(f"cell {i}: {p!r}" for i, p in bad[:8])
+
+
+#: The series in order, as each notebook's header names it (one line, the notebook's own part in bold).
+SERIES = {"01": "data", "02": "teacher & baseline", "03": "logits KD", "04": "feature KD",
+          "05": "MAX78000 student (QAT)", "06": "export", "07": "unlabelled images", "08": "bottom-up on the MCU"}
+
+
+def series_map(stem: str) -> str:
+    """The "Where this sits" line of notebook ``stem`` (e.g. ``03_logits_kd``)."""
+    parts = [f"**{n} {label}**" if stem.startswith(n) else f"{n} {label}" for n, label in SERIES.items()]
+    return "**Where this sits:** " + " → ".join(parts)
+
+
+def test_every_notebook_names_its_place_in_the_series():
+    assert sorted(SERIES) == [p.stem[:2] for p in NOTEBOOKS], "SERIES lists other notebooks than notebooks/"
+    for path in NOTEBOOKS:
+        header = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert series_map(path.stem) in header, f"{path.name}: its first cell lacks {series_map(path.stem)!r}"
