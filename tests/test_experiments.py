@@ -478,3 +478,24 @@ def test_the_teacher_cache_falls_back_to_the_live_teacher_where_it_does_not_cove
         run = train_student("squeezenet", mode="quick", kd=kd_recipe("fpd", teacher, "squeezenet", "quick"),
                             tag="fpd_half", labelled=0.5, progress=False, steps=2)
     assert run.history.step[-1] == 2
+
+
+def test_bench_teacher_ensemble_scores_a_member_and_the_mean(capsys):
+    """Two copies of one teacher average to the same heatmaps, so the same AP; a bad item names itself."""
+    import importlib.util
+
+    from posekd_lib.config import REPO_ROOT
+    from posekd_lib.teachers import teacher_weights_path
+
+    spec = importlib.util.spec_from_file_location("bench_teacher_ensemble",
+                                                  REPO_ROOT / "benchmarks" / "bench_teacher_ensemble.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    w = teacher_weights_path("demo", "quick")
+    assert bench.main(["--mode", "quick", "--weights", f"a={w}", f"b={w}", "--combos", "a", "a+b"]) == 0
+    rows = {line.split()[0]: float(line.split()[2]) for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in ("a", "a+b")}
+    assert set(rows) == {"a", "a+b"} and abs(rows["a"] - rows["a+b"]) < 1e-3
+    with pytest.raises(SystemExit):
+        bench.main(["--mode", "quick", "--weights", f"a={w}", "--combos", "a+c"])
+    assert "no --weights for c" in capsys.readouterr().err
