@@ -3,11 +3,12 @@
 Run from the repository root:  python notebooks/solutions/02_baseline_solutions.py
 (quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
 numbers only show that the code works — run in workshop mode for meaningful ones).
+Every training run is notebook 02's config (``configs/baseline_squeezenet.yaml``) with ``--set``
+items, trained by ``run.launch`` as the notebook trains it.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +16,16 @@ import torch
 
 from posekd_lib.data import TopDownDataset, dataset_splits
 from posekd_lib.evaluation import evaluate_topdown, pck
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch, train_student
+from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch
 from posekd_lib.losses import adaptive_wing, joints_mse
+from posekd_lib.run import launch
+
+
+def _baseline(student: str, mode, name: str | None = None, steps: int | None = None, *sets: str):
+    """Notebook 02's baseline config for ``student``, renamed ``name`` when it is another run."""
+    sets = [f"model.student={student}", *([f"name={name}"] if name else []),
+            *([f"optim.steps={steps}"] if steps else []), *sets]
+    return launch("baseline_squeezenet", sets, mode=mode, progress=False, show=False)
 
 
 def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[str, dict]:
@@ -28,8 +37,7 @@ def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[str, d
     """
     out = {}
     for name in ("mobilenetv3", "mobilenetv3_os16"):
-        r = train_student(name, mode=mode, steps=steps, tag="baseline" if steps is None else f"ex1_{steps}",
-                          progress=False).row
+        r = _baseline(name, mode, None if steps is None else f"ex1_{steps}", steps).row
         out[name] = {k: r[k] for k in ("AP", "MACs", "params", "train_time_s")}
     return out
 
@@ -43,7 +51,7 @@ def exercise_2(mode: str | None = None, steps: int | None = None) -> dict[str, d
     suffix = "" if steps is None else f"_{steps}"
     out = {}
     for loss, tag in (("mse", "baseline" if steps is None else f"ex2mse{suffix}"), ("awing", f"awing{suffix}")):
-        m = train_student("squeezenet", mode=mode, loss=loss, tag=tag, steps=steps, progress=False).metrics
+        m = _baseline("squeezenet", mode, None if tag == "baseline" else tag, steps, f"optim.loss={loss}").metrics
         out[loss] = {k: m[k] for k in ("AP", "AP50", "AP75")}
     return out
 
@@ -79,7 +87,7 @@ def exercise_4(mode: str | None = None) -> dict[str, dict]:
     splits = dataset_splits(mode)
     out = {}
     for name in ("squeezenet", "mobilenetv3"):
-        run = train_student(name, mode=mode, progress=False)
+        run = _baseline(name, mode)
         no_flip = evaluate_topdown(run.model, splits.val, b.input_size, b.heatmap_size, b.sigma, flip_test=False,
                                    batch_size=b.eval_batch_size)
         out[name] = {"flip": run.metrics["AP"], "no_flip": no_flip["AP"]}
@@ -98,7 +106,7 @@ def exercise_5(mode: str | None = None, thresholds=np.linspace(0.05, 0.5, 10)) -
     gt = np.stack([s["joints"] for s in ds.samples])
     boxes = np.stack([s["box"] for s in ds.samples])
     models = {"teacher": evaluate_teacher(mode, progress=False).results,
-              **{n: train_student(n, mode=mode, progress=False).results for n in ("squeezenet", "mobilenetv3")}}
+              **{n: _baseline(n, mode).results for n in ("squeezenet", "mobilenetv3")}}
     out = {"threshold": [float(t) for t in thresholds]}
     for name, results in models.items():
         pred = np.asarray([r["keypoints"] for r in results], dtype=np.float64).reshape(len(results), -1, 3)

@@ -3,6 +3,8 @@
 Run from the repository root:  python notebooks/solutions/03_logits_kd_solutions.py
 (quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
 numbers only show that the code works — run in workshop mode for meaningful ones).
+Every training run is one of the notebook's configs with ``--set`` items, trained by ``run.launch``
+as the notebook trains it (``python -m posekd_lib.run configs/<config>.yaml --set ...`` is the same run).
 
 The numbers quoted in the answers below were measured in workshop mode at 1,200 steps with the
 demo teacher before today's (T3, ``demo_w16_128x96_ft``, AP 0.388; docs/experiments.md, section 5);
@@ -12,13 +14,13 @@ re-run to compare — the comparisons, not the values, are the answers.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 
 from posekd_lib.distill import LogitsKD, freeze
-from posekd_lib.experiments import budget, example_batch, kd_recipe, train_student
+from posekd_lib.experiments import budget, example_batch
+from posekd_lib.run import launch
 from posekd_lib.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
@@ -30,11 +32,13 @@ def _teacher(mode):
     return freeze(teacher)
 
 
-def _train(tag: str, mode, steps, student: str = STUDENT, **overrides) -> dict:
-    teacher = _teacher(mode)
-    suffix = "" if steps is None else f"_{steps}"
-    m = train_student(student, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
-                      kd=kd_recipe(tag.split("_")[0], teacher, student, mode, **overrides)).metrics
+def _run(config: str, name: str, mode, steps, *sets: str) -> dict:
+    """The notebook's ``config`` (a ``configs/`` name) with ``sets`` applied as ``--set`` items,
+    named ``name`` (``_<steps>`` added for another budget), trained as the notebook trains it."""
+    sets = [f"name={name}" + ("" if steps is None else f"_{steps}"), *([f"optim.steps={steps}"] if steps else []),
+            *sets]
+    teacher = None if config.startswith("baseline") else _teacher(mode)
+    m = launch(config, sets, mode=mode, teacher=teacher, progress=False, show=False).metrics
     return {k: m[k] for k in KEYS}
 
 
@@ -47,8 +51,7 @@ def exercise_0(mode: str | None = None, steps: int = 1200) -> dict[str, dict]:
     KL's +0.008 was half the baseline's AP, FPD's nothing. Compare the gains with the notebook's
     3,000-step runs: KD's share of the gap depends on how far the baseline has got.
     """
-    base = train_student(STUDENT, mode=mode, tag=f"baseline_{steps}", steps=steps, progress=False).metrics
-    return {"baseline": {k: base[k] for k in KEYS}, **{t: _train(t, mode, steps) for t in ("fpd", "kl")}}
+    return {t: _run(f"{t}_squeezenet", t, mode, steps) for t in ("baseline", "fpd", "kl")}
 
 
 def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[float, dict]:
@@ -59,7 +62,8 @@ def exercise_1(mode: str | None = None, steps: int | None = None) -> dict[float,
     distribution concentrates on the teacher's peak and its neighbours, which is the useful part.
     Too low a T keeps only the argmax (a hard label again) and the T² factor shrinks the term.
     """
-    return {T: _train(f"kl_T{T}".replace(".", "p"), mode, steps, temperature=T) for T in (1.0, 0.2)}
+    return {T: _run("kl_squeezenet", f"kl_T{T}".replace(".", "p"), mode, steps,
+                    f"distill.terms.0.options.temperature={T}") for T in (1.0, 0.2)}
 
 
 def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
@@ -72,7 +76,8 @@ def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
     and ends on the ground truth alone, so the teacher's own errors do not limit its final
     precision; at short budgets the difference is usually within seed noise.
     """
-    return {"constant": _train("fpd", mode, steps), "linear_decay": _train("fpd_decay", mode, steps, schedule="linear_decay")}
+    return {"constant": _run("fpd_squeezenet", "fpd", mode, steps),
+            "linear_decay": _run("fpd_squeezenet", "fpd_decay", mode, steps, "distill.schedule=linear_decay")}
 
 
 def exercise_3(mode: str | None = None, steps: int | None = None) -> dict[float, dict]:
@@ -81,7 +86,8 @@ def exercise_3(mode: str | None = None, steps: int | None = None) -> dict[float,
     As α approaches 1 the labels are almost ignored and the student can only become as good as the
     teacher's heatmaps (including its mistakes); a middle α keeps the ground truth as the anchor.
     """
-    return {a: _train(f"fpd_a{int(a * 100)}", mode, steps, alpha=a) for a in (0.25, 0.5, 0.9)}
+    return {a: _run("fpd_squeezenet", f"fpd_a{int(a * 100)}", mode, steps, f"distill.terms.0.weight={a}")
+            for a in (0.25, 0.5, 0.9)}
 
 
 def exercise_4(mode: str | None = None, seed: int = 0) -> dict:
@@ -109,10 +115,7 @@ def exercise_5(mode: str | None = None, steps: int | None = None) -> dict:
     lower peaks; FPD, whose target is half the teacher's lower, wider maps, lowers them further, so expect no
     gain from FPD here (the KL, which ignores peak height, is the better try).
     """
-    suffix = "" if steps is None else f"_{steps}"
-    base = train_student("mobilenetv3", mode=mode, tag=f"baseline{suffix}" if steps else "baseline", steps=steps,
-                         progress=False).metrics
-    return {"baseline": {k: base[k] for k in KEYS}, "fpd": _train("fpd", mode, steps, student="mobilenetv3")}
+    return {t: _run(f"{t}_squeezenet", t, mode, steps, "model.student=mobilenetv3") for t in ("baseline", "fpd")}
 
 
 def exercise_6(mode: str | None = None, steps: int | None = None) -> dict:
@@ -125,9 +128,9 @@ def exercise_6(mode: str | None = None, steps: int | None = None) -> dict:
     import time
 
     out = {}
-    for tag, over in (("fpd", {}), ("fpd_live", {"teacher_cache": False})):
+    for tag, sets in (("fpd", ()), ("fpd_live", ("distill.options.teacher_cache=false",))):
         t0 = time.perf_counter()
-        out[tag] = {**_train(tag, mode, steps, **over), "wall_s": round(time.perf_counter() - t0, 1)}
+        out[tag] = {**_run("fpd_squeezenet", tag, mode, steps, *sets), "wall_s": round(time.perf_counter() - t0, 1)}
     return out
 
 

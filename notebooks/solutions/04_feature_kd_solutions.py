@@ -3,6 +3,8 @@
 Run from the repository root:  python notebooks/solutions/04_feature_kd_solutions.py
 (quick mode unless POSEKD_MODE says otherwise; in quick mode the runs are a few steps long, so the
 numbers only show that the code works — run in workshop mode for meaningful ones).
+Every training run is one of the notebook's configs with ``--set`` items, trained by ``run.launch``
+as the notebook trains it (``python -m posekd_lib.run configs/<config>.yaml --set ...`` is the same run).
 
 The numbers quoted in exercises 1, 6 and 7 were measured with the earlier demo teacher (HRNet-W8,
 AP 0.050) and the old workshop budget (500 and 2,000 steps, HRNet's augmentation;
@@ -13,7 +15,6 @@ Today's teacher (AP 0.460) and budget give absolute numbers an order of magnitud
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -21,7 +22,8 @@ import torch
 from posekd_lib.config import get_mode
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import FeatureKD, freeze
-from posekd_lib.experiments import budget, build_student_model, example_batch, kd_recipe, train_student
+from posekd_lib.experiments import budget, build_student_model, example_batch
+from posekd_lib.run import launch
 from posekd_lib.recipes import recipe_settings
 from posekd_lib.registry import model_entry
 from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons
@@ -31,12 +33,17 @@ KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"
 
 
-def _train(tag: str, mode, steps, **overrides) -> dict:
-    teacher, _ = load_teacher(mode=mode)
-    freeze(teacher)
-    suffix = "" if steps is None else f"_{steps}"
-    m = train_student(STUDENT, mode=mode, tag=f"{tag}{suffix}", steps=steps, progress=False,
-                      kd=kd_recipe("feature", teacher, STUDENT, mode, **overrides)).metrics
+def _run(name: str, mode, steps, *sets: str, config: str = "feature_squeezenet") -> dict:
+    """The notebook's ``config`` with ``sets`` applied as ``--set`` items (term 0 is the hint, term 1
+    the logits term), named ``name`` (``_<steps>`` added for another budget), trained as the notebook
+    trains it."""
+    sets = [f"name={name}" + ("" if steps is None else f"_{steps}"), *([f"optim.steps={steps}"] if steps else []),
+            *sets]
+    teacher = None
+    if not config.startswith("baseline"):
+        teacher, _ = load_teacher(mode=mode)
+        freeze(teacher)
+    m = launch(config, sets, mode=mode, teacher=teacher, progress=False, show=False).metrics
     return {k: m[k] for k in KEYS}
 
 
@@ -48,7 +55,7 @@ def exercise_1(mode: str | None = None, steps: int | None = None) -> dict:
     than hints + FPD with each of three seeds (``bench_kd.py --settings feature --steps 2000 --seeds
     0 1 2 --set alpha_logits=0``: 36.8 % ± 5.3 of the teacher-baseline gap against 30.9 % ± 4.9).
     """
-    return {"hints_only": _train("hints", mode, steps, alpha_logits=0.0)}
+    return {"hints_only": _run("hints", mode, steps, "distill.terms.1.weight=0.0")}
 
 
 def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
@@ -60,7 +67,7 @@ def exercise_2(mode: str | None = None, steps: int | None = None) -> dict:
     blurred version: the hint mostly constrains the backbone's semantics, not the localisation,
     and usually helps less than the stride-4 pair.
     """
-    return {"backbone12_stage3": _train("hint_b12", mode, steps, pairs={"backbone.12": "stage3"})}
+    return {"backbone12_stage3": _run("hint_b12", mode, steps, "distill.terms.0.pairs={backbone.12: stage3}")}
 
 
 def exercise_3(mode: str | None = None, seed: int = 0) -> dict:
@@ -95,7 +102,8 @@ def exercise_4(mode: str | None = None, steps: int | None = None) -> dict:
     baseline's to see where the hint starts to compete with the task rather than help it.
     """
     beta = recipe_settings("feature")["beta"]
-    return {f: _train(f"feat_b{f}".replace(".", "p"), mode, steps, beta=beta * f) for f in (10.0, 0.1)}
+    return {f: _run(f"feat_b{f}".replace(".", "p"), mode, steps, f"distill.terms.0.weight={beta * f}")
+            for f in (10.0, 0.1)}
 
 
 def exercise_5(mode: str | None = None) -> dict:
@@ -104,9 +112,8 @@ def exercise_5(mode: str | None = None) -> dict:
     teacher, _ = load_teacher(mode=mode)
     freeze(teacher)
     ds = mode_dataset(splits.val, get_mode(mode), name=f"posekd-{get_mode(mode)}-val-ex5")
-    runs = {tag: train_student(STUDENT, mode=mode, tag=tag, progress=False,
-                               kd=None if tag == "baseline" else kd_recipe(tag, teacher, STUDENT, mode))
-            for tag in ("baseline", "fpd", "kl", "feature")}
+    runs = {tag: launch(f"{tag}_squeezenet", mode=mode, teacher=None if tag == "baseline" else teacher,
+                        progress=False, show=False) for tag in ("baseline", "fpd", "kl", "feature")}
     for tag, run in runs.items():
         add_predictions(ds, run.results, tag, splits.val.ann_file)
     best = max(("fpd", "kl", "feature"), key=lambda t: runs[t].metrics["AP"])
@@ -130,7 +137,8 @@ def exercise_6(mode: str | None = None, steps: int | None = None) -> dict:
     The KL ignores the teacher's (low) peak heights and keeps only where its mass lies, so the
     ground-truth term alone sets the peaks' scale.
     """
-    return {"hints_kl": _train("hints_kl", mode, steps, kind="kl", temperature=0.5)}
+    return {"hints_kl": _run("hints_kl", mode, steps, "distill.terms.1.kind=kl",
+                             "distill.terms.1.options={temperature: 0.5}")}
 
 
 def exercise_7(mode: str | None = None, steps: int | None = None) -> dict:
@@ -147,8 +155,9 @@ def exercise_7(mode: str | None = None, steps: int | None = None) -> dict:
     person scores that rank them slightly better (Spearman 0.65 against 0.64), about the size of
     the seed spread. So CWD is at least as good a hint as the MSE here, not clearly a better one.
     """
-    return {"hints_cwd": _train("hints_cwd", mode, steps, alpha_logits=0.0, feature_loss="cwd",
-                                feature_temperature=2.0)}
+    return {"hints_cwd": _run("hints_cwd", mode, steps, "distill.terms.1.weight=0.0",
+                              "distill.terms.0.options.feature_loss=cwd",
+                              "distill.terms.0.options.feature_temperature=2.0")}
 
 
 def exercise_8(mode: str | None = None) -> list[dict]:
@@ -167,7 +176,8 @@ def exercise_8(mode: str | None = None) -> list[dict]:
 
     mode = get_mode(mode)
     t_ap = evaluate_teacher(mode).metrics["AP"]
-    feature = apply_overrides(from_yaml(config_path("feature_squeezenet")), [f"model.student={STUDENT}", f"data.mode={mode}"])
+    feature = apply_overrides(from_yaml(config_path("feature_squeezenet")),
+                              [f"model.student={STUDENT}", f"data.mode={mode}"])
     return budget_trend(runs_table(mode), feature, t_ap)
 
 

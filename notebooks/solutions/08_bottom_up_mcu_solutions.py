@@ -2,8 +2,10 @@
 
 Run from the repository root:  python notebooks/solutions/08_bottom_up_mcu_solutions.py
 (quick mode unless POSEKD_MODE says otherwise; quick-mode numbers only show that the code works).
-Every run starts from section 6's design, ``bottom_up.RECIPE``, and changes one thing; runs are
-cached by name, so section 6's own runs are reused where an exercise needs them.
+Every run is one of section 6's configs (``configs/bottomup_s4_gt.yaml``, ``bottomup_s4_kd.yaml``:
+the design ``bottom_up.RECIPE``) with one thing changed by ``--set`` items, trained by ``run.launch``
+as the notebook trains them; runs are cached by name, so section 6's own runs are reused where an
+exercise needs them.
 """
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ from posekd_lib import bottom_up
 from posekd_lib.data import dataset_splits
 from posekd_lib.distill import freeze
 from posekd_lib.evaluation import first_images
+from posekd_lib.run import launch
 from posekd_lib.teachers import load_teacher
 
 RECIPE = bottom_up.RECIPE
 
 
-def _teacher_kp(mode):
-    return bottom_up.teacher_keypoints(freeze(load_teacher(mode=mode)[0]), mode)
+def _run(kd: bool, mode, name: str | None = None, *sets: str):
+    """Section 6's ground-truth or KD config with ``sets`` applied, renamed ``name`` when it is another run."""
+    teacher = freeze(load_teacher(mode=mode)[0]) if kd else None
+    return launch("bottomup_s4_kd" if kd else "bottomup_s4_gt", [*([f"name={name}"] if name else []), *sets],
+                  mode=mode, teacher=teacher, progress=False, show=False)
 
 
 def _aps(run) -> dict:
@@ -39,9 +45,10 @@ def exercise_1(mode: str | None = None) -> dict:
     Compares the two strides on the same loss: the stride-8 student has 5 cells per median person,
     so its peaks land at best within half a cell (4 px) — as coarse as OKS's tolerance (~3 px)."""
     out = {}
-    for name, recipe in (("stride 4 (RECIPE)", RECIPE), ("stride 8", {**RECIPE, "variant": "tiny", "sigma": None})):
-        run = bottom_up.train_bottom_up(mode=mode, progress=False, **recipe)
-        out[name] = {**_aps(run), **_diagnosis(run, mode, recipe["sigma"])}
+    for name, sets, sigma in (("stride 4 (RECIPE)", (), RECIPE["sigma"]),
+                              ("stride 8", ("model.options.variant=tiny", "data.sigma=null"), None)):
+        run = _run(False, mode, "bottomup_s8_gt" if sets else None, *sets)
+        out[name] = {**_aps(run), **_diagnosis(run, mode, sigma)}
     return out
 
 
@@ -49,7 +56,7 @@ def exercise_2(mode: str | None = None) -> dict:
     """σ 7 (LW-OpenPose's) against the recipe's 3.5, ground truth only: the peaks' recall and precision."""
     out = {}
     for sigma in (RECIPE["sigma"], None):
-        run = bottom_up.train_bottom_up(mode=mode, progress=False, **{**RECIPE, "sigma": sigma})
+        run = _run(False, mode, None if sigma else "bottomup_s4_gt_sig7", *([] if sigma else ["data.sigma=null"]))
         out[f"sigma {sigma or 7}"] = {**_aps(run), **_diagnosis(run, mode, sigma)}
     return out
 
@@ -59,17 +66,14 @@ def exercise_3(mode: str | None = None) -> dict:
 
     With α near 1 the student learns the teacher's placements and loses the labels' corrections of
     the teacher's mistakes; with α small KD barely changes the targets."""
-    kp = _teacher_kp(mode)
-    return {a: _aps(bottom_up.train_bottom_up(mode=mode, teacher_kp=kp, alpha=a, progress=False,
-                                              tag=f"bottom_up_recipe_kd_a{int(a * 100)}_s0", **RECIPE))
+    return {a: _aps(_run(True, mode, f"bottomup_s4_kd_a{int(a * 100)}", f"distill.terms.0.weight={a}"))
             for a in (0.25, 0.9)}
 
 
 def exercise_4(mode: str | None = None, seeds=(1, 2)) -> dict:
     """Seeds 1 and 2 of section 6: KD's effect against the spread between seeds."""
-    kp = _teacher_kp(mode)
-    return {seed: {name: _aps(bottom_up.train_bottom_up(mode=mode, seed=seed, teacher_kp=k, progress=False, **RECIPE))
-                   for name, k in (("gt", None), ("kd", kp))} for seed in seeds}
+    return {seed: {name: _aps(_run(kd, mode, None, f"seed={seed}")) for name, kd in (("gt", False), ("kd", True))}
+            for seed in seeds}
 
 
 def exercise_5(mode: str | None = None, thresholds=(0.05, 0.1, 0.2, 0.4)) -> dict:
@@ -85,7 +89,7 @@ def exercise_5(mode: str | None = None, thresholds=(0.05, 0.1, 0.2, 0.4)) -> dic
     from posekd_lib.data import BottomUpDataset
     from posekd_lib.evaluation import bottom_up_results, coco_evaluate
 
-    run = bottom_up.train_bottom_up(mode=mode, teacher_kp=_teacher_kp(mode), progress=False, **RECIPE)
+    run = _run(True, mode)
     val = dataset_splits(mode).val
     ids = first_images(val.ann_file, 100)
     ds = BottomUpDataset(val.ann_file, val.img_dir, run.model.input_size, run.model.stride, train=False)
