@@ -34,13 +34,12 @@ from torch import nn
 
 from .config import REPO_ROOT, shown_path
 from .registry import TEACHER_OPTIONS
-from .teachers import DEMO_WEIGHTS, _read_card
+from .teachers import DEMO_WEIGHTS, SHIPPED_DIR, _read_card
 
 #: Images of the learning curve's fixed validation subset (the demo teachers' cards use 150).
 CURVE_IMAGES = 150
 #: Steps between curve points when ``optim.eval_every`` is null.
 EVAL_EVERY = 500
-WEIGHTS_DIR = REPO_ROOT / "hrnet_pose" / "weights"
 
 
 def hrnet_teacher(config: str = TEACHER_OPTIONS["config"]) -> nn.Module:
@@ -171,7 +170,7 @@ def export_teacher(run: TeacherRun, mode: str) -> Path:
 
     from .plotting import learning_curves
 
-    shipped = WEIGHTS_DIR / f"{run.name}.pt"
+    shipped = SHIPPED_DIR / f"{run.name}.pt"
     new_ap = run.card["val_metrics_flip_gt_boxes"]["AP"]
     rivals = {p: _card_ap(p) for p in (shipped, DEMO_WEIGHTS) if p.is_file()}
     beaten = [f"{shown_path(p)} (AP {ap})" for p, ap in rivals.items() if ap is not None and ap >= new_ap]

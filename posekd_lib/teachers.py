@@ -29,7 +29,8 @@ from .config import REPO_ROOT, get_mode, run_paths, shown_path
 
 DEMO_NAME = "demo_w16_128x96_ft2"
 DEMO_CONFIG = "w16_128x96"
-DEMO_WEIGHTS = REPO_ROOT / "hrnet_pose" / "weights" / f"{DEMO_NAME}.pt"
+SHIPPED_DIR = REPO_ROOT / "hrnet_pose" / "weights"
+DEMO_WEIGHTS = SHIPPED_DIR / f"{DEMO_NAME}.pt"
 FULL_CONFIG = "w48_384x288"
 WEIGHTS_ENV = "POSEKD_TEACHER_WEIGHTS"
 W48_ENV = "HRNET_W48_CHECKPOINT"
@@ -58,12 +59,20 @@ def default_teacher_name(mode: str | None = None) -> str:
     return FULL_CONFIG if get_mode(mode) == "full" else "demo"
 
 
+def shipped_teacher(name: str) -> bool:
+    """Whether ``name`` is a teacher of the demo line shipped in ``hrnet_pose/weights/`` by its file
+    name (``"demo_w16_128x96_x5"``: the continued W16), which ``load_teacher`` loads by that name."""
+    return name.startswith("demo_") and (SHIPPED_DIR / f"{name}.pt").is_file()
+
+
 def teacher_weights_path(name: str = "demo", mode: str | None = None, path=None) -> Path:
     """The weights file ``load_teacher`` would read (it may not exist yet)."""
     if path is not None:
         return Path(path).expanduser()
     if name == "demo":
         return Path(os.environ.get(WEIGHTS_ENV) or DEMO_WEIGHTS).expanduser()
+    if shipped_teacher(name):
+        return SHIPPED_DIR / f"{name}.pt"
     from hrnet_pose.checkpoint import official_checkpoint_name
 
     env = os.environ.get(W48_ENV) if name == FULL_CONFIG else None
@@ -108,9 +117,10 @@ def load_teacher(name: str | None = None, mode: str | None = None, path=None,
                  device="cpu") -> tuple[nn.Module, TeacherInfo]:
     """Build an HRNet teacher, load its weights strictly and return ``(model in eval mode, info)``.
 
-    ``name``: ``"demo"`` (the shipped W16, config ``w16_128x96``) or an HRNet config name whose
-    official checkpoint you provide (``"w48_384x288"``, ``"w32_256x192"``, ...); ``None`` picks by
-    mode (:func:`default_teacher_name`). ``path`` overrides the weights file. ``info.val_ap`` is
+    ``name``: ``"demo"`` (the shipped W16, config ``w16_128x96``), another shipped teacher of the
+    demo line by its file name (``"demo_w16_128x96_x5"``, :func:`shipped_teacher`), or an HRNet
+    config name whose official checkpoint you provide (``"w48_384x288"``, ``"w32_256x192"``, ...);
+    ``None`` picks by mode (:func:`default_teacher_name`). ``path`` overrides the weights file. ``info.val_ap`` is
     the validation AP from the weights' card (``None`` without a card).
     """
     from hrnet_pose.checkpoint import load_pose_checkpoint
@@ -122,14 +132,15 @@ def load_teacher(name: str | None = None, mode: str | None = None, path=None,
     if not weights.is_file():
         raise _missing_error(name, weights, mode)
     card = _read_card(weights)
-    config = card.get("config", DEMO_CONFIG) if name == "demo" else name
+    demo_line = name == "demo" or shipped_teacher(name)
+    config = card.get("config", DEMO_CONFIG) if demo_line else name
     cfg = load_configs(config)
     model = get_pose_net(cfg, is_train=False)
     load_pose_checkpoint(model, weights)
     model.to(device).eval()
     val_ap = (card.get("val_metrics_flip_gt_boxes") or {}).get("AP")
     info = TeacherInfo(
-        name=card.get("name", DEMO_NAME) if name == "demo" else f"hrnet_{name}", config=config,
+        name=card.get("name", DEMO_NAME if name == "demo" else name) if demo_line else f"hrnet_{name}", config=config,
         input_size=tuple(int(v) for v in cfg.MODEL.IMAGE_SIZE),
         heatmap_size=tuple(int(v) for v in cfg.MODEL.HEATMAP_SIZE), sigma=float(cfg.MODEL.SIGMA),
         weights=weights, val_ap=None if val_ap is None else float(val_ap),

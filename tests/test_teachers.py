@@ -76,3 +76,19 @@ def test_wrong_architecture_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv(teachers.WEIGHTS_ENV, str(tmp_path / "other.pt"))
     with pytest.raises(CheckpointMismatchError, match="other.pt"):
         load_teacher("demo")
+
+
+def test_a_shipped_teacher_of_the_demo_line_loads_by_its_file_name(tmp_path, monkeypatch, w8_state):
+    """``load_teacher("demo_<...>")`` reads hrnet_pose/weights/<name>.pt and its card's config and name;
+    a config run names it in ``distill.teacher``. Other names keep their meaning."""
+    torch.save(w8_state, tmp_path / "demo_w8_test.pt")
+    (tmp_path / "demo_w8_test.json").write_text(json.dumps({"name": "demo_w8_test", "config": "w8_128x96",
+                                                            "val_metrics_flip_gt_boxes": {"AP": 0.5}}))
+    monkeypatch.setattr(teachers, "SHIPPED_DIR", tmp_path)
+    assert teachers.shipped_teacher("demo_w8_test") and not teachers.shipped_teacher("demo_missing")
+    assert not teachers.shipped_teacher("w48_384x288")
+    _, info = load_teacher("demo_w8_test")
+    assert (info.name, info.config, info.weights, info.val_ap) == ("demo_w8_test", "w8_128x96",
+                                                                    tmp_path / "demo_w8_test.pt", 0.5)
+    with pytest.raises(FileNotFoundError):        # not shipped: read as an official config's checkpoint
+        load_teacher("demo_missing", mode="quick")
