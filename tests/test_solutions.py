@@ -84,15 +84,18 @@ def test_mcu_solutions_without_training():
     sol6 = _load("06_export_solutions")
     assert "state-dict order" in sol6.exercise_3()
     sizes = sol6.exercise_1()              # the two shipped long-budget students, no training
-    assert sizes["tiny"]["weight_bytes"] < sizes["small"]["weight_bytes"] <= limits(85).weight_memory_bytes
-    assert sizes["small"]["latency_ms"] > sizes["tiny"]["latency_ms"]
+    assert (sizes["tiny"]["weight_bytes"] < sizes["small"]["weight_bytes"] < sizes["medium"]["weight_bytes"]
+            <= limits(85).weight_memory_bytes)
+    assert sizes["medium"]["latency_ms"] > sizes["small"]["latency_ms"] > sizes["tiny"]["latency_ms"]
 
 
-def test_unlabelled_control_solution_trains_on_the_labelled_images_only():
-    out = _load("07_unlabelled_kd_solutions").exercise_1(mode="quick", steps=2)
+def test_unlabelled_seed_solution_trains_the_control_and_the_mixed_run():
+    out = _load("07_unlabelled_kd_solutions").exercise_1(mode="quick", steps=2, seed=1)
+    assert set(out) == {"hints_labelled_only", "hints_plus_unlabelled"}
     assert set(out["hints_labelled_only"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
-    recipe = _quick_recipe("feature_l10_2_squeezenet_s0")
-    assert (recipe["labelled"], recipe["unlabelled"], recipe["kd"]["setting"]) == (0.1, False, "feature")
+    control, mixed = _quick_recipe("feature_l10_2_squeezenet_s1"), _quick_recipe("feature_l10u_2_squeezenet_s1")
+    assert (control["labelled"], control["unlabelled"], control["kd"]["setting"]) == (0.1, False, "feature")
+    assert (mixed["labelled"], mixed["unlabelled"], mixed["steps"]) == (0.1, True, 2)
 
 
 @pytest.mark.slow  # two 4 + 2-step bottom-up runs (the teacher labels the quick set once) and a threshold sweep
