@@ -34,11 +34,11 @@ def _teacher(mode):
 
 def _run(config: str, name: str, mode, steps, *sets: str) -> dict:
     """The notebook's ``config`` (a ``configs/`` name) with ``sets`` applied as ``--set`` items,
-    named ``name`` (``_<steps>`` added for another budget), trained as the notebook trains it."""
+    named ``name`` (``_<steps>`` added for another budget), trained as the notebook trains it (the
+    runner loads the config's teacher)."""
     sets = [f"name={name}" + ("" if steps is None else f"_{steps}"), *([f"optim.steps={steps}"] if steps else []),
             *sets]
-    teacher = None if config.startswith("baseline") else _teacher(mode)
-    m = launch(config, sets, mode=mode, teacher=teacher, progress=False, show=False).metrics
+    m = launch(config, sets, mode=mode, progress=False, show=False).metrics
     return {k: m[k] for k in KEYS}
 
 

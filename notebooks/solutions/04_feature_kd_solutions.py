@@ -36,14 +36,10 @@ STUDENT = "squeezenet"
 def _run(name: str, mode, steps, *sets: str, config: str = "feature_squeezenet") -> dict:
     """The notebook's ``config`` with ``sets`` applied as ``--set`` items (term 0 is the hint, term 1
     the logits term), named ``name`` (``_<steps>`` added for another budget), trained as the notebook
-    trains it."""
+    trains it (the runner loads the config's teacher)."""
     sets = [f"name={name}" + ("" if steps is None else f"_{steps}"), *([f"optim.steps={steps}"] if steps else []),
             *sets]
-    teacher = None
-    if not config.startswith("baseline"):
-        teacher, _ = load_teacher(mode=mode)
-        freeze(teacher)
-    m = launch(config, sets, mode=mode, teacher=teacher, progress=False, show=False).metrics
+    m = launch(config, sets, mode=mode, progress=False, show=False).metrics
     return {k: m[k] for k in KEYS}
 
 

@@ -14,11 +14,9 @@ from posekd_lib import ai8x, export, max78000
 from posekd_lib import ai8x_models as am
 from posekd_lib import onnx_export as ox
 from posekd_lib.data import dataset_splits
-from posekd_lib.distill import freeze
 from posekd_lib.experiments import budget
 from posekd_lib.reference import load_reference_ai8x, reference_table
 from posekd_lib.run import launch
-from posekd_lib.teachers import load_teacher
 
 
 def exercise_1() -> dict:
@@ -47,8 +45,7 @@ def exercise_2(mode: str | None = None) -> dict:
     """
     b = budget(mode)
     splits = dataset_splits(mode)
-    teacher = freeze(load_teacher(mode=mode)[0])
-    student = launch("kl_squeezenet", mode=mode, teacher=teacher, progress=False, show=False).model.eval()
+    student = launch("kl_squeezenet", mode=mode, progress=False, show=False).model.eval()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         f = ox.export_onnx(student, Path(tmp) / "f.onnx", input_size=b.input_size, dynamo=False)

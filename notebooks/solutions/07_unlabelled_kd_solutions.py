@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 
-from posekd_lib.distill import freeze
 from posekd_lib.experiments import label_tag
 from posekd_lib.run import launch
-from posekd_lib.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 WORKSHOP_STEPS = 800      # the notebook's label-budget runs
@@ -31,8 +29,7 @@ def _run(config: str, labelled: float, unlabelled: bool, mode, steps, seed: int 
     sets = [f"name={name}" + ("" if steps in (None, WORKSHOP_STEPS) else f"_{steps}"), f"seed={seed}",
             f"data.labelled={labelled}", *([f"optim.steps={steps}"] if steps else []),
             *(["data.unlabelled=true"] if unlabelled else [])]
-    teacher = None if config.startswith("baseline") else freeze(load_teacher(mode=mode)[0])
-    m = launch(config, sets, mode=mode, teacher=teacher, progress=False, show=False).metrics
+    m = launch(config, sets, mode=mode, progress=False, show=False).metrics   # the runner loads the teacher
     return {k: m[k] for k in KEYS}
 
 

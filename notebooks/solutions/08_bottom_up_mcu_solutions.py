@@ -13,19 +13,17 @@ import os
 
 from posekd_lib import bottom_up
 from posekd_lib.data import dataset_splits
-from posekd_lib.distill import freeze
 from posekd_lib.evaluation import first_images
 from posekd_lib.run import launch
-from posekd_lib.teachers import load_teacher
 
 RECIPE = bottom_up.RECIPE
 
 
 def _run(kd: bool, mode, name: str | None = None, *sets: str):
-    """Section 6's ground-truth or KD config with ``sets`` applied, renamed ``name`` when it is another run."""
-    teacher = freeze(load_teacher(mode=mode)[0]) if kd else None
+    """Section 6's ground-truth or KD config with ``sets`` applied, renamed ``name`` when it is another
+    run (the runner loads the KD config's teacher)."""
     return launch("bottomup_s4_kd" if kd else "bottomup_s4_gt", [*([f"name={name}"] if name else []), *sets],
-                  mode=mode, teacher=teacher, progress=False, show=False)
+                  mode=mode, progress=False, show=False)
 
 
 def _aps(run) -> dict:
