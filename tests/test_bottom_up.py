@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from posekd_lib import bottom_up
+from posekd_lib.train import bottom_up
 from posekd_lib.distill import freeze
-from posekd_lib.recipes import weights_fingerprint
-from posekd_lib.teachers import load_teacher
+from posekd_lib.train.recipes import weights_fingerprint
+from posekd_lib.models.teachers import load_teacher
 
 
 def test_teacher_keypoints_become_targets_through_the_same_augmentation():
@@ -57,8 +57,8 @@ def test_a_short_distilled_run_trains_quantizes_and_scores():
 
 
 def test_map_diagnosis_scores_the_four_mixes_and_the_peaks():
-    from posekd_lib.ai8x_models import ai85bottomup
-    from posekd_lib.data import dataset_splits
+    from posekd_lib.models.ai8x_models import ai85bottomup
+    from posekd_lib.data.datasets import dataset_splits
 
     torch.manual_seed(0)
     model = ai85bottomup("tiny")
@@ -83,7 +83,7 @@ def test_a_cached_run_of_another_recipe_is_refused_by_name():
 
 
 def test_a_design_the_mcu_cannot_hold_is_refused_before_training():
-    from posekd_lib.ai8x_models import ai85bottomup
+    from posekd_lib.models.ai8x_models import ai85bottomup
 
     bottom_up.check_fits(ai85bottomup(**{k: v for k, v in bottom_up.RECIPE.items() if k in ("variant", "input_size")}))
     with pytest.raises(ValueError, match=r"\(160, 128\) does not fit the MAX78000: L0 \(enc1\): data memory"):
