@@ -223,6 +223,12 @@ class PafCodec:
         """Map cell coordinates -> input pixels."""
         return np.asarray(xy, dtype=np.float64) * self.stride + (self.stride / 2 - 0.5)
 
+    @property
+    def cell_to_input(self) -> np.ndarray:
+        """:meth:`from_map` as a 3x3 homogeneous matrix."""
+        shift = self.stride / 2 - 0.5
+        return np.array([[self.stride, 0.0, shift], [0.0, self.stride, shift], [0.0, 0.0, 1.0]])
+
     def encode(self, keypoints) -> tuple[np.ndarray, np.ndarray]:
         """COCO keypoints ``(P, 17, 3)`` in input pixels -> ``(heatmaps (19, h, w), pafs (38, h, w))``.
 

@@ -25,7 +25,7 @@ from .augment import (AUGMENTATIONS, AugConfig, augmentation, colour_jitter,  # 
 from .codecs import HeatmapCodec, PafCodec, flip_test_average
 from .images import CorruptImageError, read_rgb  # noqa: F401  (read_rgb is part of this module's API)
 from .keypoints import (COCO_FLIP_INDEX, COCO_FLIP_PAIRS, COCO_JOINTS_WEIGHT,
-                        NUM_COCO_KEYPOINTS)
+                        NUM_COCO_KEYPOINTS, NUM_OPENPOSE_KEYPOINTS, OPENPOSE_FROM_COCO)
 from .transforms import (affine_points, box_to_center_scale, fliplr_keypoints, get_affine_transform,
                          letterbox_matrix, transform_preds)
 
@@ -292,12 +292,19 @@ class BottomUpDataset(Dataset):
 
     def __init__(self, ann_file, img_dir, input_size=(128, 128), stride: int = 8, train: bool = False,
                  aug: AugConfig | None = None, sigma: float = 7.0, paf_thickness: float = 1.0,
-                 teacher_keypoints: dict | None = None):
+                 teacher_keypoints: dict | None = None, teacher_maps=None):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         #: ``{ann_id: (17, 3)}`` keypoints a teacher found (image pixels, v > 0 where it is
         #: confident): with them each sample also carries ``teacher_heatmaps`` / ``teacher_pafs``
         #: drawn from them through the same augmentation (KD targets for a bottom-up student).
         self.teacher_keypoints = teacher_keypoints
+        #: A teacher cache (``distill.teacher_cache.TeacherCache``: each person's top-down heatmaps)
+        #: whose maps, pasted into the frame, replace the 17 COCO keypoint channels of
+        #: ``teacher_heatmaps`` (soft targets: the teacher's own heatmaps instead of Gaussians at its
+        #: keypoints); the neck and the PAFs stay drawn from ``teacher_keypoints``.
+        if teacher_maps is not None and teacher_keypoints is None:
+            raise ValueError("teacher_maps needs teacher_keypoints (the neck and the PAFs are drawn from them)")
+        self.teacher_maps = teacher_maps
         self.coco = load_coco_person_keypoints(ann_file)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.codec = PafCodec(self.input_size, stride, sigma, paf_thickness)
@@ -383,6 +390,9 @@ class BottomUpDataset(Dataset):
             tk = np.asarray([self.teacher_keypoints.get(a["id"], np.zeros((NUM_COCO_KEYPOINTS, 3))) for a in people],
                             dtype=np.float64).reshape(-1, NUM_COCO_KEYPOINTS, 3)
             t_hm, t_paf = self.codec.encode(self.to_input(tk, M, flipped))
+            if self.teacher_maps is not None:
+                t_hm = soft_openpose_heatmaps(t_hm, self.teacher_maps.paste(
+                    [a["id"] for a in people], M, flipped, self.codec.map_size, self.codec.cell_to_input).numpy())
             extra = {"teacher_heatmaps": torch.from_numpy(t_hm), "teacher_pafs": torch.from_numpy(t_paf)}
         return {
             "image": to_tensor_normalized(x),
@@ -394,6 +404,18 @@ class BottomUpDataset(Dataset):
                      "affine": torch.from_numpy(np.asarray(M, dtype=np.float32)),
                      "num_persons": len(people)},
         }
+
+
+def soft_openpose_heatmaps(drawn: np.ndarray, coco_maps: np.ndarray) -> np.ndarray:
+    """OpenPose-18 heatmaps + background ``(19, h, w)`` whose COCO joints are ``coco_maps``
+    ``(17, h, w)`` (a teacher's heatmaps, clipped to [0, 1]) and whose neck is ``drawn``'s (the maps
+    drawn from keypoints by ``PafCodec.encode``); the background is ``1 - max`` of the 18, as drawn."""
+    out = np.array(drawn, dtype=np.float32, copy=True)
+    for op, coco in enumerate(OPENPOSE_FROM_COCO):
+        if coco >= 0:
+            out[op] = np.clip(coco_maps[coco], 0.0, 1.0)
+    out[NUM_OPENPOSE_KEYPOINTS] = 1.0 - out[:NUM_OPENPOSE_KEYPOINTS].max(axis=0)
+    return out
 
 
 # --------------------------------------------------------------------------- top-down inference

@@ -77,6 +77,7 @@ class TeacherCache:
         self.flip_perm = flip_permutation(flip_pairs, heatmaps.shape[1])
         self.source = source
         self._plain = None      # every row's plain-crop affine (N, 3, 3), made on the first warp
+        self._rows = None       # {ann_id: row}, made on the first paste
 
     def __len__(self) -> int:
         return self.heatmaps.shape[0]
@@ -180,6 +181,40 @@ class TeacherCache:
                                 dtype=torch.float32)
         grid = F.affine_grid(theta, (hm.shape[0], hm.shape[1], out_size[1], out_size[0]), align_corners=True)
         return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def paste(self, ann_ids, frame_affine, flipped: bool, out_size, cell_to_input) -> torch.Tensor:
+        """The teacher's heatmaps of the people ``ann_ids`` pasted into one whole frame: ``(K, h, w)``
+        float32 at ``out_size`` (w, h), the maximum over the people (soft KD targets for a bottom-up
+        student: each person's cached top-down heatmaps, warped from their plain crop into the frame).
+
+        ``frame_affine`` (2x3 or 3x3) maps image pixels to the frame's input pixels (letterbox and
+        augmentation, the mirror included); with ``flipped`` joint ``j`` reads the cached channel of
+        its flip partner (the plain crop's answer mirrored, not the teacher's on a mirrored crop);
+        ``cell_to_input`` (3x3) maps an output cell to input pixels (the bottom-up codec's cell
+        centres). People the cache lacks (persons the top-down split leaves out) add nothing.
+
+            output cell q -> frame pixel u = C q -> image point x = M⁻¹ u -> cached cell s0 M0 x
+        """
+        if self._rows is None:
+            self._rows = {int(a): i for i, a in enumerate(self.ann_ids.tolist())}
+        rows = np.array([self._rows[int(a)] for a in ann_ids if int(a) in self._rows], dtype=np.int64)
+        w, h = int(out_size[0]), int(out_size[1])
+        if len(rows) == 0:
+            return torch.zeros(self.heatmaps.shape[1], h, w)
+        hm = self.heatmaps[torch.from_numpy(rows)].float()
+        if flipped:
+            hm = hm[:, self.flip_perm]
+        hm_h, hm_w = hm.shape[-2:]
+        if self._plain is None:
+            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
+        s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])    # plain crop -> cached cells
+        M = np.asarray(frame_affine, dtype=np.float64)
+        M = np.vstack([M[:2], [0.0, 0.0, 1.0]])
+        A = s0 @ self._plain[rows] @ np.linalg.inv(M) @ np.asarray(cell_to_input, dtype=np.float64)
+        theta = torch.as_tensor((_normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(w, h)))[:, :2],
+                                dtype=torch.float32)
+        grid = F.affine_grid(theta, (len(rows), hm.shape[1], h, w), align_corners=True)
+        return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True).amax(0)
 
     # ------------------------------------------------------------------ storage
     def save(self, path) -> Path:

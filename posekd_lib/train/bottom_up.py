@@ -43,14 +43,16 @@ MIN_SCORE = 0.2
 
 
 def training_set(mode: str | None = None, teacher_kp: dict | None = None, input_size=BOTTOM_UP_INPUT,
-                 stride: int = STRIDE, sigma: float | None = None):
+                 stride: int = STRIDE, sigma: float | None = None, teacher_maps=None):
     """The mode's training images as a ``BottomUpDataset`` with whole-image augmentation, its maps at
     ``stride`` (the student's: ``model.stride``), heatmap Gaussians of ``sigma`` input pixels (None:
-    the dataset's 7, LW-OpenPose's)."""
+    the dataset's 7, LW-OpenPose's); ``teacher_maps`` (a teacher cache) makes the KD heatmap targets
+    the teacher's own heatmaps pasted into the frame instead of Gaussians at its keypoints."""
     from ..data.datasets import BottomUpDataset, dataset_splits
 
     split = dataset_splits(get_mode(mode)).train
     return BottomUpDataset(split.ann_file, split.img_dir, input_size, stride, train=True, teacher_keypoints=teacher_kp,
+                           teacher_maps=teacher_maps,
                            **({} if sigma is None else {"sigma": float(sigma)}))
 
 
@@ -169,7 +171,7 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
                     alpha: float = 0.5, steps: tuple[int, int] | None = None, batch_size: int | None = None,
                     lr: float | None = None, tag: str | None = None, progress: bool = True,
                     threads: int | None = None, curve_every: int | None = None, loss: str = "mse",
-                    sigma: float | None = None, input_size=BOTTOM_UP_INPUT) -> BottomUpRun:
+                    sigma: float | None = None, input_size=BOTTOM_UP_INPUT, teacher_maps=None) -> BottomUpRun:
     """Train (or load) a bottom-up MAX78000 student: float steps, then QAT (lr / 10), with the
     ground truth only or distilled from ``teacher_kp`` (:func:`teacher_keypoints`, weight ``alpha``);
     evaluates the float, QAT and integer-simulated models on the whole validation images. Steps,
@@ -179,7 +181,9 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     ``curve_every`` scores a learning curve on fixed validation images (:func:`curve_fit_kw`);
     ``loss`` names the map loss (:data:`LOSSES`: ``mse``, or ``mse_pos10`` with keypoint and limb cells
     weighted ``1 + 10·|target|``), ``sigma`` the heatmap Gaussian in input pixels (None: 7); ``input_size`` the frame
-    (w, h) the student sees (the 320x240 frames letterboxed into it). The teacher that labelled
+    (w, h) the student sees (the 320x240 frames letterboxed into it); ``teacher_maps`` (the teacher's
+    ``TeacherCache``, with ``teacher_kp``) makes the KD heatmap targets soft: the teacher's own
+    heatmaps pasted into the frame (``data.datasets.BottomUpDataset``). The teacher that labelled
     ``teacher_kp`` (its ``TeacherKeypoints.teacher`` fingerprint) is written to ``run_info.json``,
     and so to a shipped card."""
     from ..data.datasets import dataset_splits
@@ -198,11 +202,16 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     teacher = getattr(teacher_kp, "teacher", None)
     recipe = {"variant": variant, "kd": teacher_kp is not None, "alpha": alpha if teacher_kp is not None else None,
               "loss": loss, "sigma": sigma, "input_size": [int(v) for v in input_size]}
+    if teacher_maps is not None:
+        if teacher_kp is None:
+            raise ValueError("teacher_maps needs teacher_kp: soft targets are a kind of KD")
+        recipe["targets"] = "heatmaps"         # absent: Gaussians drawn at the teacher's keypoints
     extras = "".join(f"_{v}" for v in (loss.removeprefix("mse_") if loss != "mse" else None,
                                        None if sigma is None else f"sig{sigma:g}",
                                        None if tuple(input_size) == BOTTOM_UP_INPUT else "x".join(map(str, input_size)))
                      if v)
-    name = tag or f"bottom_up_{variant}_{'kd' if teacher_kp is not None else 'gt'}{extras}_s{seed}"
+    kind = "gt" if teacher_kp is None else "kdsoft" if teacher_maps is not None else "kd"
+    name = tag or f"bottom_up_{variant}_{kind}{extras}_s{seed}"
     root = run_paths(mode).checkpoints
     dirs = (root / f"{name}_float", root / f"{name}_qat")
     info_file = dirs[1] / "run_info.json"
@@ -210,6 +219,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     if info:                      # a cached run of another recipe under this name is refused, not reused
         stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **info}
         differ = {k: (stored.get(k), v) for k, v in recipe.items() if stored.get(k) != v}
+        if stored.get("targets") != recipe.get("targets"):
+            differ["targets"] = (stored.get("targets", "keypoints"), recipe.get("targets", "keypoints"))
         if stored.get("teacher", teacher) != teacher:      # runs written before the card named it: not checked
             differ["teacher"] = (stored["teacher"], teacher)
         if differ:
@@ -219,7 +230,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     model = ai85bottomup(variant, input_size=tuple(input_size))
     check_fits(model)
     val = dataset_splits(mode).val
-    loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma), batch_size)
+    loader = shuffled_loader(training_set(mode, teacher_kp, model.input_size, model.stride, sigma, teacher_maps),
+                             batch_size)
     before = sum(History.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
     trained = train_ai8x_student(model, loader, qat_policy=DEFAULT_QAT_POLICY, out_dir=root, run_name=name, lr=lr,

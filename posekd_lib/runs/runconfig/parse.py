@@ -237,9 +237,18 @@ def _check_ai8x(cfg: RunConfig) -> None:
             raise ConfigError(f"stages: {stage!r} is the ONNX path; the MAX78000 student's export (izer) is not wired")
     if any(t.kind == "hint" for t in cfg.distill.terms):
         raise ConfigError("distill.terms: the MAX78000 student distils with one logits term (fpd or kl)")
-    if cfg.model.student == BOTTOM_UP_STUDENT and any(t.kind != "fpd" or t.options for t in cfg.distill.terms):
-        raise ConfigError("distill.terms: the bottom-up student distils with one fpd term and no options (the MSE "
-                          "to maps drawn from the teacher's keypoints; its weight is the KD share)")
+    if cfg.model.student == BOTTOM_UP_STUDENT:
+        if any(t.kind != "fpd" or set(t.options) - {"targets"} for t in cfg.distill.terms):
+            raise ConfigError("distill.terms: the bottom-up student distils with one fpd term (the MSE to the "
+                              "teacher's maps; its weight is the KD share) whose one option is 'targets'")
+        for t in cfg.distill.terms:
+            _choice("distill.terms[0].options.targets", t.options.get("targets", "keypoints"),
+                    BOTTOM_UP_TARGETS)
+
+
+#: What the bottom-up student's KD heatmaps are: Gaussians drawn at the teacher's keypoints, or the
+#: teacher's own heatmaps pasted into the frame (``BottomUpDataset(teacher_maps=...)``).
+BOTTOM_UP_TARGETS = ("keypoints", "heatmaps")
 
 
 def bottom_up_input(model: ModelConfig) -> tuple[int, int]:

@@ -144,16 +144,22 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
     from ...train.bottom_up import teacher_keypoints, train_bottom_up
     from ...train.budgets import budget_fields as with_budget
 
-    teacher_kp, alpha = None, 0.5
+    teacher_kp, teacher_maps, alpha = None, None, 0.5
     if "distil" in cfg.stages:
         if teacher is None:
             teacher = load_frozen_teacher(cfg)
-        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), cfg.distill.terms[0].weight
+        term = cfg.distill.terms[0]
+        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), term.weight
+        if term.options.get("targets") == "heatmaps":
+            from ...train.recipes import teacher_cache_for
+
+            with with_budget(**budget_fields(cfg)):
+                teacher_maps = teacher_cache_for(teacher, resolved_mode(cfg))
     with with_budget(**budget_fields(cfg)):
         return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
                                curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma,
-                               input_size=bottom_up_input(cfg.model))
+                               input_size=bottom_up_input(cfg.model), teacher_maps=teacher_maps)
 
 
 def _train_teacher(cfg: RunConfig, teacher, progress: bool):
