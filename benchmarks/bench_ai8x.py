@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from posekd_lib import ai8x, export, max78000
+from posekd_lib.mcu import ai8x, export, max78000
 
 
 def timed(fn, repeat: int = 5) -> float:

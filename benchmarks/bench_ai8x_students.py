@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from posekd_lib import ai8x, ai8x_models as am, max78000, pruning
+from posekd_lib.mcu import ai8x, max78000, pruning
+from posekd_lib.models import ai8x_models as am
 
 
 def conv_macs(model, input_shape) -> int:

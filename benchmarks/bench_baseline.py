@@ -22,12 +22,12 @@ import torch
 
 
 from posekd_lib.config import get_mode
-from posekd_lib.data import TopDownDataset, dataset_splits
-from posekd_lib.evaluation import evaluate_topdown
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher
+from posekd_lib.data.datasets import TopDownDataset, dataset_splits
+from posekd_lib.evaluation.coco import evaluate_topdown
+from posekd_lib.train.experiments import budget, build_student_model, evaluate_teacher
 from posekd_lib.run import launch
-from posekd_lib.losses import joints_mse
-from posekd_lib.teachers import load_teacher
+from posekd_lib.distill.losses import joints_mse
+from posekd_lib.models.teachers import load_teacher
 
 STUDENTS = ("squeezenet", "mobilenetv3", "mobilenetv3_os16")
 

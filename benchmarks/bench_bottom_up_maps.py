@@ -18,11 +18,11 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from posekd_lib.ai8x_models import HeatmapView, ai85bottomup
-    from posekd_lib.bottom_up import map_diagnosis
+    from posekd_lib.models.ai8x_models import HeatmapView, ai85bottomup
+    from posekd_lib.train.bottom_up import map_diagnosis
     from posekd_lib.config import get_mode, set_torch_threads
-    from posekd_lib.data import dataset_splits
-    from posekd_lib.evaluation import first_images
+    from posekd_lib.data.datasets import dataset_splits
+    from posekd_lib.evaluation.coco import first_images
     from posekd_lib.train import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_hrnet.py [--threads 2] [--batch 8] [--configs w8_128x96 w16_256x192]
 
-MACs come from ``posekd_lib.models.complexity`` (calflops) (one image at the config's input size). Throughput
+MACs come from ``posekd_lib.models.students.complexity`` (calflops) (one image at the config's input size). Throughput
 is images/s of eval-mode inference at batch 8 on CPU, timed over a few iterations after one
 warm-up (fewer for the big models, whose numbers are therefore rougher); the training column
 times full Adam steps (forward, 0.5·MSE on heatmaps, backward, update) the same way. This table is what
@@ -20,7 +20,7 @@ import torch
 from hrnet_pose.checkpoint import fp16_size_bytes
 from hrnet_pose.configs import available_configs, load_configs
 from hrnet_pose.hrnetpose_model import count_parameters, get_pose_net
-from posekd_lib.models import complexity
+from posekd_lib.models.students import complexity
 
 
 def throughput(model: torch.nn.Module, height: int, width: int, batch: int, seconds: float) -> float:

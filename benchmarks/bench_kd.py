@@ -41,14 +41,14 @@ import torch
 
 
 from posekd_lib.config import get_mode
-from posekd_lib.data import dataset_splits
+from posekd_lib.data.datasets import dataset_splits
 from posekd_lib.distill import freeze
-from posekd_lib.evaluation import gap_closed
-from posekd_lib.experiments import RECIPES, evaluate_teacher, label_tag, localization_summary
+from posekd_lib.evaluation.coco import gap_closed
+from posekd_lib.train.experiments import RECIPES, evaluate_teacher, label_tag, localization_summary
 from posekd_lib.run import config_path, launch
-from posekd_lib.runconfig import apply_overrides, from_yaml
-from posekd_lib.runs_table import budget_trend, runs_csv, runs_table
-from posekd_lib.teachers import load_teacher
+from posekd_lib.runs.runconfig import apply_overrides, from_yaml
+from posekd_lib.runs.table import budget_trend, runs_csv, runs_table
+from posekd_lib.models.teachers import load_teacher
 
 METRICS = ("AP", "AP50", "AP75", "PCK@0.2")
 

@@ -28,10 +28,10 @@ import torch
 def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path, teacher) -> float:
     """Seconds per training step of ``setting`` after ``warmup`` steps (see the module docstring);
     ``teacher``: the frozen teacher the KD settings distil from."""
-    from posekd_lib.budgets import budget, student_amp, training_set
-    from posekd_lib.device_data import shuffled_loader
-    from posekd_lib.experiments import _device, _trainee, build_loss, build_student_model
-    from posekd_lib.recipes import RECIPES, kd_recipe
+    from posekd_lib.train.budgets import budget, student_amp, training_set
+    from posekd_lib.data.device_data import shuffled_loader
+    from posekd_lib.train.experiments import _device, _trainee, build_loss, build_student_model
+    from posekd_lib.train.recipes import RECIPES, kd_recipe
     from posekd_lib.train import fit
 
     tag, _, cache = setting.partition("-")
@@ -64,7 +64,7 @@ def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int,
 def main(argv=None) -> int:
     from posekd_lib.config import get_mode, set_torch_threads
     from posekd_lib.distill import freeze
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.models.teachers import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None, help="quick | workshop | full (default: $POSEKD_MODE, else workshop)")

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         curves = [load_curve(n, args.mode) for n in args.plot]
         for c in curves:
             print_curve(c)
-        from posekd_lib.plotting import learning_curves
+        from posekd_lib.evaluation.plotting import learning_curves
 
         out = args.out or Path("images/learning_curves.png")
         learning_curves(curves, args.title).savefig(out, dpi=110)

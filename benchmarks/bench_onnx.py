@@ -28,11 +28,11 @@ import torch
 
 
 from posekd_lib.config import get_mode
-from posekd_lib.data import TopDownDataset, dataset_splits
-from posekd_lib.evaluation import evaluate_topdown
-from posekd_lib.experiments import budget, build_student_model
+from posekd_lib.data.datasets import TopDownDataset, dataset_splits
+from posekd_lib.evaluation.coco import evaluate_topdown
+from posekd_lib.train.experiments import budget, build_student_model
 from posekd_lib.run import launch
-from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, export_onnx, heatmap_agreement,
+from posekd_lib.mcu.onnx_export import (OnnxPoseModel, calibration_reader, export_onnx, heatmap_agreement,
                                     onnx_parity, quantize_int8)
 
 STUDENTS = ("squeezenet", "mobilenetv3", "mobilenetv3_os16")

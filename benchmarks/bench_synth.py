@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from posekd_lib.synth import generate_split, sizes_for_mode
+from posekd_lib.data.synth import generate_split, sizes_for_mode
 
 
 def run(out: Path, images: int, workers: int, difficulty: float) -> dict:

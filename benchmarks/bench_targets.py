@@ -22,9 +22,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-from posekd_lib.codecs import HeatmapCodec, PafCodec
-from posekd_lib.data import TopDownDataset
-from posekd_lib.keypoints import (COCO_KEYPOINTS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
+from posekd_lib.data.codecs import HeatmapCodec, PafCodec
+from posekd_lib.data.datasets import TopDownDataset
+from posekd_lib.data.keypoints import (COCO_KEYPOINTS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
                                   coco17_to_openpose18)
 
 COCO_SAMPLE = REPO.parent / "shared" / "realdata" / "coco_sample"

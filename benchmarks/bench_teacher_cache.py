@@ -29,8 +29,8 @@ import torch
 def main(argv=None) -> int:
     from posekd_lib.config import get_mode, set_torch_threads
     from posekd_lib.distill import LogitsKD
-    from posekd_lib.teacher_cache import TeacherCache
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.distill.teacher_cache import TeacherCache
+    from posekd_lib.models.teachers import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=None)
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
 def _datasets(info, mode, args):
     """The training persons plain (what the cache is built from) and augmented (what it serves)."""
-    from posekd_lib.data import TopDownDataset, dataset_splits
+    from posekd_lib.data.datasets import TopDownDataset, dataset_splits
 
     split = dataset_splits(mode).train
     kw = dict(input_size=info.input_size, heatmap_size=info.heatmap_size, sigma=info.sigma)
@@ -101,7 +101,7 @@ def _datasets(info, mode, args):
 
 def bench_features(teacher, info, mode, args) -> int:
     from posekd_lib.distill import FeatureHooks, _feature_tensor, freeze
-    from posekd_lib.recipes import build_feature_cache
+    from posekd_lib.train.recipes import build_feature_cache
 
     freeze(teacher)
     layer = args.features

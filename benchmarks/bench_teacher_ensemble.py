@@ -16,9 +16,9 @@ import time
 import torch
 from torch import nn
 
-from posekd_lib.data import dataset_splits
-from posekd_lib.evaluation import evaluate_topdown
-from posekd_lib.teachers import load_teacher
+from posekd_lib.data.datasets import dataset_splits
+from posekd_lib.evaluation.coco import evaluate_topdown
+from posekd_lib.models.teachers import load_teacher
 
 
 class MeanHeatmaps(nn.Module):

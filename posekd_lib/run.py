@@ -1,8 +1,8 @@
 """Run what a config file names: ``python -m posekd_lib.run configs/<name>.yaml [...] [--set a.b=c] [--mode quick]``.
 
-For each config (:mod:`posekd_lib.runconfig`), in order: apply ``--mode`` and ``--set`` (both to
+For each config (:mod:`posekd_lib.runs.runconfig`), in order: apply ``--mode`` and ``--set`` (both to
 every config given), write the
-config to ``<run folder>/config.yaml``, run its stages in :data:`~posekd_lib.runconfig.STAGES`
+config to ``<run folder>/config.yaml``, run its stages in :data:`~posekd_lib.runs.runconfig.STAGES`
 order and print the run's metrics row. The run folder is the one ``experiments.train_student``
 trains in (``<checkpoints>/<name>_<student>_s<seed>``), so a config that says what a notebook does
 reuses the notebook's run, and an interrupted run resumes from its ``latest.pt``.
@@ -16,11 +16,11 @@ holds a config that trains another model is an error rather than a silent mix.
 Stages: ``train`` (ground truth) or ``distil`` (``distill.terms``) trains and evaluates the
 student (COCO AP with flip test, PCK@0.2); ``quantize`` writes ``student.int8.onnx`` (onnxruntime static int8) and evaluates it
 (``int8.AP`` ... columns); ``evaluate`` adds the run to the mode's ``runs.csv``, one row per config
-id with every config field as a column (:func:`~posekd_lib.runs_table.runs_table`); ``export``
+id with every config field as a column (:func:`~posekd_lib.runs.table.runs_table`); ``export``
 writes ``student.onnx``. ``qat`` trains the MAX78000 student (``model.student: ai85posenet``) with
 ``experiments.train_ai8x``, float then QAT, and evaluates the float, QAT and integer-simulated
 models; its ``izer`` export is not wired yet. The teacher (``model.student: hrnet``,
-:mod:`posekd_lib.teacher_training`) trains, evaluates and ``export`` writes its fp16 weights and card.
+:mod:`posekd_lib.train.teacher_training`) trains, evaluates and ``export`` writes its fp16 weights and card.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import runconfig as rc
-from . import runs_table as rt
+from .runs import runconfig as rc
+from .runs import table as rt
 
 
 def prepare(path, sets=(), mode: str | None = None) -> rc.RunConfig:
@@ -92,7 +92,7 @@ def config_path(config) -> Path:
 
 def launch(config, sets=(), mode: str | None = None, teacher=None, progress: bool = True, show: bool = True):
     """A notebook's training cell: the config ``config`` names (a ``configs/`` name, a path, or a
-    :class:`~posekd_lib.runconfig.RunConfig`), with ``sets`` applied as ``--set`` would, run as
+    :class:`~posekd_lib.runs.runconfig.RunConfig`), with ``sets`` applied as ``--set`` would, run as
     ``python -m posekd_lib.run`` runs it; ``show`` first prints the file as written (with its
     comments; a RunConfig: its YAML), the overrides applied, the config id and the run's folder.
 
@@ -129,7 +129,7 @@ def _run_stages(cfg: rc.RunConfig, teacher, progress: bool):
     if "quantize" in cfg.stages:
         row.update(quantize(cfg, run))
     if "export" in cfg.stages and cfg.model.student == rc.TEACHER_MODEL:
-        from .teacher_training import export_teacher
+        from .train.teacher_training import export_teacher
 
         row["weights"] = str(export_teacher(run, rc.resolved_mode(cfg)))
     elif "export" in cfg.stages:
@@ -140,7 +140,7 @@ def _run_stages(cfg: rc.RunConfig, teacher, progress: bool):
 
 
 def _export(cfg: rc.RunConfig, run):
-    from .onnx_export import export_onnx
+    from .mcu.onnx_export import export_onnx
 
     return export_onnx(run.model.eval().cpu(), rc.run_dir(cfg) / "student.onnx", input_size=run.budget.input_size,
                        opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch, dynamo=cfg.export.dynamo)
@@ -152,9 +152,9 @@ def quantize(cfg: rc.RunConfig, run) -> dict:
     boxes), as ``int8.<metric>`` columns; cached in ``int8_metrics.json`` per step and settings."""
     import json
 
-    from .data import dataset_splits
-    from .evaluation import ROW_METRICS
-    from .onnx_export import calibration_reader, evaluate_onnx, quantize_int8
+    from .data.datasets import dataset_splits
+    from .evaluation.coco import ROW_METRICS
+    from .mcu.onnx_export import calibration_reader, evaluate_onnx, quantize_int8
 
     folder, b = rc.run_dir(cfg), run.budget
     key = {"step": run.row["steps"], **rc.to_dict(cfg)["quantize"], "export": rc.to_dict(cfg)["export"]}
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--loader", default=None, choices=("cpu", "device"),
                     help="device: cut whole batches on the training device (a GPU's data path; default: the budget's)")
     args = ap.parse_args(argv)
-    from .budgets import budget_fields
+    from .train.budgets import budget_fields
 
     where = {k: v for k, v in (("device", args.device), ("loader", args.loader)) if v is not None}
     with budget_fields(**where):

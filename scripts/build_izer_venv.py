@@ -4,7 +4,7 @@
 
 ai8x-synthesis pins numpy 1.26.4 and its izer fails under numpy 2 (this project's), so izer gets a
 venv of its own, ``~/.cache/posekd/izer-venv-<hash>``, from ``$AI8X_SYNTHESIS_DIR/requirements.txt``
-with its torch pin replaced by a CPU build (``posekd_lib.export.IZER_TORCH``, or ``--torch`` /
+with its torch pin replaced by a CPU build (``posekd_lib.mcu.export.IZER_TORCH``, or ``--torch`` /
 ``$AI8X_SYNTHESIS_TORCH``). ``export.run_izer`` then uses that venv's python by itself. Prints the
 interpreter's path last; exits 2 with the reason when izer's environment cannot be built.
 """
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv=None) -> int:
-    from posekd_lib import export
+    from posekd_lib.mcu import export
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--synthesis-dir", default=None,

@@ -16,8 +16,8 @@ from matplotlib.lines import Line2D
 
 REPO = Path(__file__).resolve().parent.parent
 
-from posekd_lib.keypoints import COCO_KEYPOINTS
-from posekd_lib.plotting import SIDE_COLORS, draw_skeleton, keypoint_side
+from posekd_lib.data.keypoints import COCO_KEYPOINTS
+from posekd_lib.evaluation.plotting import SIDE_COLORS, draw_skeleton, keypoint_side
 
 #: A person facing the camera (image coordinates, y down): their left side is on the image's right.
 CANONICAL_POSE = {

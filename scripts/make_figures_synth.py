@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from posekd_lib.keypoints import COCO_KEYPOINTS, COCO_SKELETON  # noqa: E402
-from posekd_lib.synth import render_sample  # noqa: E402
+from posekd_lib.data.keypoints import COCO_KEYPOINTS, COCO_SKELETON  # noqa: E402
+from posekd_lib.data.synth import render_sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

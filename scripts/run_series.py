@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from nbclient import NotebookClient
 
     from posekd_lib.config import run_paths
-    from posekd_lib.synth import ensure_embedded_dataset
+    from posekd_lib.data.synth import ensure_embedded_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default=os.environ.get("POSEKD_MODE", "workshop"))
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
     lines += [f"| {n} | {dt / 60:.1f} min |" for n, dt in timings]
-    from posekd_lib.runs_table import SUMMARY_COLUMNS, runs_table
+    from posekd_lib.runs.table import SUMMARY_COLUMNS, runs_table
 
     table = runs_table(args.mode)
     if len(table):

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from posekd_lib.losses import joints_mse
-from posekd_lib.models import PoseNet
+from posekd_lib.distill.losses import joints_mse
+from posekd_lib.models.students import PoseNet
 from posekd_lib.train import fit
 
 

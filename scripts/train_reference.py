@@ -20,7 +20,7 @@ Each run is ``python -m posekd_lib.run CONFIG --set name=ref_<config> ...`` on o
 ``--eval-every`` steps (AP on fixed validation images, in its ``history.json``). A run stopped at
 any point (a session's end, ``--deadline-s``) keeps a resumable ``latest.pt`` in its folder; the
 same command continues it from there. Each finished run is shipped into ``reference/``
-(``posekd_lib.reference.ship``: fp16 weights, or float32 QAT weights, config, history, metrics and
+(``posekd_lib.runs.reference.ship``: fp16 weights, or float32 QAT weights, config, history, metrics and
 ``card.json`` with the command, the teacher's fingerprint, the CPU and the training time); commit
 it at once. ``ship`` ships finished run folders by hand (runs started without this script).
 Logs: ``runs/reference-logs/<run>.log``. Plans and pass marks: ``docs/experiments.md``.
@@ -88,7 +88,7 @@ def card(cmd: list[str], args) -> dict:
 
 def run_jobs(configs, args) -> dict[str, int | None]:
     """Run ``configs`` at most ``--parallel`` at once; ship each as it ends with exit code 0."""
-    from posekd_lib.reference import ship
+    from posekd_lib.runs.reference import ship
 
     logs = REPO / "runs" / "reference-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         ap.error(f"--tag {args.tag!r}: use letters, digits and '_' (it becomes part of a folder name)")
     os.environ["POSEKD_MODE"] = args.mode
     if args.phase == "ship":
-        from posekd_lib.reference import ship
+        from posekd_lib.runs.reference import ship
 
         if not args.folders:
             ap.error("ship: name the run folders")

@@ -137,7 +137,7 @@ def ai8x_qat_is_exact_in_float32(m, x) -> bool:
     to the grid and clamping are exact too. (A fan-in above 1023 at 8 bits breaks this.)"""
     import torch
 
-    from posekd_lib import ai8x
+    from posekd_lib.mcu import ai8x
 
     if not torch.equal(x * 128, torch.round(x * 128)):
         return False

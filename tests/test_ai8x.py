@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from posekd_lib import ai8x
+from posekd_lib.mcu import ai8x
 
 from conftest import ai8x_qat_is_exact_in_float32, assert_float32_close, longest_dot_product
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from posekd_lib import ai8x, ai8x_models as am, export, max78000
+from posekd_lib.mcu import ai8x, export, max78000
+from posekd_lib.models import ai8x_models as am
 
 from conftest import ai8x_qat_is_exact_in_float32
 
@@ -73,7 +74,7 @@ def test_bad_arguments_raise():
 
 
 def test_to_ai8x_range_is_the_device_input_grid():
-    from posekd_lib.data import to_tensor_normalized
+    from posekd_lib.data.datasets import to_tensor_normalized
 
     rgb = np.array([[[0, 128, 255]]], dtype=np.uint8).repeat(2, 0)           # (2, 1, 3) HWC
     x = am.to_ai8x_range(to_tensor_normalized(rgb)[None])
@@ -189,8 +190,8 @@ def test_izer_synthesizes_variant(variant, tmp_path):
     """izer accepts the student (a channel-pruned one, the bottom-up 128x128 students and notebook
     08's recipe, 144x112), its weight bytes and cycle estimate equal the resource report's, and its
     computed output equals the simulate-mode model's."""
-    from posekd_lib import pruning
-    from posekd_lib.bottom_up import RECIPE
+    from posekd_lib.mcu import pruning
+    from posekd_lib.train.bottom_up import RECIPE
 
     if variant.startswith("bottomup"):
         torch.manual_seed(0)

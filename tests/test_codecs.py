@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from posekd_lib.codecs import HeatmapCodec, PafCodec, flip_back, flip_test_average
-from posekd_lib.keypoints import (COCO_FLIP_PAIRS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
+from posekd_lib.data.codecs import HeatmapCodec, PafCodec, flip_back, flip_test_average
+from posekd_lib.data.keypoints import (COCO_FLIP_PAIRS, OPENPOSE_LIMBS, OPENPOSE_PAF_CHANNELS,
                                   coco17_to_openpose18)
 
 
@@ -294,7 +294,7 @@ def test_paf_encode_handles_people_far_outside_the_map():
 
 # --------------------------------------------------------------------------- keypoint conversion
 def test_coco17_to_openpose18_by_name_with_the_neck_rule():
-    from posekd_lib.keypoints import COCO_KEYPOINTS, OPENPOSE_KEYPOINTS
+    from posekd_lib.data.keypoints import COCO_KEYPOINTS, OPENPOSE_KEYPOINTS
 
     side = {"r": "right", "l": "left"}
     part = {"sho": "shoulder", "elb": "elbow", "wri": "wrist", "hip": "hip", "knee": "knee", "ank": "ankle",

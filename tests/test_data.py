@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from posekd_lib.codecs import HeatmapCodec
-from posekd_lib.data import (AugConfig, BottomUpDataset, TopDownDataset, load_coco_person_keypoints,
+from posekd_lib.data.codecs import HeatmapCodec
+from posekd_lib.data.datasets import (AugConfig, BottomUpDataset, TopDownDataset, load_coco_person_keypoints,
                              predict_topdown, split_labelled, to_tensor_normalized)
-from posekd_lib.keypoints import COCO_FLIP_INDEX, COCO_JOINTS_WEIGHT, COCO_KEYPOINTS
-from posekd_lib.transforms import affine_points, crop, get_affine_transform
+from posekd_lib.data.keypoints import COCO_FLIP_INDEX, COCO_JOINTS_WEIGHT, COCO_KEYPOINTS
+from posekd_lib.data.transforms import affine_points, crop, get_affine_transform
 
 ANN = "person_keypoints.json"
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
@@ -322,8 +322,8 @@ def test_predict_topdown_flip_test_runs_and_averages(coco_sample):
     ds = TopDownDataset(coco_sample / ANN, coco_sample / "images")
     loader = DataLoader(ds, batch_size=12)
     target = next(iter(loader))["target"]
-    from posekd_lib.codecs import flip_back
-    from posekd_lib.keypoints import COCO_FLIP_PAIRS
+    from posekd_lib.data.codecs import flip_back
+    from posekd_lib.data.keypoints import COCO_FLIP_PAIRS
     model = _Oracle([target, flip_back(target, COCO_FLIP_PAIRS)])
     results = predict_topdown(model, loader, HeatmapCodec(), flip_test=True, progress=False)
     oks = _oks_per_gt(coco_sample / ANN, results)

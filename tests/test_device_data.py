@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from posekd_lib.data import TopDownDataset
-from posekd_lib.device_data import DeviceCrops, as_batch
+from posekd_lib.data.datasets import TopDownDataset
+from posekd_lib.data.device_data import DeviceCrops, as_batch
 from test_data import SPREAD, _ann, _write_coco
 
 

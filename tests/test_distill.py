@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posekd_lib.codecs import HeatmapCodec
+from posekd_lib.data.codecs import HeatmapCodec
 from posekd_lib.distill import (FeatureAdapter, FeatureHooks, FeatureKD, LogitsKD, feature_kd_loss, fpd_loss,
                                 kd_weight_schedule, list_feature_shapes, resize_heatmaps, resize_input,
                                 spatial_kl_loss, standardize_channels)
-from posekd_lib.losses import joints_mse
+from posekd_lib.distill.losses import joints_mse
 from posekd_lib.train import fit
 
 K = 5

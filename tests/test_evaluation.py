@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from posekd_lib.evaluation import (
+from posekd_lib.evaluation.coco import (
     COCO_METRICS, coco_evaluate, gap_closed, gt_as_results, oks, oks_matrix, pck, write_coco_results,
 )
-from posekd_lib.keypoints import COCO_OKS_SIGMAS
+from posekd_lib.data.keypoints import COCO_OKS_SIGMAS
 from coco_helpers import cocoeval_evaluated
 
 
@@ -128,7 +128,7 @@ def test_spearman_is_scipys_and_keeps_the_hand_written_ranks_results():
     import numpy as np
     from scipy import stats
 
-    from posekd_lib.evaluation import spearman
+    from posekd_lib.evaluation.coco import spearman
 
     x = [0.0, 0.0, 0.2, 0.5, 0.5, 0.5, 0.9, 0.1]
     y = [0.1, 0.3, 0.2, 0.8, 0.4, 0.9, 0.7, 0.0]
@@ -162,8 +162,8 @@ def test_evaluation_refuses_a_truncated_image_naming_file_and_sample(tmp_path):
     """A cut-short JPEG used to be scored (grey rows, AP moved silently); evaluation now stops on it."""
     import torch
 
-    from posekd_lib.evaluation import evaluate_topdown
-    from posekd_lib.synth import generate_split
+    from posekd_lib.evaluation.coco import evaluate_topdown
+    from posekd_lib.data.synth import generate_split
 
     split = generate_split(tmp_path / "val", 3, seed=5, num_workers=1, progress=False)
     model = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Conv2d(3, 17, 1))
@@ -183,8 +183,8 @@ def test_bottom_up_evaluation_of_the_ground_truth_maps_scores_high(tmp_path):
 
     from torch import nn
 
-    from posekd_lib.data import BottomUpDataset
-    from posekd_lib.evaluation import evaluate_bottom_up
+    from posekd_lib.data.datasets import BottomUpDataset
+    from posekd_lib.evaluation.coco import evaluate_bottom_up
     from test_data import _ann, _write_coco
 
     # a whole skeleton (every limb present, so the grouping can link every joint), three people

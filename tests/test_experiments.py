@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from hrnet_pose.configs import load_configs
-from posekd_lib import experiments
-from posekd_lib.ai8x import ai8x_layers
-from posekd_lib.registry import model_entry
-from posekd_lib.experiments import budget, train_student
-from posekd_lib.losses import joints_mse
+from posekd_lib.train import experiments
+from posekd_lib.mcu.ai8x import ai8x_layers
+from posekd_lib.models.registry import model_entry
+from posekd_lib.train.experiments import budget, train_student
+from posekd_lib.distill.losses import joints_mse
 
 
 def test_budgets_match_the_demo_teacher_and_fit_the_time_box():
-    from posekd_lib.teachers import DEMO_CONFIG
+    from posekd_lib.models.teachers import DEMO_CONFIG
 
     demo = load_configs(DEMO_CONFIG).MODEL
     for mode in ("quick", "workshop"):
@@ -35,7 +35,7 @@ def test_budgets_match_the_demo_teacher_and_fit_the_time_box():
 
 
 def test_mode_files_are_checked_and_errors_name_the_file_and_key(tmp_path, monkeypatch):
-    from posekd_lib import budgets
+    from posekd_lib.train import budgets
 
     assert experiments.AI8X_STEPS["quick"] == budgets.mode_settings("quick")["ai8x_steps"] == (4, 2)
     assert budget("full").num_workers >= 1 and budget("full").input_size == (192, 256)
@@ -59,7 +59,7 @@ def test_mode_files_are_checked_and_errors_name_the_file_and_key(tmp_path, monke
 
 
 def test_steps_for_gives_feature_kd_its_own_budget():
-    from posekd_lib.budgets import steps_for
+    from posekd_lib.train.budgets import steps_for
 
     w, q = budget("workshop"), budget("quick")
     assert steps_for(w) == steps_for(w, "logits") == w.steps
@@ -168,7 +168,7 @@ def test_unknown_names_fail_early():
 def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
     from hrnet_pose.checkpoint import save_fp16_state_dict
     from hrnet_pose.hrnetpose_model import get_pose_net
-    from posekd_lib.teachers import WEIGHTS_ENV
+    from posekd_lib.models.teachers import WEIGHTS_ENV
 
     torch.manual_seed(0)
     save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
@@ -185,7 +185,7 @@ def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
     save_fp16_state_dict(get_pose_net(load_configs("w8_128x96"), is_train=True), tmp_path / "t.pt")
     new = experiments.evaluate_teacher(progress=False)
     assert new.run_dir != run.run_dir  # new weights, new evaluation
-    from posekd_lib.runs_table import runs_table
+    from posekd_lib.runs.table import runs_table
 
     rows = runs_table().set_index("config_id")       # both weights files, a row each, in the one table
     assert rows.loc[run.run_dir.name, "AP"] == pytest.approx(run.metrics["AP"]) and new.run_dir.name in rows.index
@@ -276,8 +276,8 @@ def test_weights_fingerprint_follows_the_values():
 def test_localization_summary_separates_placement_from_ranking():
     import numpy as np
 
-    from posekd_lib.data import TopDownDataset, dataset_splits
-    from posekd_lib.evaluation import coco_evaluate
+    from posekd_lib.data.datasets import TopDownDataset, dataset_splits
+    from posekd_lib.evaluation.coco import coco_evaluate
 
     size = budget("quick").input_size
     val = dataset_splits("quick").val
@@ -320,9 +320,9 @@ def test_train_ai8x_evaluates_float_qat_and_int8_and_reuses_the_run():
 
 
 def test_train_ai8x_learning_curve_scores_the_student_on_fixed_images():
-    from posekd_lib.ai8x_models import AI8X_STUDENT_HEATMAP, AI8X_STUDENT_INPUT, HeatmapView
-    from posekd_lib.data import dataset_splits
-    from posekd_lib.evaluation import curve_evaluator, first_images
+    from posekd_lib.models.ai8x_models import AI8X_STUDENT_HEATMAP, AI8X_STUDENT_INPUT, HeatmapView
+    from posekd_lib.data.datasets import dataset_splits
+    from posekd_lib.evaluation.coco import curve_evaluator, first_images
 
     run = experiments.train_ai8x("tiny", kd=None, steps=(4, 2), tag="curve", progress=False, curve_every=2)
     assert [e["step"] for e in run.histories["float"].evals] == [2, 4]
@@ -410,8 +410,8 @@ def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     """teacher_cache=True: the heatmaps come from the cache (built once, stored, named by the
     teacher), the recipe says so, and a feature setting is refused."""
     from posekd_lib.distill import freeze
-    from posekd_lib.experiments import kd_recipe, teacher_cache_for, train_student
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.train.experiments import kd_recipe, teacher_cache_for, train_student
+    from posekd_lib.models.teachers import load_teacher
 
     teacher = freeze(load_teacher(mode="quick")[0])
     cache = teacher_cache_for(teacher, "quick")
@@ -430,10 +430,10 @@ def test_cached_hints_equal_the_live_teacher_on_plain_crops_and_run_no_teacher_f
     """feature + teacher_cache=True: the hinted layer's features and the heatmaps come from caches;
     on un-augmented crops their values are the live teacher's (float16), so the loss terms agree; a
     training run then runs no teacher forward; a batch the caches do not hold gets the live teacher."""
-    from posekd_lib.budgets import budget, training_set
+    from posekd_lib.train.budgets import budget, training_set
     from posekd_lib.distill import freeze
-    from posekd_lib.experiments import build_student_model, kd_recipe, train_student
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.train.experiments import build_student_model, kd_recipe, train_student
+    from posekd_lib.models.teachers import load_teacher
 
     teacher = freeze(load_teacher(mode="quick")[0])
     student = build_student_model("squeezenet")
@@ -470,8 +470,8 @@ def test_the_teacher_cache_falls_back_to_the_live_teacher_where_it_does_not_cove
     """A labelled subset re-indexes the persons: the cache (built on every training person) refuses
     those batches by their annotation ids, and the distiller runs the teacher live instead."""
     from posekd_lib.distill import freeze
-    from posekd_lib.experiments import kd_recipe, train_student
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.train.experiments import kd_recipe, train_student
+    from posekd_lib.models.teachers import load_teacher
 
     teacher = freeze(load_teacher(mode="quick")[0])
     with pytest.warns(RuntimeWarning, match="the live teacher runs for such batches"):
@@ -485,7 +485,7 @@ def test_bench_teacher_ensemble_scores_a_member_and_the_mean(capsys):
     import importlib.util
 
     from posekd_lib.config import REPO_ROOT
-    from posekd_lib.teachers import teacher_weights_path
+    from posekd_lib.models.teachers import teacher_weights_path
 
     spec = importlib.util.spec_from_file_location("bench_teacher_ensemble",
                                                   REPO_ROOT / "benchmarks" / "bench_teacher_ensemble.py")

@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import nn
 
-from posekd_lib import ai8x, export, max78000
+from posekd_lib.mcu import ai8x, export, max78000
 
 
 @pytest.fixture

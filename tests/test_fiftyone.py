@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posekd_lib import inspect_fo
-from posekd_lib.evaluation import gt_as_results
+from posekd_lib.evaluation import inspect_fo
+from posekd_lib.evaluation.coco import gt_as_results
 from coco_helpers import cocoeval_evaluated
 
 SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata" / "coco_sample"
@@ -156,7 +156,7 @@ def test_app_serves_dataset_on_localhost(ds):
 
 def test_build_dataset_from_the_embedded_set(fo, tmp_path):
     """The generated set goes through the same importer: samples, persons and visible points equal the JSON's."""
-    from posekd_lib.synth import ensure_embedded_dataset
+    from posekd_lib.data.synth import ensure_embedded_dataset
 
     split = ensure_embedded_dataset("quick", root=tmp_path / "embedded", sizes={"train": 1, "val": 6},
                                     num_workers=1, progress=False).val
@@ -171,7 +171,7 @@ def test_build_dataset_from_the_embedded_set(fo, tmp_path):
 
 
 def _tiny_split(root, n=2):
-    from posekd_lib.synth import generate_split
+    from posekd_lib.data.synth import generate_split
 
     return generate_split(root, n, seed=11, num_workers=1, progress=False)
 

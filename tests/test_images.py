@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from posekd_lib.images import CorruptImageError, check_image, image_problem, read_rgb
+from posekd_lib.data.images import CorruptImageError, check_image, image_problem, read_rgb
 
 
 def picture(w: int = 96, h: int = 64) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from posekd_lib.losses import (AdaptiveWingLoss, JointsMSELoss, adaptive_wing, adaptive_wing_map, batch_loss,
+from posekd_lib.distill.losses import (AdaptiveWingLoss, JointsMSELoss, adaptive_wing, adaptive_wing_map, batch_loss,
                                foreground_weight_map, joints_mse)
 
 
@@ -107,9 +107,9 @@ def test_batch_loss_reads_the_batch():
 
 
 def test_heatmap_softmax_ce_is_smallest_at_the_target_distribution():
-    from posekd_lib.losses import heatmap_softmax_ce, joints_mse, mse_with_ce
+    from posekd_lib.distill.losses import heatmap_softmax_ce, joints_mse, mse_with_ce
 
-    from posekd_lib.codecs import HeatmapCodec
+    from posekd_lib.data.codecs import HeatmapCodec
     codec = HeatmapCodec((96, 128), (24, 32), 2.0)
     target, weight = codec.encode(np.array([[[40.0, 50.0, 2]] * 3]))
     target, weight = torch.from_numpy(target), torch.from_numpy(weight)      # (1, 3, 32, 24)
@@ -133,7 +133,7 @@ def test_heatmap_softmax_ce_is_smallest_at_the_target_distribution():
 
 
 def test_bottom_up_mse_masks_and_takes_both_output_forms():
-    from posekd_lib.losses import bottom_up_mse
+    from posekd_lib.distill.losses import bottom_up_mse
 
     g = torch.Generator().manual_seed(0)
     batch = {"heatmaps": torch.rand(2, 19, 4, 4, generator=g), "pafs": torch.rand(2, 38, 4, 4, generator=g) - 0.5,

@@ -1,4 +1,4 @@
-"""posekd_lib.lwopenpose: official key names, golden outputs of every stage, strict loading, preprocessing."""
+"""posekd_lib.models.lwopenpose: official key names, golden outputs of every stage, strict loading, preprocessing."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hrnet_pose.checkpoint import CheckpointMismatchError
-from posekd_lib.keypoints import NUM_OPENPOSE_HEATMAPS, NUM_OPENPOSE_PAFS
-from posekd_lib.lwopenpose import (CHECKPOINT_NAME, PoseEstimationWithMobileNet, load_lwopenpose_checkpoint,
+from posekd_lib.data.keypoints import NUM_OPENPOSE_HEATMAPS, NUM_OPENPOSE_PAFS
+from posekd_lib.models.lwopenpose import (CHECKPOINT_NAME, PoseEstimationWithMobileNet, load_lwopenpose_checkpoint,
                                    normalize, pad_to_stride, preprocess)
 
 from conftest import assert_float32_close, shared_path

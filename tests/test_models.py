@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from posekd_lib.models import build_student, complexity, count_params, hub_weights_path
+from posekd_lib.models.students import build_student, complexity, count_params, hub_weights_path
 
 STUDENTS = [("squeezenet", {}), ("mobilenetv3", {}), ("mobilenetv3", {"output_stride": 16})]
 

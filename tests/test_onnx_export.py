@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from posekd_lib.data import TopDownDataset, dataset_splits, predict_topdown
-from posekd_lib.experiments import budget
-from posekd_lib.models import build_student
-from posekd_lib.onnx_export import (OnnxPoseModel, calibration_reader, evaluate_onnx, export_onnx,
+from posekd_lib.data.datasets import TopDownDataset, dataset_splits, predict_topdown
+from posekd_lib.train.experiments import budget
+from posekd_lib.models.students import build_student
+from posekd_lib.mcu.onnx_export import (OnnxPoseModel, calibration_reader, evaluate_onnx, export_onnx,
                                     heatmap_agreement, int8_report, onnx_parity, quantize_int8)
 
 from conftest import float32_atol, longest_dot_product
@@ -136,7 +136,7 @@ def test_onnx_model_gives_torch_keypoints_through_predict_topdown(setup, exporte
 
 
 def test_evaluate_onnx_equals_torch_evaluation(setup, exported):
-    from posekd_lib.evaluation import evaluate_topdown
+    from posekd_lib.evaluation.coco import evaluate_topdown
 
     b, splits = setup
     model, path = exported["squeezenet"]

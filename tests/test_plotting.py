@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from posekd_lib import plotting  # noqa: E402
-from posekd_lib.keypoints import (  # noqa: E402
+from posekd_lib.evaluation import plotting  # noqa: E402
+from posekd_lib.data.keypoints import (  # noqa: E402
     COCO_KEYPOINTS, COCO_SKELETON, NUM_OPENPOSE_PAFS, OPENPOSE_PAF_CHANNELS,
 )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posekd_lib import ai8x, ai8x_models as am, pruning
+from posekd_lib.mcu import ai8x, pruning
+from posekd_lib.models import ai8x_models as am
 
 from conftest import assert_float32_close
 

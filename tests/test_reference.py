@@ -5,9 +5,9 @@ import tarfile
 import pytest
 import torch
 
-from posekd_lib import runconfig as rc
+from posekd_lib.runs import runconfig as rc
 from posekd_lib.config import REPO_ROOT, run_paths
-from posekd_lib.reference import install, load_reference_student, pack_runs, reference_curve, reference_table
+from posekd_lib.runs.reference import install, load_reference_student, pack_runs, reference_curve, reference_table
 from posekd_lib.run import prepare, run_config
 
 
@@ -44,8 +44,8 @@ def test_unknown_run_names_the_installed_ones(tmp_path):
 
 
 def test_ship_a_max78000_run_and_load_its_float_qat_and_exact_integer_model(tmp_path):
-    from posekd_lib.ai8x_models import simulate_copy
-    from posekd_lib.reference import load_reference_ai8x, ship
+    from posekd_lib.models.ai8x_models import simulate_copy
+    from posekd_lib.runs.reference import load_reference_ai8x, ship
 
     cfg = prepare(REPO_ROOT / "configs" / "ai8x_tiny_gt.yaml", ["name=ref_ai8x_gt"], "quick")
     row = run_config(cfg, progress=False)
@@ -116,7 +116,7 @@ def test_tensors_out_of_float16_range_are_shipped_float32(tmp_path):
     """A long SqueezeNet run's BatchNorm running variances pass float16's 65,504 (4e11 after 24,000
     steps): cast to float16 they become inf and the shipped student outputs NaN. Such tensors stay
     float32; the others are halved."""
-    from posekd_lib.reference import _run_members
+    from posekd_lib.runs.reference import _run_members
 
     run = tmp_path / "ref_big_squeezenet_s0"
     run.mkdir()

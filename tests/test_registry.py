@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from posekd_lib import experiments, registry
-from posekd_lib import runconfig as rc
+from posekd_lib.train import experiments
+from posekd_lib.models import registry
+from posekd_lib.runs import runconfig as rc
 
 
 @pytest.mark.parametrize("name", sorted(registry.MODELS))

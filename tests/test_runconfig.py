@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from posekd_lib import runconfig as rc
-from posekd_lib import runs_table as rt
-from posekd_lib.experiments import budget, kd_recipe
-from posekd_lib.registry import model_entry
+from posekd_lib.runs import runconfig as rc
+from posekd_lib.runs import table as rt
+from posekd_lib.train.experiments import budget, kd_recipe
+from posekd_lib.models.registry import model_entry
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -180,7 +180,7 @@ def test_distillation_terms_map_onto_the_notebooks_kd_recipe(name):
 def test_a_recipe_is_read_from_its_config(tmp_path, monkeypatch):
     """The recipes are the configs' distill sections: what a config says is what kd_recipe builds,
     and the settings a notebook prints follow an edit of the file."""
-    from posekd_lib import recipes
+    from posekd_lib.train import recipes
 
     assert recipes.recipe_settings("kl") == {"method": "logits", "kind": "kl", "alpha": 0.5, "temperature": 0.5,
                                              "teacher_cache": True}
@@ -215,7 +215,7 @@ def test_kd_setting_of_other_terms():
 def test_budget_fields_and_folder():
     cfg = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"),
                              ["optim.batch_size=4", "optim.lr=0.01", "data.mode=quick"])
-    from posekd_lib.experiments import budget_fields
+    from posekd_lib.train.experiments import budget_fields
 
     assert rc.budget_fields(cfg) == {"batch_size": 4, "lr": 0.01}
     with budget_fields(**rc.budget_fields(cfg)):
@@ -265,8 +265,8 @@ def test_a_folder_keeps_the_config_it_ran_with():
 
 @pytest.mark.slow  # trains two 2-step quick-mode students: ~20 s
 def test_a_config_run_equals_the_notebook_call_for_the_same_seed():
-    from posekd_lib.experiments import train_student
-    from posekd_lib.teachers import load_teacher
+    from posekd_lib.train.experiments import train_student
+    from posekd_lib.models.teachers import load_teacher
     from posekd_lib.distill import freeze
 
     teacher = freeze(load_teacher(mode="quick")[0])
@@ -333,7 +333,7 @@ def test_budget_trend_is_a_query_over_the_runs_table(tmp_path):
     unpaired rows do not count."""
     import pandas as pd
 
-    from posekd_lib.evaluation import gap_by_budget
+    from posekd_lib.evaluation.coco import gap_by_budget
 
     feature = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "feature_squeezenet.yaml"), ["data.mode=quick"])
     baseline = rc.apply_overrides(rc.from_yaml(REPO / "configs" / "baseline_squeezenet.yaml"), ["data.mode=quick"])
@@ -377,7 +377,7 @@ def test_the_command_reports_a_config_error_by_its_key(tmp_path, capsys):
 
 
 def test_the_max78000_config_calls_train_ai8x_as_notebook_05(monkeypatch):
-    from posekd_lib import experiments
+    from posekd_lib.train import experiments
 
     calls = []
     monkeypatch.setattr(experiments, "train_ai8x", lambda *a, **kw: calls.append((a, kw)))
@@ -434,8 +434,8 @@ def test_launch_runs_a_named_config_as_the_command_does_and_reloads_it(capsys):
 
 
 def test_too_few_persons_for_one_batch_say_how_to_fix_it():
-    from posekd_lib.budgets import budget_fields
-    from posekd_lib.experiments import train_student
+    from posekd_lib.train.budgets import budget_fields
+    from posekd_lib.train.experiments import train_student
 
     with budget_fields(batch_size=100_000):
         with pytest.raises(ValueError, match=r"make no batch of 100000; add training images or lower optim.batch_size"):
@@ -480,7 +480,7 @@ def test_the_bottom_up_student_is_a_config():
 
 
 def test_bottom_up_configs_train_the_recipe_notebook_08_trains():
-    from posekd_lib.bottom_up import RECIPE
+    from posekd_lib.train.bottom_up import RECIPE
 
     for name in ("bottomup_s4_gt", "bottomup_s4_kd"):
         cfg = rc.from_yaml(REPO / "configs" / f"{name}.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from posekd_lib.hardware import limits
+from posekd_lib.mcu.hardware import limits
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
 
@@ -61,7 +61,7 @@ def test_kl_hint_solution_trains_with_the_kl_as_logits_term():
     assert set(out["hints_kl"]) == {"AP", "AP50", "AP75", "PCK@0.2"}
     recipe = _quick_recipe("hints_kl_2_squeezenet_s0")
     assert recipe["steps"] == 2
-    from posekd_lib.recipes import recipe_settings
+    from posekd_lib.train.recipes import recipe_settings
 
     kd = recipe["kd"]
     assert (kd["kind"], kd["temperature"], kd["beta"]) == ("kl", 0.5, recipe_settings("feature")["beta"])

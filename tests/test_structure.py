@@ -1,4 +1,5 @@
-"""The library's shape: module-level imports between ``posekd_lib`` modules form no cycle."""
+"""The library's shape: subpackages in pipeline layers, each importing only the layers below it,
+and no import cycle between modules."""
 from __future__ import annotations
 
 import ast
@@ -6,34 +7,52 @@ from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent / "posekd_lib"
 
+#: The layers, lowest first; a layer's modules import (at module level) only lower layers' and
+#: their own. ``distill``, ``evaluation`` and ``mcu`` share a floor and do not import each other.
+LAYERS = {"config": 0, "data": 1, "distill": 2, "evaluation": 2, "mcu": 2, "models": 3, "train": 4,
+          "runs": 5, "run": 6}
+#: Imports made inside a function that reach up (read at call time, so they make no cycle):
+#: a KD recipe reads its config file; the MAX78000 students' ``train_ai8x_student`` calls ``fit``.
+UPWARD_CALLS = {("posekd_lib.train.recipes", "posekd_lib.runs.runconfig.parse"),
+                ("posekd_lib.train.recipes", "posekd_lib.runs.runconfig.schema"),
+                ("posekd_lib.models.ai8x_models", "posekd_lib.train")}
 
-def module_imports(path: Path, in_package: bool = False) -> set[str]:
-    """``posekd_lib`` modules and subpackages that ``path`` imports at module level (not inside
-    functions). In a subpackage's file (``in_package``), ``from .x`` is a sibling (not counted)
-    and ``from ..x`` is the library's ``x``."""
-    top = 2 if in_package else 1                     # the relative level that means posekd_lib
+
+def module_name(path: Path, root: Path = LIB.parent) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(path: Path, modules: set[str], root: Path = LIB.parent, inside: bool = False) -> set[str]:
+    """The ``posekd_lib`` modules (dotted, absolute) that ``path`` imports, relative imports
+    resolved; ``from pkg import x`` counts ``pkg.x`` where that is a module. Module-level imports
+    only, or (``inside``) those inside functions only."""
+    me = module_name(path, root)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
     out = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(tree):
+        if (id(node) in top) == inside:
+            continue
         if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level == top or (node.level == 0 and mod.startswith("posekd_lib")):
-                base = mod.removeprefix("posekd_lib").lstrip(".")
-                if base:
-                    out.add(base.split(".")[0])
-                else:                                  # from posekd_lib import ai8x / from . import x
-                    out.update(a.name for a in node.names)
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            full = ".".join(base + ([node.module] if node.module else []))
+            if full.split(".")[0] == "posekd_lib":
+                out.update(f"{full}.{a.name}" if f"{full}.{a.name}" in modules else full for a in node.names)
         elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("posekd_lib."))
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "posekd_lib")
     return out
 
 
-def library_graph() -> dict[str, set[str]]:
-    """Module-level imports between the library's top-level modules and subpackages (a subpackage
-    is one node: the union of its files' imports)."""
-    graph = {p.stem: module_imports(p) for p in LIB.glob("*.py") if p.stem != "__init__"}
-    for pkg in (d for d in LIB.iterdir() if (d / "__init__.py").is_file()):
-        graph[pkg.name] = set().union(*(module_imports(f, in_package=True) for f in pkg.glob("*.py")))
-    return {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
+def library_graph(inside: bool = False) -> dict[str, set[str]]:
+    """``{module: the library modules it imports}`` over every file of ``posekd_lib``."""
+    files = {module_name(p): p for p in LIB.rglob("*.py")}
+    return {m: module_imports(p, set(files), inside=inside) - {m} for m, p in files.items()}
+
+
+def layer(module: str) -> str:
+    return module.split(".")[1] if "." in module else "config"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -64,21 +83,29 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_module_imports_reads_both_spellings(tmp_path):
-    f = tmp_path / "m.py"
-    f.write_text("from posekd_lib.hardware import limits\nfrom . import ai8x\nfrom .data import X\n"
-                 "def g():\n    from posekd_lib import export\n")
-    assert module_imports(f) == {"hardware", "ai8x", "data"}
-    g = tmp_path / "sub.py"
-    g.write_text("from .device import Device\nfrom ..hardware import limits\nfrom posekd_lib.data import X\n")
-    assert module_imports(g, in_package=True) == {"hardware", "data"}
+def test_module_imports_resolves_both_spellings(tmp_path):
+    pkg = tmp_path / "posekd_lib" / "mcu"
+    pkg.mkdir(parents=True)
+    f = pkg / "m.py"
+    f.write_text("from posekd_lib.mcu.hardware import limits\nfrom . import ai8x\nfrom ..data.codecs import X\n"
+                 "def g():\n    from posekd_lib import run\n")
+    modules = {"posekd_lib.mcu.hardware", "posekd_lib.mcu.ai8x", "posekd_lib.data.codecs", "posekd_lib.run"}
+    assert module_imports(f, modules, tmp_path) == {"posekd_lib.mcu.hardware", "posekd_lib.mcu.ai8x",
+                                                    "posekd_lib.data.codecs"}
+    assert module_imports(f, modules, tmp_path, inside=True) == {"posekd_lib.run"}
 
 
-def test_library_has_no_import_cycle():
+def test_library_is_layered_and_has_no_import_cycle():
     graph = library_graph()
-    assert {"ai8x", "distill"} <= set(graph)                        # subpackages are nodes too
-    assert graph["max78000"] >= {"ai8x", "hardware"} and "max78000" not in graph["ai8x"]
+    assert {"posekd_lib.mcu.max78000", "posekd_lib.data.datasets", "posekd_lib.distill.distiller"} <= set(graph)
+    assert set(map(layer, graph)) == set(LAYERS)                # every module sits in a named layer
+    upward = sorted((m, t) for m, ts in graph.items() for t in ts
+                    if layer(t) != layer(m) and LAYERS[layer(t)] >= LAYERS[layer(m)])
+    assert upward == [], f"imports that reach a layer not below their own: {upward}"
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+    inside = sorted((m, t) for m, ts in library_graph(inside=True).items() for t in ts
+                    if LAYERS[layer(t)] > LAYERS[layer(m)])
+    assert set(inside) == UPWARD_CALLS, f"imports inside functions that reach up: {inside}"
 
 
 def test_nothing_edits_sys_path_the_package_is_installed():
@@ -86,7 +113,8 @@ def test_nothing_edits_sys_path_the_package_is_installed():
     repo = Path(__file__).resolve().parent.parent
     needle = "sys.path." + "insert"
     files = [p for ext in ("*.py", "*.ipynb") for p in repo.rglob(ext)
-             if not any(part.startswith(".") or part in ("runs", "build") for part in p.relative_to(repo).parts)]
+             if not any(part.startswith(".") for part in p.relative_to(repo).parts)
+             and p.relative_to(repo).parts[0] not in ("runs", "build")]
     assert len(files) > 50
     offenders = [str(p.relative_to(repo)) for p in files if needle in p.read_text(encoding="utf-8")]
     assert offenders == []

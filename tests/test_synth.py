@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from posekd_lib import synth
-from posekd_lib.synth import people, splits
-from posekd_lib.keypoints import COCO_KEYPOINTS, COCO_SKELETON_1BASED
+from posekd_lib.data import synth
+from posekd_lib.data.synth import people, splits
+from posekd_lib.data.keypoints import COCO_KEYPOINTS, COCO_SKELETON_1BASED
 
 KP = {n: i for i, n in enumerate(COCO_KEYPOINTS)}
 
@@ -262,7 +262,7 @@ def test_cache_check_re_renders_truncated_empty_and_missing_images(tmp_path):
 
 UNGUARDED = """
 import sys, time
-from posekd_lib.synth import generate_split
+from posekd_lib.data.synth import generate_split
 print("top of script", flush=True)
 t0 = time.perf_counter()
 generate_split({out!r}, 4, seed=3, num_workers=2, progress=False)
@@ -306,8 +306,8 @@ def test_workers_dying_at_start_up_fall_back_too(tmp_path):
 
     repo = str(Path(__file__).resolve().parent.parent)
     body = UNGUARDED.format(repo=repo, out=str(tmp_path / "out")).replace(
-        "from posekd_lib.synth import generate_split",
-        "from posekd_lib.synth import splits\nsplits._unguarded_main_call = lambda: False\nfrom posekd_lib.synth import generate_split")
+        "from posekd_lib.data.synth import generate_split",
+        "from posekd_lib.data.synth import splits\nsplits._unguarded_main_call = lambda: False\nfrom posekd_lib.data.synth import generate_split")
     script = tmp_path / "make_data.py"
     script.write_text(body)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)

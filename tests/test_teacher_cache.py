@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from posekd_lib.data import AugConfig, TopDownDataset, dataset_splits
-from posekd_lib.teacher_cache import TeacherCache, cached_teacher
+from posekd_lib.data.datasets import AugConfig, TopDownDataset, dataset_splits
+from posekd_lib.distill.teacher_cache import TeacherCache, cached_teacher
 
 
 def _dataset(train: bool, aug=None, size=(48, 64), hm=(12, 16)):

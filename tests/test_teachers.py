@@ -8,9 +8,9 @@ import torch
 
 from hrnet_pose.configs import load_configs
 from hrnet_pose.hrnetpose_model import get_pose_net
-from posekd_lib import teachers
+from posekd_lib.models import teachers
 from posekd_lib.config import run_paths
-from posekd_lib.teachers import load_teacher
+from posekd_lib.models.teachers import load_teacher
 
 
 @pytest.fixture(scope="module")

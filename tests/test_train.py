@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from posekd_lib.losses import joints_mse
-from posekd_lib.models import PoseNet
+from posekd_lib.distill.losses import joints_mse
+from posekd_lib.models.students import PoseNet
 from posekd_lib.train import (History, NonFiniteLossError, TrainingDivergedError, atomic_save, epoch_batches, fit,
                               load_checkpoint, rng_state, seed_everything, set_rng_state)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from posekd_lib.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS
-from posekd_lib.transforms import (affine_points, box_to_center_scale, crop, fliplr_keypoints,
+from posekd_lib.data.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS
+from posekd_lib.data.transforms import (affine_points, box_to_center_scale, crop, fliplr_keypoints,
                                    get_affine_transform, letterbox_matrix, transform_preds)
 
 
@@ -96,7 +96,7 @@ def test_center_scale_match_official_hrnet_results(coco_sample):
 
 def test_affine_transforms_equal_get_affine_transform_for_a_batch():
     """The batched similarity (the teacher cache's warp) is the three-point transform, box by box."""
-    from posekd_lib.transforms import affine_transforms
+    from posekd_lib.data.transforms import affine_transforms
 
     rng = np.random.default_rng(0)
     centers, scales, rots = rng.uniform(0, 600, (64, 2)), rng.uniform(0.3, 3, (64, 2)), rng.uniform(-45, 45, 64)

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from posekd_lib.keypoints import COCO_KEYPOINTS, STM32_13_KEYPOINTS, coco17_to_stm32_13
-from posekd_lib.yolo import coco_to_yolo, read_yolo_labels, yolo_to_coco
+from posekd_lib.data.keypoints import COCO_KEYPOINTS, STM32_13_KEYPOINTS, coco17_to_stm32_13
+from posekd_lib.data.yolo import coco_to_yolo, read_yolo_labels, yolo_to_coco
 
 
 def _kpts(rng, box, labelled=17):

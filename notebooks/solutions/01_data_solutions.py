@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 
-from posekd_lib import keypoints as kp
-from posekd_lib.codecs import HeatmapCodec
-from posekd_lib.evaluation import oks
+from posekd_lib.data import keypoints as kp
+from posekd_lib.data.codecs import HeatmapCodec
+from posekd_lib.evaluation.coco import oks
 
 
 def exercise_1(areas=(1000, 20000)) -> dict[int, float]:
@@ -73,7 +73,7 @@ def exercise_4(root: Path | None = None) -> dict[str, float]:
     """Fraction of labelled keypoints that are occluded, default vs hard difficulty."""
     import json
 
-    from posekd_lib.synth import ensure_embedded_dataset
+    from posekd_lib.data.synth import ensure_embedded_dataset
 
     root = Path(root or tempfile.mkdtemp())
     out = {}

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 
-from posekd_lib.data import TopDownDataset, dataset_splits
-from posekd_lib.evaluation import evaluate_topdown, pck
-from posekd_lib.experiments import budget, build_student_model, evaluate_teacher, example_batch
-from posekd_lib.losses import adaptive_wing, joints_mse
+from posekd_lib.data.datasets import TopDownDataset, dataset_splits
+from posekd_lib.evaluation.coco import evaluate_topdown, pck
+from posekd_lib.train.experiments import budget, build_student_model, evaluate_teacher, example_batch
+from posekd_lib.distill.losses import adaptive_wing, joints_mse
 from posekd_lib.run import launch
 
 

@@ -19,9 +19,9 @@ import torch
 
 
 from posekd_lib.distill import LogitsKD, freeze
-from posekd_lib.experiments import budget, example_batch
+from posekd_lib.train.experiments import budget, example_batch
 from posekd_lib.run import launch
-from posekd_lib.teachers import load_teacher
+from posekd_lib.models.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"      # the notebook's distilled student

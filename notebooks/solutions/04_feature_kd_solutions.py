@@ -20,14 +20,14 @@ import torch
 
 
 from posekd_lib.config import get_mode
-from posekd_lib.data import dataset_splits
+from posekd_lib.data.datasets import dataset_splits
 from posekd_lib.distill import FeatureKD, freeze
-from posekd_lib.experiments import budget, build_student_model, example_batch
+from posekd_lib.train.experiments import budget, build_student_model, example_batch
 from posekd_lib.run import launch
-from posekd_lib.recipes import recipe_settings
-from posekd_lib.registry import model_entry
-from posekd_lib.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons
-from posekd_lib.teachers import load_teacher
+from posekd_lib.train.recipes import recipe_settings
+from posekd_lib.models.registry import model_entry
+from posekd_lib.evaluation.inspect_fo import a_beats_b, add_predictions, mode_dataset, occluded_persons
+from posekd_lib.models.teachers import load_teacher
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")
 STUDENT = "squeezenet"
@@ -165,10 +165,10 @@ def exercise_8(mode: str | None = None) -> list[dict]:
     at 500 steps to 31 % at 2,000 and fell back to 24 % at 4,000 as the baseline caught up
     (``docs/history.md``); the long-budget reference runs (notebook 04, section 3) give today's
     answer at 24,000 steps."""
-    from posekd_lib.experiments import evaluate_teacher
+    from posekd_lib.train.experiments import evaluate_teacher
     from posekd_lib.run import config_path
-    from posekd_lib.runconfig import apply_overrides, from_yaml
-    from posekd_lib.runs_table import budget_trend, runs_table
+    from posekd_lib.runs.runconfig import apply_overrides, from_yaml
+    from posekd_lib.runs.table import budget_trend, runs_table
 
     mode = get_mode(mode)
     t_ap = evaluate_teacher(mode).metrics["AP"]

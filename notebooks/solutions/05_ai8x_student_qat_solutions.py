@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from posekd_lib import ai8x, max78000, pruning
-from posekd_lib import ai8x_models as am
-from posekd_lib.experiments import train_ai8x
+from posekd_lib.mcu import ai8x, max78000, pruning
+from posekd_lib.models import ai8x_models as am
+from posekd_lib.train.experiments import train_ai8x
 from posekd_lib.run import launch
 
 KEYS = ("AP", "AP50", "PCK@0.2")

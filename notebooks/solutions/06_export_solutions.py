@@ -10,12 +10,12 @@ import tempfile
 from pathlib import Path
 
 
-from posekd_lib import ai8x, export, max78000
-from posekd_lib import ai8x_models as am
-from posekd_lib import onnx_export as ox
-from posekd_lib.data import dataset_splits
-from posekd_lib.experiments import budget
-from posekd_lib.reference import load_reference_ai8x, reference_table
+from posekd_lib.mcu import ai8x, export, max78000
+from posekd_lib.models import ai8x_models as am
+from posekd_lib.mcu import onnx_export as ox
+from posekd_lib.data.datasets import dataset_splits
+from posekd_lib.train.experiments import budget
+from posekd_lib.runs.reference import load_reference_ai8x, reference_table
 from posekd_lib.run import launch
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from posekd_lib.experiments import label_tag
+from posekd_lib.train.experiments import label_tag
 from posekd_lib.run import launch
 
 KEYS = ("AP", "AP50", "AP75", "PCK@0.2")

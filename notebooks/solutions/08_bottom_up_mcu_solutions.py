@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from posekd_lib import bottom_up
-from posekd_lib.data import dataset_splits
-from posekd_lib.evaluation import first_images
+from posekd_lib.train import bottom_up
+from posekd_lib.data.datasets import dataset_splits
+from posekd_lib.evaluation.coco import first_images
 from posekd_lib.run import launch
 
 RECIPE = bottom_up.RECIPE
@@ -83,9 +83,9 @@ def exercise_5(mode: str | None = None, thresholds=(0.05, 0.1, 0.2, 0.4)) -> dic
     import numpy as np
     import torch
 
-    from posekd_lib.ai8x_models import HeatmapView
-    from posekd_lib.data import BottomUpDataset
-    from posekd_lib.evaluation import bottom_up_results, coco_evaluate
+    from posekd_lib.models.ai8x_models import HeatmapView
+    from posekd_lib.data.datasets import BottomUpDataset
+    from posekd_lib.evaluation.coco import bottom_up_results, coco_evaluate
 
     run = _run(True, mode)
     val = dataset_splits(mode).val

@@ -18,7 +18,7 @@ spatial size, and an MSE on channel-standardised teacher features pulls them tog
 per-channel spatial KL, channel-wise distillation, which matches where each channel fires).
 
 Sizes follow the project convention: ``size`` / ``input_size`` arguments are ``(w, h)`` like
-:class:`posekd_lib.codecs.HeatmapCodec`; tensor shapes are ``(N, C, H, W)``.
+:class:`posekd_lib.data.codecs.HeatmapCodec`; tensor shapes are ``(N, C, H, W)``.
 
 Resizing convention: the heatmap codec puts cell ``i`` of a stride-``s`` map at input pixel
 ``i·s`` (and a padded stride-``s`` conv centres its output cell ``i`` there too), so a resize from

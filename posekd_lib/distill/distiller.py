@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..keypoints import COCO_FLIP_PAIRS
-from ..losses import joints_mse
-from ..teacher_cache import CacheMissError
+from ..data.keypoints import COCO_FLIP_PAIRS
+from .losses import joints_mse
+from .teacher_cache import CacheMissError
 from .features import (FEATURE_BRANCHES, FEATURE_LOSSES, FEATURE_NORMS, FeatureAdapter, FeatureHooks,
                        _channels, _feature_tensor, feature_kd_loss, list_feature_shapes)
 from .logits import LOGIT_KINDS, _spatial_size, kd_weight_schedule
@@ -271,7 +271,7 @@ class LogitsKD(Distiller):
     Use it only on a fixed, non-augmented training set. Memory: K·h·w·4 bytes per sample, at the
     teacher's heatmap size.
 
-    ``cache=`` a :class:`~posekd_lib.teacher_cache.TeacherCache` (built once over the training
+    ``cache=`` a :class:`~posekd_lib.distill.teacher_cache.TeacherCache` (built once over the training
     set's plain crops) serves augmented batches too: each sample's cached heatmaps warped by its
     crop's augmentation, so a distilled step runs no teacher forward (an approximation; see that
     module).
@@ -382,7 +382,7 @@ class FeatureKD(Distiller):
         self.warp_cache, self.feature_caches = cache, (list(feature_cache) if feature_cache is not None else None)
 
     def teacher_outputs(self, batch: dict) -> dict:
-        """From the caches when given (:class:`~posekd_lib.teacher_cache.TeacherCache` of the teacher's
+        """From the caches when given (:class:`~posekd_lib.distill.teacher_cache.TeacherCache` of the teacher's
         heatmaps and of each hinted layer's features, warped to each augmented crop; a mirrored crop
         gets the mirrored plain-crop features, an approximation, see docs/experiments.md), so a
         hinted step runs no teacher forward; else, and for batches the caches do not hold, the

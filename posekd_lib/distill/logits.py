@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..losses import joints_mse
+from .losses import joints_mse
 
 
 SCHEDULES = ("constant", "linear_decay")

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..codecs import flip_test_average
-from ..losses import joints_mse
+from ..data.codecs import flip_test_average
+from .losses import joints_mse
 from .logits import _spatial_size, resize_heatmaps, resize_input, spatial_kl_loss
 
 # --------------------------------------------------------------------------- the frozen teacher

@@ -232,7 +232,7 @@ def _train(model, train_loader, loss_fn, epochs, max_steps, optimizer, lr, sched
 
 def _default_loss(model: nn.Module, loss_fn):
     """``loss_fn``, else the model's own ``loss`` method (a distiller), else JointsMSE on the targets."""
-    from ..losses import batch_loss
+    from ..distill.losses import batch_loss
 
     own_loss = getattr(model, "loss", None)
     return loss_fn or (own_loss if callable(own_loss) and not isinstance(own_loss, nn.Module) else batch_loss())

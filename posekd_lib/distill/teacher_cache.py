@@ -1,0 +1,248 @@
+"""Teacher heatmaps computed once per training crop, warped to each augmented crop at train time.
+
+A logits-KD step runs the frozen teacher on the batch the student just saw; for an HRNet teacher
+that forward costs more than the student's whole training step, so a live distilled run is 2-3x
+slower than its baseline. The training crops differ from step to step only by the augmentation,
+which is a similarity transform of the image (scale, rotation, mirror) plus colour jitter. So the
+teacher's heatmaps are computed once on every person's *un-augmented* crop, and at train time the
+cached map is warped by the transform that relates the un-augmented crop to the augmented one:
+
+    augmented heatmap cell q  ->  augmented crop pixel  u  = q · s            (s: the stride)
+                              ->  image point           x  = F · M⁻¹ · u      (M: the augmented
+                                                                              crop's affine, F: the
+                                                                              un-mirroring)
+                              ->  cached heatmap cell   q0 = M0 · x / s0      (M0: the plain crop's)
+
+and a mirrored sample reads its joint ``j`` from the cached channel of ``j``'s flip partner.
+
+This is an approximation, and the notebook says so: the teacher would see different pixels at the
+borders of a rotated or zoomed crop, a finer or coarser view of the person, and a mirrored person
+(its flip test averages exactly that). With no augmentation the warp is the identity and the
+cached maps are the teacher's output itself (tested); ``benchmarks/bench_teacher_cache.py``
+measures how far the warped maps are from the live teacher's under the training augmentation.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.keypoints import COCO_FLIP_PAIRS, flip_permutation
+from ..data.transforms import affine_transforms
+
+
+class CacheMissError(KeyError):
+    """A batch holds samples the cache was not built for (another dataset, or a subset of it that
+    numbers its persons differently)."""
+
+
+def _normaliser(w: int, h: int) -> np.ndarray:
+    """Cell coordinates -> grid_sample's normalised coordinates (``align_corners=True``)."""
+    return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])
+
+
+def mirror_crop(images: torch.Tensor) -> torch.Tensor:
+    """The crops the dataset makes of the mirrored images (same box, mirrored centre): the crop is
+    centred on ``W / 2``, so pixel ``x`` of the mirrored crop is pixel ``W - x`` of the plain one, the
+    plain crop flipped and shifted by one column (column 0, just outside the plain crop, repeats the
+    plain crop's first column)."""
+    flipped = torch.flip(images, dims=[-1])
+    return torch.cat([images[..., :1], flipped[..., :-1]], dim=-1)
+
+
+class TeacherCache:
+    """Teacher heatmaps of every sample's plain crop, and the warp to an augmented batch.
+
+    ``heatmaps`` is ``(N, K, h, w)`` (float16 to halve the memory: 12k persons at 24x32 are
+    315 MB in float32), row ``i`` for ``dataset[i]`` without augmentation. ``ann_ids`` guards
+    against a cache built for another dataset: :meth:`for_batch` checks every row it reads.
+    """
+
+    def __init__(self, heatmaps: torch.Tensor, ann_ids, centers, scales, widths, input_size,
+                 flip_pairs=COCO_FLIP_PAIRS, source: str = "", mirrored: torch.Tensor | None = None):
+        self.heatmaps = heatmaps
+        #: The teacher's output on each plain crop mirrored (:func:`mirror_crop`), or None: a
+        #: mirrored sample then reads the plain row mirrored with its left/right channels swapped.
+        self.mirrored = mirrored
+        self.ann_ids = torch.as_tensor(np.asarray(ann_ids, dtype=np.int64))
+        self.centers = np.asarray(centers, dtype=np.float64)
+        self.scales = np.asarray(scales, dtype=np.float64)
+        self.widths = np.asarray(widths, dtype=np.float64)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.flip_perm = flip_permutation(flip_pairs, heatmaps.shape[1])
+        self.source = source
+        self._plain = None      # every row's plain-crop affine (N, 3, 3), made on the first warp
+        self._rows = None       # {ann_id: row}, made on the first paste
+
+    def __len__(self) -> int:
+        return self.heatmaps.shape[0]
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, teacher_fn: Callable[[torch.Tensor], torch.Tensor], dataset, input_size=None,
+              batch_size: int = 64, flip_pairs=COCO_FLIP_PAIRS, progress: bool = True,
+              source: str = "", mirrored: bool = False) -> "TeacherCache":
+        """Run ``teacher_fn(images) -> heatmaps`` once over ``dataset``'s samples, un-augmented
+        (and, with ``mirrored``, once more over each crop mirrored: twice the time and memory, and a
+        mirrored training crop then reads what the teacher really answers on a mirrored person).
+
+        ``dataset`` is the (training) :class:`~posekd_lib.data.datasets.TopDownDataset`; its samples are
+        re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's),
+        which must keep the dataset's aspect ratio so that the boxes are the same.
+        """
+        import copy
+
+        from ..config import progress_bar as tqdm
+
+        plain = copy.copy(dataset)
+        plain.train, plain.aug = False, None
+        size = dataset.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
+        if abs(size[0] / size[1] - dataset.aspect_ratio) > 1e-6:
+            raise ValueError(f"teacher input size {size} has another aspect ratio than the dataset's "
+                             f"{dataset.input_size}: the person boxes would differ")
+        if size != dataset.input_size:
+            from ..data.codecs import HeatmapCodec
+            plain.input_size = size
+            plain.codec = HeatmapCodec(size, dataset.codec.heatmap_size, dataset.codec.sigma)
+        loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
+        rows, mirror_rows = [], []
+        # Built outside any caller's autocast (fit builds it lazily at its first batch, inside bf16
+        # autocast): the cache holds the float teacher's heatmaps, whatever context it is built in.
+        # The global RNG is left as it was (the loader draws a seed), so a run that builds the cache
+        # trains exactly as one that loads it.
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            for kind in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+                rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
+                if mirrored:
+                    mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
+            hm = torch.cat(rows)          # inside the stack: float16 cat under a caller's bf16 autocast fails
+            mirror_hm = torch.cat(mirror_rows) if mirrored else None
+        s = dataset.samples
+        widths = [dataset.images[x["image_id"]]["width"] for x in s]
+        return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
+                   size, flip_pairs, source, mirror_hm)
+
+    def _thetas(self, rows: np.ndarray, centers, scales, rotations, flipped: np.ndarray, input_size, out_size,
+                from_mirrored: np.ndarray) -> np.ndarray:
+        """The ``(B, 2, 3)`` ``affine_grid`` matrices that read rows ``rows`` for a batch of augmented
+        crops (of :attr:`mirrored` where ``from_mirrored``: the plain crop's mirror image)."""
+        hm_h, hm_w = self.heatmaps.shape[-2:]
+        if self._plain is None:                             # every row's plain crop, once
+            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
+        s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])   # plain crop -> cached cells
+        M = affine_transforms(centers, scales, rotations, input_size)
+        mirror = np.broadcast_to(np.eye(3), (len(rows), 3, 3)).copy()
+        mirror[flipped, 0, 0], mirror[flipped, 0, 2] = -1.0, self.widths[rows[flipped]] - 1
+        s = np.diag([input_size[0] / out_size[0], input_size[1] / out_size[1], 1.0])  # output cells -> crop
+        A = s0 @ self._plain[rows] @ mirror @ np.linalg.inv(M) @ s                   # output cell -> cached cell
+        across = s0 @ np.array([[-1.0, 0, self.input_size[0]], [0, 1, 0], [0, 0, 1]]) @ np.linalg.inv(s0)
+        A[from_mirrored] = across @ A[from_mirrored]   # plain crop pixel x -> mirrored crop pixel W - x
+        theta = _normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(*out_size))
+        return theta[:, :2]
+
+    def for_batch(self, batch: dict, out_size=None, input_size=None) -> torch.Tensor:
+        """Teacher heatmaps for an augmented training ``batch`` (its ``meta``), float32.
+
+        ``out_size`` (w, h) is the heatmap size returned (default the cached one), ``input_size``
+        the size of the batch's crops (default the cache's input size).
+        """
+        meta = batch["meta"]
+        index = torch.as_tensor(meta["index"]).long()
+        if int(index.max()) >= len(self) or not torch.equal(self.ann_ids[index], torch.as_tensor(meta["ann_id"]).long()):
+            raise CacheMissError(f"teacher cache {self.source or '(unnamed)'} was built for another dataset: "
+                           f"batch samples {index.tolist()[:8]} have other annotation ids; rebuild it")
+        hm = self.heatmaps[index].float()
+        rows = index.numpy()
+        flipped = torch.as_tensor(meta["flipped"]).bool()
+        rotation = torch.as_tensor(meta["rotation"]).double()
+        out_size = tuple(hm.shape[-1:-3:-1]) if out_size is None else (int(out_size[0]), int(out_size[1]))
+        input_size = self.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
+        identity = (not bool(flipped.any()) and not bool(rotation.any()) and out_size == tuple(hm.shape[-1:-3:-1])
+                    and input_size == self.input_size
+                    and np.array_equal(meta["center"].double().numpy(), self.centers[rows])
+                    and np.array_equal(meta["scale"].double().numpy(), self.scales[rows]))
+        if identity:   # no augmentation: the cached maps are the teacher's output, bit for bit
+            return hm
+        own = self.mirrored is not None                     # a mirrored crop reads the teacher's mirrored answer
+        if bool(flipped.any()):
+            swapped = self.mirrored[index].float() if own else hm[:, self.flip_perm]
+            hm = torch.where(flipped[:, None, None, None], swapped, hm)
+        flips = flipped.numpy()
+        theta = torch.as_tensor(self._thetas(rows, meta["center"].double().numpy(), meta["scale"].double().numpy(),
+                                             rotation.numpy(), flips, input_size, out_size, flips & own),
+                                dtype=torch.float32)
+        grid = F.affine_grid(theta, (hm.shape[0], hm.shape[1], out_size[1], out_size[0]), align_corners=True)
+        return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def paste(self, ann_ids, frame_affine, flipped: bool, out_size, cell_to_input) -> torch.Tensor:
+        """The teacher's heatmaps of the people ``ann_ids`` pasted into one whole frame: ``(K, h, w)``
+        float32 at ``out_size`` (w, h), the maximum over the people (soft KD targets for a bottom-up
+        student: each person's cached top-down heatmaps, warped from their plain crop into the frame).
+
+        ``frame_affine`` (2x3 or 3x3) maps image pixels to the frame's input pixels (letterbox and
+        augmentation, the mirror included); with ``flipped`` joint ``j`` reads the cached channel of
+        its flip partner (the plain crop's answer mirrored, not the teacher's on a mirrored crop);
+        ``cell_to_input`` (3x3) maps an output cell to input pixels (the bottom-up codec's cell
+        centres). People the cache lacks (persons the top-down split leaves out) add nothing.
+
+            output cell q -> frame pixel u = C q -> image point x = M⁻¹ u -> cached cell s0 M0 x
+        """
+        if self._rows is None:
+            self._rows = {int(a): i for i, a in enumerate(self.ann_ids.tolist())}
+        rows = np.array([self._rows[int(a)] for a in ann_ids if int(a) in self._rows], dtype=np.int64)
+        w, h = int(out_size[0]), int(out_size[1])
+        if len(rows) == 0:
+            return torch.zeros(self.heatmaps.shape[1], h, w)
+        hm = self.heatmaps[torch.from_numpy(rows)].float()
+        if flipped:
+            hm = hm[:, self.flip_perm]
+        hm_h, hm_w = hm.shape[-2:]
+        if self._plain is None:
+            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
+        s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])    # plain crop -> cached cells
+        M = np.asarray(frame_affine, dtype=np.float64)
+        M = np.vstack([M[:2], [0.0, 0.0, 1.0]])
+        A = s0 @ self._plain[rows] @ np.linalg.inv(M) @ np.asarray(cell_to_input, dtype=np.float64)
+        theta = torch.as_tensor((_normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(w, h)))[:, :2],
+                                dtype=torch.float32)
+        grid = F.affine_grid(theta, (len(rows), hm.shape[1], h, w), align_corners=True)
+        return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True).amax(0)
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"heatmaps": self.heatmaps, "ann_ids": self.ann_ids, "centers": self.centers,
+                    "scales": self.scales, "widths": self.widths, "input_size": self.input_size,
+                    "flip_perm": self.flip_perm, "source": self.source, "mirrored": self.mirrored}, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TeacherCache":
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=False)
+            heatmaps = d["heatmaps"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file: name it and what to do
+            raise ValueError(f"{path}: not a teacher cache ({type(e).__name__}: {e}); delete it to rebuild") from e
+        pairs = [(a, b) for a, b in enumerate(d["flip_perm"]) if a < b]
+        return cls(heatmaps, d["ann_ids"], d["centers"], d["scales"], d["widths"], d["input_size"], pairs,
+                   d.get("source", str(path)), d.get("mirrored"))
+
+
+def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
+    """Load the cache at ``path``, or build it with ``build()`` and save it there."""
+    path = Path(path)
+    if path.is_file():
+        return TeacherCache.load(path)
+    cache = build()
+    cache.save(path)
+    return cache
