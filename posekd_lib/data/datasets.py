@@ -25,7 +25,7 @@ from .augment import (AUGMENTATIONS, AugConfig, augmentation, colour_jitter,  # 
 from .codecs import HeatmapCodec, PafCodec, flip_test_average
 from .images import CorruptImageError, read_rgb  # noqa: F401  (read_rgb is part of this module's API)
 from .keypoints import (COCO_FLIP_INDEX, COCO_FLIP_PAIRS, COCO_JOINTS_WEIGHT,
-                        NUM_COCO_KEYPOINTS, NUM_OPENPOSE_KEYPOINTS, OPENPOSE_FROM_COCO)
+                        NUM_COCO_KEYPOINTS, NUM_OPENPOSE_KEYPOINTS, COCO_FROM_OPENPOSE)
 from .transforms import (affine_points, box_to_center_scale, fliplr_keypoints, get_affine_transform,
                          letterbox_matrix, transform_preds)
 
@@ -411,9 +411,7 @@ def soft_openpose_heatmaps(drawn: np.ndarray, coco_maps: np.ndarray) -> np.ndarr
     ``(17, h, w)`` (a teacher's heatmaps, clipped to [0, 1]) and whose neck is ``drawn``'s (the maps
     drawn from keypoints by ``PafCodec.encode``); the background is ``1 - max`` of the 18, as drawn."""
     out = np.array(drawn, dtype=np.float32, copy=True)
-    for op, coco in enumerate(OPENPOSE_FROM_COCO):
-        if coco >= 0:
-            out[op] = np.clip(coco_maps[coco], 0.0, 1.0)
+    out[list(COCO_FROM_OPENPOSE)] = np.clip(coco_maps, 0.0, 1.0)
     out[NUM_OPENPOSE_KEYPOINTS] = 1.0 - out[:NUM_OPENPOSE_KEYPOINTS].max(axis=0)
     return out
 

@@ -130,19 +130,28 @@ class TeacherCache:
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
                    size, flip_pairs, source, mirror_hm)
 
+    def _crop_to_cells(self) -> np.ndarray:
+        """3x3: plain-crop pixels -> cached heatmap cells."""
+        hm_h, hm_w = self.heatmaps.shape[-2:]
+        return np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])
+
+    def _image_to_cells(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), 3, 3)``: image pixels -> the cached heatmap cells of rows ``rows``."""
+        if self._plain is None:                             # every row's plain crop, once
+            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
+        return self._crop_to_cells() @ self._plain[rows]
+
     def _thetas(self, rows: np.ndarray, centers, scales, rotations, flipped: np.ndarray, input_size, out_size,
                 from_mirrored: np.ndarray) -> np.ndarray:
         """The ``(B, 2, 3)`` ``affine_grid`` matrices that read rows ``rows`` for a batch of augmented
         crops (of :attr:`mirrored` where ``from_mirrored``: the plain crop's mirror image)."""
         hm_h, hm_w = self.heatmaps.shape[-2:]
-        if self._plain is None:                             # every row's plain crop, once
-            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
-        s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])   # plain crop -> cached cells
+        s0 = self._crop_to_cells()
         M = affine_transforms(centers, scales, rotations, input_size)
         mirror = np.broadcast_to(np.eye(3), (len(rows), 3, 3)).copy()
         mirror[flipped, 0, 0], mirror[flipped, 0, 2] = -1.0, self.widths[rows[flipped]] - 1
         s = np.diag([input_size[0] / out_size[0], input_size[1] / out_size[1], 1.0])  # output cells -> crop
-        A = s0 @ self._plain[rows] @ mirror @ np.linalg.inv(M) @ s                   # output cell -> cached cell
+        A = self._image_to_cells(rows) @ mirror @ np.linalg.inv(M) @ s               # output cell -> cached cell
         across = s0 @ np.array([[-1.0, 0, self.input_size[0]], [0, 1, 0], [0, 0, 1]]) @ np.linalg.inv(s0)
         A[from_mirrored] = across @ A[from_mirrored]   # plain crop pixel x -> mirrored crop pixel W - x
         theta = _normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(*out_size))
@@ -205,12 +214,8 @@ class TeacherCache:
         if flipped:
             hm = hm[:, self.flip_perm]
         hm_h, hm_w = hm.shape[-2:]
-        if self._plain is None:
-            self._plain = affine_transforms(self.centers, self.scales, 0.0, self.input_size)
-        s0 = np.diag([hm_w / self.input_size[0], hm_h / self.input_size[1], 1.0])    # plain crop -> cached cells
-        M = np.asarray(frame_affine, dtype=np.float64)
-        M = np.vstack([M[:2], [0.0, 0.0, 1.0]])
-        A = s0 @ self._plain[rows] @ np.linalg.inv(M) @ np.asarray(cell_to_input, dtype=np.float64)
+        M = np.vstack([np.asarray(frame_affine, dtype=np.float64)[:2], [0.0, 0.0, 1.0]])
+        A = self._image_to_cells(rows) @ np.linalg.inv(M) @ np.asarray(cell_to_input, dtype=np.float64)
         theta = torch.as_tensor((_normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(w, h)))[:, :2],
                                 dtype=torch.float32)
         grid = F.affine_grid(theta, (len(rows), hm.shape[1], h, w), align_corners=True)

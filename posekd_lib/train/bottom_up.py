@@ -201,11 +201,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
         raise ValueError(f"loss={loss!r}; the bottom-up student trains with one of {sorted(LOSSES)}")
     teacher = getattr(teacher_kp, "teacher", None)
     recipe = {"variant": variant, "kd": teacher_kp is not None, "alpha": alpha if teacher_kp is not None else None,
-              "loss": loss, "sigma": sigma, "input_size": [int(v) for v in input_size]}
-    if teacher_maps is not None:
-        if teacher_kp is None:
-            raise ValueError("teacher_maps needs teacher_kp: soft targets are a kind of KD")
-        recipe["targets"] = "heatmaps"         # absent: Gaussians drawn at the teacher's keypoints
+              "loss": loss, "sigma": sigma, "input_size": [int(v) for v in input_size],
+              "targets": "heatmaps" if teacher_maps is not None else None}   # None: drawn at its keypoints
     extras = "".join(f"_{v}" for v in (loss.removeprefix("mse_") if loss != "mse" else None,
                                        None if sigma is None else f"sig{sigma:g}",
                                        None if tuple(input_size) == BOTTOM_UP_INPUT else "x".join(map(str, input_size)))
@@ -217,10 +214,8 @@ def train_bottom_up(variant: str = "tiny", mode: str | None = None, seed: int = 
     info_file = dirs[1] / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if info:                      # a cached run of another recipe under this name is refused, not reused
-        stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT)}, **info}
+        stored = {**{"loss": "mse", "sigma": None, "input_size": list(BOTTOM_UP_INPUT), "targets": None}, **info}
         differ = {k: (stored.get(k), v) for k, v in recipe.items() if stored.get(k) != v}
-        if stored.get("targets") != recipe.get("targets"):
-            differ["targets"] = (stored.get("targets", "keypoints"), recipe.get("targets", "keypoints"))
         if stored.get("teacher", teacher) != teacher:      # runs written before the card named it: not checked
             differ["teacher"] = (stored["teacher"], teacher)
         if differ:

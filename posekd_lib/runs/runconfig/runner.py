@@ -148,14 +148,12 @@ def _train_bottom_up(cfg: RunConfig, teacher, progress: bool):
     if "distil" in cfg.stages:
         if teacher is None:
             teacher = load_frozen_teacher(cfg)
-        term = cfg.distill.terms[0]
-        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), term.weight
-        if term.options.get("targets") == "heatmaps":
+        teacher_kp, alpha = teacher_keypoints(teacher, resolved_mode(cfg)), cfg.distill.terms[0].weight
+    with with_budget(**budget_fields(cfg)):
+        if teacher_kp is not None and cfg.distill.terms[0].options.get("targets") == "heatmaps":
             from ...train.recipes import teacher_cache_for
 
-            with with_budget(**budget_fields(cfg)):
-                teacher_maps = teacher_cache_for(teacher, resolved_mode(cfg))
-    with with_budget(**budget_fields(cfg)):
+            teacher_maps = teacher_cache_for(teacher, resolved_mode(cfg))
         return train_bottom_up(ai8x_variant(cfg.model), resolved_mode(cfg), seed=cfg.seed, teacher_kp=teacher_kp,
                                alpha=alpha, steps=ai8x_steps(cfg), tag=f"{cfg.name}_s{cfg.seed}", progress=progress,
                                curve_every=cfg.optim.eval_every, loss=cfg.optim.loss, sigma=cfg.data.sigma,
