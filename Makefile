@@ -14,7 +14,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup run test test-unit test-notebooks notebooks lab app bench figures izer clean-env
+.PHONY: help setup run test test-unit test-notebooks notebooks times lab app bench figures izer clean-env
 
 help:
 	@echo "make run    - set up (if needed) and execute the notebook series in POSEKD_MODE (default workshop)"
@@ -23,6 +23,8 @@ help:
 	@echo "make app DATASET=name [PORT=5151] - the FiftyOne App on a dataset the notebooks built (127.0.0.1)"
 	@echo "make bench  - run the benchmark scripts"
 	@echo "make notebooks - re-execute notebooks in place in workshop mode (what is committed)"
+	@echo "make times - on a fresh clone of an idle machine: measure the series (first time, cached, quick)"
+	@echo "             and write the times into notebooks/timings.json, the headers and the README"
 	@echo "make izer   - build izer's own venv from \$$AI8X_SYNTHESIS_DIR/requirements.txt (FORCE=1 rebuilds)"
 
 setup: $(STAMP)
@@ -50,6 +52,13 @@ test-unit: $(STAMP)
 
 notebooks: $(STAMP)
 	POSEKD_MODE=workshop $(PY) scripts/run_series.py --mode workshop --inplace
+
+# The stated times come from here only (posekd_lib/runs/series.py): a first-time workshop series (every
+# run trained; a fresh clone), the same series again (everything cached), then quick mode.
+times: $(STAMP)
+	POSEKD_MODE=workshop $(PY) scripts/run_series.py --mode workshop --stamp
+	POSEKD_MODE=workshop $(PY) scripts/run_series.py --mode workshop --stamp
+	POSEKD_MODE=quick $(PY) scripts/run_series.py --mode quick --stamp
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)

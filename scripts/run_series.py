@@ -4,11 +4,17 @@
     python scripts/run_series.py --mode workshop --inplace  # re-execute the committed notebooks
 
 Each notebook runs in a fresh kernel (they stand alone), in order; the notebooks' wall times and the
-runs table their runs extend (runs/<mode>/runs.csv) are rendered to runs/<mode>/results.md at the end.
+runs table their runs extend (runs/<mode>/runs.csv) are rendered to runs/<mode>/results.md at the end,
+and the times to runs/<mode>/timings.json (posekd_lib.runs.series: first-time or cached, and where).
+
+    python scripts/run_series.py --mode workshop --stamp    # ... and file the times in notebooks/timings.json,
+                                                            # then write the headers' and README's times from it
+    python scripts/run_series.py --stamp-only               # only rewrite headers and README from that file
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -52,7 +58,18 @@ def main(argv=None) -> int:
     ap.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 02")
     ap.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
+    ap.add_argument("--stamp", action="store_true",
+                    help="file this run's times in notebooks/timings.json and write headers and README from it")
+    ap.add_argument("--stamp-only", action="store_true",
+                    help="run nothing: write headers and README from notebooks/timings.json")
     args = ap.parse_args(argv)
+    from posekd_lib.runs import series
+
+    all_notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.stamp_only:
+        for p in series.stamp(series.load_timings(), all_notebooks):
+            print(f">> times written: {p.relative_to(REPO)}")
+        return 0
 
     os.environ["POSEKD_MODE"] = args.mode
     os.environ["POSEKD_HEADLESS"] = "1"  # notebooks never open the FiftyOne App in a headless run
@@ -60,12 +77,14 @@ def main(argv=None) -> int:
     if args.mode != "full":
         ensure_embedded_dataset(args.mode)
 
-    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = all_notebooks
     if args.only:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
     timings = []
+    load_at_start, fresh = os.getloadavg()[0], not series.cached_files(paths)
     for nb_path in notebooks:
         nb = nbformat.read(nb_path, as_version=4)
+        before = series.cached_files(paths)
         t0 = time.perf_counter()
         print(f">> {nb_path.name} ({args.mode})", flush=True)
         client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3", record_timing=False,
@@ -77,11 +96,11 @@ def main(argv=None) -> int:
             compact_progress(nb)
             nbformat.write(nb, out)
         dt = time.perf_counter() - t0
-        timings.append((nb_path.name, dt))
+        timings.append((nb_path.stem, dt, series.computed_anything(before, series.cached_files(paths))))
         print(f"   done in {dt / 60:.1f} min -> {out}", flush=True)
 
     lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
-    lines += [f"| {n} | {dt / 60:.1f} min |" for n, dt in timings]
+    lines += [f"| {n} | {dt / 60:.1f} min ({'first time' if computed else 'cached'}) |" for n, dt, computed in timings]
     from posekd_lib.runs.table import SUMMARY_COLUMNS, runs_table
 
     table = runs_table(args.mode)
@@ -90,7 +109,14 @@ def main(argv=None) -> int:
         lines += ["", table[cols].to_markdown(index=False, floatfmt=".3f")]
     summary = paths.root / "results.md"
     summary.write_text("\n".join(lines) + "\n")
+    measured = series.measurement(args.mode, timings, load_at_start, fresh)
+    (paths.root / "timings.json").write_text(json.dumps(measured, indent=1) + "\n")
     print(f">> summary: {summary}")
+    if args.stamp:
+        timings_all = series.file_measurement(series.load_timings(), measured)
+        series.TIMINGS_FILE.write_text(json.dumps(timings_all, indent=1, ensure_ascii=False) + "\n")
+        for p in series.stamp(timings_all, all_notebooks):
+            print(f">> times written: {p.relative_to(REPO)}")
     return 0
 
 

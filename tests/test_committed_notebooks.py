@@ -76,3 +76,18 @@ def test_every_notebook_names_its_place_in_the_series():
     for path in NOTEBOOKS:
         header = "".join(json.loads(path.read_text())["cells"][0]["source"])
         assert series_map(path.stem) in header, f"{path.name}: its first cell lacks {series_map(path.stem)!r}"
+
+
+def test_stated_times_are_the_measured_ones():
+    """Every header's time line and the README's time column say what notebooks/timings.json holds
+    (written by `scripts/run_series.py --stamp`, i.e. `make times`); a hand edit of either fails here."""
+    from posekd_lib.runs import series
+
+    timings = series.load_timings()
+    for path in NOTEBOOKS:
+        header = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert series.time_line(path.stem, timings) in header.split("\n"), (
+            f"{path.name}: its time line is not the one notebooks/timings.json gives "
+            "(run `python scripts/run_series.py --stamp-only`)")
+    readme = series.readme_times((REPO / "README.md").read_text(), [p.stem for p in NOTEBOOKS])
+    assert readme == {p.stem: series.readme_time(p.stem, timings) for p in NOTEBOOKS}
