@@ -98,9 +98,19 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t0
         timings.append((nb_path.stem, dt, series.computed_anything(before, series.cached_files(paths))))
         print(f"   done in {dt / 60:.1f} min -> {out}", flush=True)
+        # filed after every notebook, so a series stopped half-way keeps the times it measured
+        measured = series.measurement(args.mode, timings, load_at_start, fresh)
+        (paths.root / "timings.json").write_text(json.dumps(measured, indent=1) + "\n")
+        if args.stamp:
+            timings_all = series.file_measurement(series.load_timings(), measured)
+            series.TIMINGS_FILE.write_text(json.dumps(timings_all, indent=1, ensure_ascii=False) + "\n")
+            for p in series.stamp(timings_all, all_notebooks):
+                print(f">> times written: {p.relative_to(REPO)}")
 
     lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
-    lines += [f"| {n} | {dt / 60:.1f} min ({'first time' if computed else 'cached'}) |" for n, dt, computed in timings]
+    kinds = series.measurement(args.mode, timings, load_at_start, fresh)["notebooks"]
+    lines += [f"| {n} | {dt / 60:.1f} min ({'first time' if kinds[n]['kind'] == 'first' else 'cached'}) |"
+              for n, dt, _ in timings]
     from posekd_lib.runs.table import SUMMARY_COLUMNS, runs_table
 
     table = runs_table(args.mode)
@@ -109,14 +119,7 @@ def main(argv=None) -> int:
         lines += ["", table[cols].to_markdown(index=False, floatfmt=".3f")]
     summary = paths.root / "results.md"
     summary.write_text("\n".join(lines) + "\n")
-    measured = series.measurement(args.mode, timings, load_at_start, fresh)
-    (paths.root / "timings.json").write_text(json.dumps(measured, indent=1) + "\n")
     print(f">> summary: {summary}")
-    if args.stamp:
-        timings_all = series.file_measurement(series.load_timings(), measured)
-        series.TIMINGS_FILE.write_text(json.dumps(timings_all, indent=1, ensure_ascii=False) + "\n")
-        for p in series.stamp(timings_all, all_notebooks):
-            print(f">> times written: {p.relative_to(REPO)}")
     return 0
 
 
