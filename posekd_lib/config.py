@@ -7,6 +7,7 @@ sub-folder per mode, so a quick CI run never overwrites workshop results.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,21 @@ def run_paths(mode: str | None = None) -> RunPaths:
     """Artifact folders for ``mode`` (created on demand)."""
     m = get_mode(mode)
     return RunPaths(m, home_dir() / m).ensure()
+
+
+def read_json(path, what: str = "", missing=FileNotFoundError):
+    """The JSON in ``path``. A file that does not exist returns ``missing`` (by default it raises
+    FileNotFoundError); a file that is not valid JSON raises a ValueError naming it (``what``: what
+    the file is, e.g. ``"teacher card"``)."""
+    path = Path(path)
+    if not path.is_file():
+        if missing is FileNotFoundError:
+            raise FileNotFoundError(f"{what + ' ' if what else ''}{path} not found")
+        return missing
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what + ' ' if what else ''}{path}: not valid JSON ({e})") from None
 
 
 def atomic_write(path, write, mode: str = "wb") -> Path:

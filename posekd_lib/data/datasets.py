@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from ..config import progress_bar as tqdm
+from ..config import read_json
 
 from .augment import (AUGMENTATIONS, AugConfig, augmentation, colour_jitter,  # noqa: F401  (API)
                       half_body_box, jitter_factors, jitter_weights, sample_rng)
@@ -42,12 +43,7 @@ def load_coco_person_keypoints(ann_file) -> dict:
     annotation of that category a ``keypoints`` list of 3 x 17 numbers and a 4-number ``bbox``.
     """
     path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a COCO JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):

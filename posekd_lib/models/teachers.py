@@ -18,14 +18,13 @@ Environment variables:
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from ..config import REPO_ROOT, get_mode, run_paths, shown_path
+from ..config import REPO_ROOT, get_mode, read_json, run_paths, shown_path
 
 DEMO_NAME = "demo_w16_128x96_ft2"
 DEMO_CONFIG = "w16_128x96"
@@ -104,13 +103,7 @@ def _missing_error(name: str, weights: Path, mode: str | None) -> FileNotFoundEr
 
 
 def _read_card(weights: Path) -> dict:
-    card = weights.with_suffix(".json")
-    if not card.is_file():
-        return {}
-    try:
-        return json.loads(card.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"teacher card {card} is not valid JSON ({e})") from None
+    return read_json(weights.with_suffix(".json"), "teacher card", missing={})
 
 
 def load_teacher(name: str | None = None, mode: str | None = None, path=None,

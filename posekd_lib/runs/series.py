@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from posekd_lib.config import REPO_ROOT, RunPaths
+from posekd_lib.config import REPO_ROOT, RunPaths, read_json
 
 TIMINGS_FILE = REPO_ROOT / "notebooks" / "timings.json"
 README = REPO_ROOT / "README.md"
@@ -72,12 +72,7 @@ def load_timings(path: Path = TIMINGS_FILE) -> dict:
     """The committed times: ``{stem: {mode: {"first"|"cached": entry}}}``, each entry with ``minutes``,
     ``source`` (``make run``, or where an older figure came from), ``date``, ``machine`` and
     ``beside_other_jobs``."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); fix or delete it and stamp again") from e
+    return read_json(path, "the series' times", missing={})
 
 
 def file_measurement(timings: dict, m: dict) -> dict:
