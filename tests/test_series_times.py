@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,9 @@ def test_a_notebook_that_writes_a_cache_file_is_timed_as_a_first_run(tmp_path):
     (tmp_path / "teacher_cache").mkdir()
     (tmp_path / "teacher_cache" / "heatmaps.pt").write_bytes(b"1")
     assert series.computed_anything(before, series.cached_files(paths))
+    before = series.cached_files(paths)
+    os.utime(tmp_path / "checkpoints" / "run_a" / "latest.pt", (1e9, 1e9))   # rewritten, not new: cached
+    assert not series.computed_anything(before, series.cached_files(paths))
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks" / "02.ipynb").write_text("{}")   # executed copies are not caches
     assert set(series.cached_files(paths)) == {str(tmp_path / "checkpoints" / "run_a" / "latest.pt"),

@@ -1,8 +1,8 @@
 """The notebook series' times, from one source: what ``make run`` measured.
 
 ``scripts/run_series.py`` (what ``make run`` calls) times each notebook and notes whether it computed
-anything that it caches (a run, a teacher cache, a cached score: a file written under
-``runs/<mode>/checkpoints`` or ``runs/<mode>/teacher_cache`` while it ran). That makes the time a
+anything that it caches (a run, a teacher cache, a cached score: a new file under
+``runs/<mode>/checkpoints`` or ``runs/<mode>/teacher_cache`` after it ran). That makes the time a
 *first-time* one; a notebook that only loaded its runs gives the *cached* time. The measurement goes to
 ``runs/<mode>/timings.json``; ``run_series.py --stamp`` files it into the committed
 ``notebooks/timings.json`` and writes, from that file alone, each notebook header's time line and the
@@ -52,8 +52,10 @@ def cached_files(paths: RunPaths) -> dict[str, float]:
 
 
 def computed_anything(before: dict[str, float], after: dict[str, float]) -> bool:
-    """Whether a notebook wrote a cache file: one that is new or changed between the two listings."""
-    return any(before.get(k) != t for k, t in after.items())
+    """Whether a notebook made a cache file that was not there before. Rewritten files do not count:
+    loading a cached run rewrites its ``run_info.json``, and a short fine-tune that always runs (05's
+    pruning) rewrites its checkpoint, in a cached series too."""
+    return any(k not in before for k in after)
 
 
 def measurement(mode: str, notebooks: list[tuple[str, float, bool]], load_at_start: float,
