@@ -82,6 +82,7 @@ def main(argv=None) -> int:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
     timings = []
     load_at_start, fresh = os.getloadavg()[0], not series.cached_files(paths)
+    measured = series.measurement(args.mode, timings, load_at_start, fresh)
     for nb_path in notebooks:
         nb = nbformat.read(nb_path, as_version=4)
         before = series.cached_files(paths)
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
                 print(f">> times written: {p.relative_to(REPO)}")
 
     lines = [f"# posekd results ({args.mode} mode)", "", "| notebook | wall time |", "| --- | --- |"]
-    kinds = series.measurement(args.mode, timings, load_at_start, fresh)["notebooks"]
+    kinds = measured["notebooks"]
     lines += [f"| {n} | {dt / 60:.1f} min ({'first time' if kinds[n]['kind'] == 'first' else 'cached'}) |"
               for n, dt, _ in timings]
     from posekd_lib.runs.table import SUMMARY_COLUMNS, runs_table

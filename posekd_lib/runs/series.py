@@ -41,21 +41,16 @@ def machine() -> str:
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def cached_files(paths: RunPaths) -> dict[str, float]:
-    """Modification time of every file a notebook caches its work in (see the module docstring)."""
-    out = {}
-    for folder in CACHED_FOLDERS:
-        root = paths.root / folder
-        if root.is_dir():
-            out.update({str(p): p.stat().st_mtime for p in root.rglob("*") if p.is_file()})
-    return out
+def cached_files(paths: RunPaths) -> set[str]:
+    """Every file a notebook caches its work in (see the module docstring)."""
+    return {str(p) for folder in CACHED_FOLDERS for p in (paths.root / folder).rglob("*") if p.is_file()}
 
 
-def computed_anything(before: dict[str, float], after: dict[str, float]) -> bool:
+def computed_anything(before: set[str], after: set[str]) -> bool:
     """Whether a notebook made a cache file that was not there before. Rewritten files do not count:
     loading a cached run rewrites its ``run_info.json``, and a short fine-tune that always runs (05's
     pruning) rewrites its checkpoint, in a cached series too."""
-    return any(k not in before for k in after)
+    return bool(after - before)
 
 
 def measurement(mode: str, notebooks: list[tuple[str, float, bool]], load_at_start: float,
