@@ -489,6 +489,22 @@ def test_bottom_up_configs_train_the_recipe_notebook_08_trains():
         assert rc.bottom_up_input(cfg.model) == tuple(RECIPE.get("input_size", (128, 128))), name
 
 
+def test_the_final_bottom_up_config_is_the_shipped_soft_kd_student():
+    """Notebook 08 trains configs/bottomup_final.yaml live; it must be the design and recipe of the
+    shipped reference student it is compared with (E35), only the budget differs."""
+    cfg = rc.from_yaml(REPO / "configs" / "bottomup_final.yaml")
+    rc.validate(rc.apply_overrides(cfg, ["data.mode=quick"]))
+    shipped = rc.from_yaml(REPO / "reference" / "ref_bottomup_s4_kd_d2soft_s0_qat" / "config.yaml")
+    for part in ("data", "model", "augmentation", "distill"):
+        got, want = getattr(cfg, part), getattr(shipped, part)
+        if part == "data":
+            got, want = dataclasses.replace(got, mode=None), dataclasses.replace(want, mode=None)
+        assert got == want, part
+    assert (cfg.optim.schedule, cfg.optim.loss, cfg.qat.lr_scale) == (
+        shipped.optim.schedule, shipped.optim.loss, shipped.qat.lr_scale)
+    assert cfg.optim.steps is None and cfg.qat.steps is None          # the mode's live budget
+
+
 def test_the_teacher_is_a_config_whose_errors_name_the_key():
     cfg = rc.from_yaml(REPO / "configs" / "teacher_w16.yaml")
     assert cfg.model.student == rc.TEACHER_MODEL and cfg.stages == ["train", "evaluate", "export"]
