@@ -80,13 +80,15 @@ def main(argv=None) -> int:
     def line(label, card, res, t0):
         gain = res["dark"]["AP"] - res["official"]["AP"]
         gain75 = res["dark"]["AP75"] - res["official"]["AP75"]
-        print(f"{label:44s}{'' if card is None else f'{card:.4f}':>8s}" + "".join(f"{res[d]['AP']:13.4f}" for d in DECODERS)
+        print(f"{label:44s}{'-' if card is None else f'{card:.4f}':>8s}"
+              + "".join(f"{res[d]['AP']:13.4f}" for d in DECODERS)
               + f"{gain:+8.4f}{gain75:+10.4f}{time.perf_counter() - t0:5.0f}", flush=True)
 
     for name in args.teachers:
         t0 = time.perf_counter()
         model, info = load_teacher(name, mode=args.mode)
-        line(f"teacher {info.name}", info.val_ap, score(model, split, info.input_size, info.heatmap_size, info.sigma), t0)
+        card = info.val_ap if args.mode == "workshop" else None          # the card scores the workshop split
+        line(f"teacher {info.name}", card, score(model, split, info.input_size, info.heatmap_size, info.sigma), t0)
     for run in (top_down_runs() if args.runs is None else args.runs):
         for label, model, inp, hm, sigma, key in models_of_run(run, args.mode):
             t0 = time.perf_counter()

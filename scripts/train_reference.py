@@ -13,7 +13,8 @@
 live teacher or from the teacher caches (``baseline_squeezenet``, ``kl_squeezenet``,
 ``feature_squeezenet``, ``feature_cached_squeezenet``), at most two at once.
 ``bottomup``: the stride-4 bottom-up MAX78000 student ``ai85bottomup("tiny_s4")`` on ground truth
-only and distilled from the teacher's keypoints (``bottomup_s4_gt``, ``bottomup_s4_kd``), as ``ai8x``.
+only and distilled from the teacher's keypoints (``bottomup_s4_gt``, ``bottomup_s4_kd``), and the
+final design (``small_s4_d2``, soft KD targets: ``bottomup_final``), as ``ai8x``.
 ``--configs`` picks some configs of a phase.
 Each run is ``python -m posekd_lib.run CONFIG --set name=ref_<config> ...`` on one thread
 (``POSEKD_THREADS=1``: two runs share a 2-core machine), with a learning curve every
@@ -36,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 AI8X = ("ai8x_tiny_gt", "ai8x_tiny_fpd")
-BOTTOM_UP = ("bottomup_s4_gt", "bottomup_s4_kd")
+BOTTOM_UP = ("bottomup_s4_gt", "bottomup_s4_kd", "bottomup_final")
 SQUEEZENET = ("baseline_squeezenet", "kl_squeezenet", "feature_squeezenet", "feature_cached_squeezenet")
 PHASES = {"ai8x": AI8X, "squeezenet": SQUEEZENET, "bottomup": BOTTOM_UP}
 MCU = AI8X + BOTTOM_UP           # float then QAT: two run folders each
