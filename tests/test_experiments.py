@@ -499,3 +499,29 @@ def test_bench_teacher_ensemble_scores_a_member_and_the_mean(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--mode", "quick", "--weights", f"a={w}", "--combos", "a+c"])
     assert "no --weights for c" in capsys.readouterr().err
+
+
+def test_bench_decoding_scores_teachers_and_shipped_runs_with_both_decoders(capsys):
+    """Every shipped top-down run is listed (no bottom-up run, one folder per MAX78000 run); the
+    official column is evaluate_topdown's own AP, and a MAX78000 run gives a float and an int8 row."""
+    import importlib.util
+
+    from posekd_lib.config import REPO_ROOT
+    from posekd_lib.data.datasets import dataset_splits
+    from posekd_lib.evaluation.coco import evaluate_topdown
+    from posekd_lib.models.teachers import load_teacher
+
+    spec = importlib.util.spec_from_file_location("bench_decoding", REPO_ROOT / "benchmarks" / "bench_decoding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = bench.top_down_runs()
+    assert "ref_baseline_squeezenet_s0" in runs and "ref_ai8x_tiny_gt_s0_qat" in runs
+    assert not [r for r in runs if "bottomup" in r or r.endswith("_float")]
+    assert bench.main(["--mode", "quick", "--teachers", "demo", "--runs", "ref_ai8x_tiny_gt_s0_qat"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["teacher", "ref_ai8x_tiny_gt_s0_qat", "ref_ai8x_tiny_gt_s0_qat"]
+    assert [r[1] for r in rows[1:]] == ["float", "int8"]
+    model, info = load_teacher("demo", mode="quick")
+    official = evaluate_topdown(model, dataset_splits("quick").val, info.input_size, info.heatmap_size, info.sigma)
+    assert float(rows[0][3]) == pytest.approx(official["AP"], abs=1e-4)      # teacher, card AP, official, dark
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[-5:-3])
