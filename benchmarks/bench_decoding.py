@@ -25,22 +25,17 @@ from posekd_lib.evaluation.coco import evaluate_topdown
 from posekd_lib.models import ai8x_models as am
 from posekd_lib.models.teachers import load_teacher
 from posekd_lib.runs import runconfig as rc
-from posekd_lib.runs.reference import (REFERENCE_DIR, load_reference_ai8x, load_reference_student,
-                                       reference_table)
+from posekd_lib.runs.reference import REFERENCE_DIR, load_reference_ai8x, load_reference_student, reference_table
 from posekd_lib.train.budgets import budget
 
 DECODERS = ("official", "dark")
 
 
-def top_down_runs(dest=REFERENCE_DIR) -> list[str]:
-    """The shipped top-down runs: every SqueezeNet/MobileNet run, and each MAX78000 run's QAT folder."""
-    out = []
-    for folder in sorted(p for p in dest.glob("ref_*") if (p / "config.yaml").is_file()):
-        student = rc.from_yaml(folder / "config.yaml").model.student
-        if student == rc.BOTTOM_UP_STUDENT or (student in rc.MCU_STUDENTS and not folder.name.endswith("_qat")):
-            continue
-        out.append(folder.name)
-    return out
+def top_down_runs(table=None) -> list[str]:
+    """The shipped top-down runs: every SqueezeNet/MobileNet run, and each MAX78000 run's QAT folder
+    (the rows of ``reference_table()``, which lists a MAX78000 run once, by that folder)."""
+    table = reference_table() if table is None else table
+    return [run for run, student in zip(table["run"], table["student"]) if student != rc.BOTTOM_UP_STUDENT]
 
 
 def models_of_run(run: str, mode: str):
@@ -72,7 +67,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     split = dataset_splits(args.mode).val
-    cards = reference_table().set_index("run")
+    table = reference_table()
+    cards = table.set_index("run")
 
     print(f"{'model':44s}{'card AP':>8s}" + "".join(f"{d + ' AP':>13s}" for d in DECODERS)
           + f"{'gain':>8s}{'AP75 gain':>10s}{'s':>5s}")
@@ -89,7 +85,7 @@ def main(argv=None) -> int:
         model, info = load_teacher(name, mode=args.mode)
         card = info.val_ap if args.mode == "workshop" else None          # the card scores the workshop split
         line(f"teacher {info.name}", card, score(model, split, info.input_size, info.heatmap_size, info.sigma), t0)
-    for run in (top_down_runs() if args.runs is None else args.runs):
+    for run in (top_down_runs(table) if args.runs is None else args.runs):
         for label, model, inp, hm, sigma, key in models_of_run(run, args.mode):
             t0 = time.perf_counter()
             res = score(model.eval(), split, inp, hm, sigma)
