@@ -232,6 +232,8 @@ class PoseHighResolutionNet(nn.Module):
         super().__init__()
         model_cfg = cfg["MODEL"]
         extra = model_cfg["EXTRA"]
+        #: (w, h) of the person crop the config trains and tests at (None when the config omits it)
+        self.image_size = tuple(int(v) for v in model_cfg["IMAGE_SIZE"]) if "IMAGE_SIZE" in model_cfg else None
         stem = int(extra.get("STEM_WIDTH", OFFICIAL_STEM_WIDTH))
         stage1 = {**OFFICIAL_STAGE1, **extra.get("STAGE1", {})}
         self.stage2_cfg = _stage_cfg(extra, "STAGE2")

@@ -1,6 +1,7 @@
 """Budgets per mode and cached student runs (quick mode, a couple of steps)."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from hrnet_pose.configs import load_configs
+from hrnet_pose.hrnetpose_model import get_pose_net
 from posekd_lib.train import experiments
 from posekd_lib.mcu.ai8x import ai8x_layers
 from posekd_lib.models.registry import model_entry
@@ -167,7 +169,6 @@ def test_unknown_names_fail_early():
 @pytest.mark.slow  # three teacher evaluations and two MAC counts of an HRNet: ~8 s on an idle machine
 def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
     from hrnet_pose.checkpoint import save_fp16_state_dict
-    from hrnet_pose.hrnetpose_model import get_pose_net
     from posekd_lib.models.teachers import WEIGHTS_ENV
 
     torch.manual_seed(0)
@@ -193,8 +194,6 @@ def test_evaluate_teacher_is_cached_per_weights_file(tmp_path, monkeypatch):
 
 
 def _random_teacher() -> nn.Module:
-    from hrnet_pose.hrnetpose_model import get_pose_net
-
     torch.manual_seed(0)
     return get_pose_net(load_configs("w8_128x96"), is_train=False).eval()
 
@@ -218,8 +217,17 @@ def test_kd_recipes_build_the_documented_losses():
             loss.remove()
     over = experiments.kd_recipe("fpd", teacher, "squeezenet", "quick", alpha=0.9)(student, 5)
     assert over.alpha == 0.9 and over.teacher.input_size is None          # the demo teacher shares the crop
-    full = experiments.kd_recipe("fpd", teacher, "squeezenet", "full")(student, 5)
+    w48, w16_160 = copy.deepcopy(teacher), copy.deepcopy(teacher)        # stand-ins: an HRNet knows its crop
+    w48.image_size, w16_160.image_size = (288, 384), (128, 160)          # (test_hrnet checks each config's)
+    full = experiments.kd_recipe("fpd", w48, "squeezenet", "full")(student, 5)
     assert full.teacher.input_size == (288, 384)                          # W48 crops for 192x256 students
+    bigger = experiments.kd_recipe("fpd", w16_160, "squeezenet", "quick")
+    assert bigger.recipe["teacher_input_size"] == [128, 160]              # a demo-line teacher at its own crop
+    assert bigger(student, 5).teacher.input_size == (128, 160)
+    assert experiments.kd_recipe("fpd", w16_160, "squeezenet", "quick",
+                                 teacher_input_size=None)(student, 5).teacher.input_size is None   # overrides win
+    stand_in = nn.Sequential(nn.Conv2d(3, 17, 1))                         # no image_size: the mode's teacher config
+    assert experiments.kd_recipe("fpd", stand_in, "squeezenet", "full")(student, 5).teacher.input_size == (288, 384)
     with pytest.raises(KeyError, match="unknown distillation setting 'fitnet'"):
         experiments.kd_recipe("fitnet", teacher, "squeezenet")
     with pytest.raises(KeyError, match="no feature-KD layer pairs for student 'mobilenetv3_os16'"):

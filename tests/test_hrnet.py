@@ -99,6 +99,7 @@ def test_every_config_builds_and_gives_configured_heatmaps(name):
         out = model(torch.empty(2, 3, h, w, device="meta"))
     hw, hh = cfg.MODEL.HEATMAP_SIZE
     assert tuple(out.shape) == (2, cfg.MODEL.NUM_JOINTS, hh, hw)
+    assert model.image_size == (w, h)            # what a distiller feeds it (recipes.kd_recipe)
     assert {"FLIP_TEST", "SHIFT_HEATMAP", "POST_PROCESS"} <= set(cfg.TEST)
 
 

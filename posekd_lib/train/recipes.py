@@ -116,9 +116,10 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
     ``kd_recipe(...)(student, total_steps)`` is the :class:`~posekd_lib.distill.Distiller` itself.
-    The teacher sees the student's crops resized to the input size of the mode's teacher config when
-    it differs from the budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher
-    shares the crop); pass ``teacher_input_size=(w, h)`` in ``overrides`` for another teacher.
+    The teacher sees the student's crops resized to its own input size (an HRNet's ``image_size``,
+    from its config; for another module the mode's teacher config's) when it differs from the
+    budget's (``full``: the W48's 288x384 for 192x256 students; the demo teacher shares the crop, a
+    demo-line teacher at 160x128 does not); ``teacher_input_size=(w, h)`` in ``overrides`` wins.
 
     ``teacher_cache`` (the logits settings' default, ``teacher_cache=False`` to run the teacher
     live): the teacher's heatmaps of every training person's plain crop are computed once
@@ -136,7 +137,8 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
 
     base = recipe_settings(tag)
     b = budget(mode)
-    teacher_size = tuple(int(v) for v in load_configs(FULL_CONFIG if b.mode == "full" else DEMO_CONFIG).MODEL.IMAGE_SIZE)
+    teacher_size = getattr(teacher, "image_size", None) or \
+        tuple(int(v) for v in load_configs(FULL_CONFIG if b.mode == "full" else DEMO_CONFIG).MODEL.IMAGE_SIZE)
     default_size = None if teacher_size == tuple(b.input_size) else teacher_size
     settings = {**base, "teacher_input_size": default_size, **overrides}
     method = settings.pop("method")
