@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from posekd_lib.data.datasets import AugConfig, TopDownDataset, dataset_splits
-from posekd_lib.distill.teacher_cache import TeacherCache, cached_teacher
+from posekd_lib.distill.teacher_cache import TeacherCache, cached_teacher, widen_scale
 
 
 def _dataset(train: bool, aug=None, size=(48, 64), hm=(12, 16)):
@@ -86,9 +86,28 @@ def test_output_size_and_mismatched_dataset():
         cache.for_batch(batch)
 
 
-def test_teacher_input_size_must_keep_the_aspect_ratio():
-    with pytest.raises(ValueError, match="aspect ratio"):
-        TeacherCache.build(lambda x: x, _dataset(train=False), input_size=(64, 64), progress=False)
+def test_a_teacher_of_another_aspect_sees_a_wider_box_and_the_warp_undoes_it():
+    """An "identity teacher" (its heatmaps are its input crop) at 64x80 for 48x64 students: each
+    box is widened around the same centre, and warping the cached crops onto the student's plain
+    crops gives back the student's own crops (up to resampling), where a stretched crop would not."""
+    ds = _dataset(train=False)
+    crops = lambda x: x.repeat(1, 6, 1, 1)[:, :17]                     # noqa: E731  (17 "joints": RGB x 6)
+    cache = TeacherCache.build(crops, ds, input_size=(64, 80), batch_size=8, progress=False)
+    student = np.stack([x["scale"] for x in ds.samples])
+    np.testing.assert_allclose(cache.scales[:, 0] / cache.scales[:, 1], 0.8, rtol=1e-5)
+    assert (cache.scales >= student - 1e-6).all()                      # the student's crop lies inside
+    np.testing.assert_array_equal(cache.centers, np.stack([x["center"] for x in ds.samples]))
+    batch = _batch(ds, n=16)
+    got = cache.for_batch(batch, out_size=(48, 64), input_size=(48, 64))[:, :3]
+    err = (got - batch["image"]).abs().mean()
+    stretched = torch.nn.functional.interpolate(cache.heatmaps[:16, :3].float(), size=(64, 48), mode="bilinear",
+                                                align_corners=False)
+    same_aspect = TeacherCache.build(crops, ds, input_size=(60, 80), batch_size=8, progress=False)
+    reference = (same_aspect.for_batch(batch, out_size=(48, 64), input_size=(48, 64))[:, :3] - batch["image"]).abs().mean()
+    torch.testing.assert_close(err, reference, rtol=0, atol=1e-4)      # as good as a 1.25x crop of the same box
+    assert (stretched - batch["image"]).abs().mean() > 2 * err         # (measured: 0.054 against 0.147)
+    assert (widen_scale([1.0, 2.0], 0.8) == np.float32([1.6, 2.0])).all()
+    assert (widen_scale([2.0, 2.0], 0.8) == np.float32([2.0, 2.5])).all()
 
 
 def test_save_load_round_trip_and_bad_file(tmp_path):

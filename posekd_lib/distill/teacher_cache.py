@@ -55,6 +55,14 @@ def mirror_crop(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([images[..., :1], flipped[..., :-1]], dim=-1)
 
 
+def widen_scale(scale, aspect_ratio: float) -> np.ndarray:
+    """A crop's ``scale`` (w, h) grown on its shorter side to ``aspect_ratio`` (w / h), around the
+    same centre: the smallest box of that aspect that holds the crop."""
+    w, h = (float(v) for v in scale)
+    w, h = (h * aspect_ratio, h) if w < aspect_ratio * h else (w, w / aspect_ratio)
+    return np.array([w, h], dtype=np.float32)
+
+
 class TeacherCache:
     """Teacher heatmaps of every sample's plain crop, and the warp to an augmented batch.
 
@@ -92,8 +100,11 @@ class TeacherCache:
         mirrored training crop then reads what the teacher really answers on a mirrored person).
 
         ``dataset`` is the (training) :class:`~posekd_lib.data.datasets.TopDownDataset`; its samples are
-        re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's),
-        which must keep the dataset's aspect ratio so that the boxes are the same.
+        re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's). A
+        teacher crop of another aspect ratio (an HRNet at 160x128 for 128x96 students) widens each
+        person's box to it around the same centre (:func:`widen_scale`: the student's crop lies
+        inside the teacher's); the cache keeps the boxes the teacher saw, so its warp still puts each
+        cell where the student's crop has it.
         """
         import copy
 
@@ -103,8 +114,8 @@ class TeacherCache:
         plain.train, plain.aug = False, None
         size = dataset.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
         if abs(size[0] / size[1] - dataset.aspect_ratio) > 1e-6:
-            raise ValueError(f"teacher input size {size} has another aspect ratio than the dataset's "
-                             f"{dataset.input_size}: the person boxes would differ")
+            plain.aspect_ratio = size[0] / size[1]
+            plain.samples = [{**x, "scale": widen_scale(x["scale"], plain.aspect_ratio)} for x in dataset.samples]
         if size != dataset.input_size:
             from ..data.codecs import HeatmapCodec
             plain.input_size = size
@@ -125,7 +136,7 @@ class TeacherCache:
                     mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
             hm = torch.cat(rows)          # inside the stack: float16 cat under a caller's bf16 autocast fails
             mirror_hm = torch.cat(mirror_rows) if mirrored else None
-        s = dataset.samples
+        s = plain.samples
         widths = [dataset.images[x["image_id"]]["width"] for x in s]
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
                    size, flip_pairs, source, mirror_hm)
