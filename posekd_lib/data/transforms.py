@@ -19,17 +19,31 @@ def box_to_center_scale(box_xywh, aspect_ratio: float, padding: float = 1.25,
                         pixel_std: float = PIXEL_STD) -> tuple[np.ndarray, np.ndarray]:
     """COCO box ``[x, y, w, h]`` -> ``(center (2,), scale (2,))`` float32.
 
-    The shorter side grows until ``w / h == aspect_ratio`` (input width / height), then both sides
-    are divided by ``pixel_std`` and multiplied by ``padding`` so the crop has some context.
+    The shorter side grows until ``w / h == aspect_ratio`` (input width / height,
+    :func:`grow_to_aspect`), then both sides are divided by ``pixel_std`` and multiplied by
+    ``padding`` so the crop has some context.
     """
     x, y, w, h = (float(v) for v in box_xywh)
     center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
+    w, h = grow_to_aspect(w, h, aspect_ratio)
     scale = np.array([w / pixel_std, h / pixel_std], dtype=np.float32) * padding
     return center, scale
+
+
+def grow_to_aspect(w: float, h: float, aspect_ratio: float) -> tuple[float, float]:
+    """``(w, h)`` with the shorter side grown until ``w / h == aspect_ratio``: the smallest box of
+    that aspect, around the same centre, that holds a ``w`` x ``h`` one."""
+    if w > aspect_ratio * h:
+        return w, w / aspect_ratio
+    if w < aspect_ratio * h:
+        return h * aspect_ratio, h
+    return w, h
+
+
+def widen_scale(scale, aspect_ratio: float) -> np.ndarray:
+    """A crop's ``scale`` (w, h) grown on its shorter side to ``aspect_ratio`` (:func:`grow_to_aspect`),
+    as float32: a teacher crop of another aspect that holds the student's crop."""
+    return np.array(grow_to_aspect(*(float(v) for v in scale), aspect_ratio), dtype=np.float32)
 
 
 def _rotate(point, rot_rad: float) -> np.ndarray:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.keypoints import COCO_FLIP_PAIRS, flip_permutation
-from ..data.transforms import affine_transforms
+from ..data.transforms import affine_transforms, widen_scale
 
 
 class CacheMissError(KeyError):
@@ -53,14 +53,6 @@ def mirror_crop(images: torch.Tensor) -> torch.Tensor:
     plain crop's first column)."""
     flipped = torch.flip(images, dims=[-1])
     return torch.cat([images[..., :1], flipped[..., :-1]], dim=-1)
-
-
-def widen_scale(scale, aspect_ratio: float) -> np.ndarray:
-    """A crop's ``scale`` (w, h) grown on its shorter side to ``aspect_ratio`` (w / h), around the
-    same centre: the smallest box of that aspect that holds the crop."""
-    w, h = (float(v) for v in scale)
-    w, h = (h * aspect_ratio, h) if w < aspect_ratio * h else (w, w / aspect_ratio)
-    return np.array([w, h], dtype=np.float32)
 
 
 class TeacherCache:
