@@ -85,7 +85,7 @@ def test_full_model_manifest_matches_official(golden, name, golden_file, params)
 
 def test_same_width_configs_share_the_official_layout():
     for a, b in (("w32_256x192", "w32_384x288"), ("w48_256x192", "w48_384x288"), ("w16_128x96", "w16_160x128"),
-                 ("w16_128x96", "w16_224x160")):
+                 ("w16_128x96", "w16_224x160"), ("w16_128x96", "w16demo_256x192")):
         assert state_dict_manifest(build(a, "meta")) == state_dict_manifest(build(b, "meta"))
 
 
