@@ -129,3 +129,24 @@ def test_tensors_out_of_float16_range_are_shipped_float32(tmp_path):
     assert shipped["bn.running_var"].dtype == torch.float32 and torch.equal(shipped["bn.running_var"],
                                                                            state["bn.running_var"])
     assert shipped["bn.num_batches_tracked"] == 7
+
+
+def test_seed_table_keeps_only_complete_pairs_and_names_the_missing_runs(tmp_path):
+    from posekd_lib.runs.reference import seed_table
+
+    cfg = prepare(REPO_ROOT / "configs" / "baseline_squeezenet.yaml", ["optim.steps=2", "name=ref_pair_a"], "quick")
+    row = run_config(cfg, progress=False)
+    for seed in (0, 1):      # a second run of seed 0 under another name, and seed 1 of the first alone
+        cfg = prepare(REPO_ROOT / "configs" / "baseline_squeezenet.yaml",
+                      ["optim.steps=2", f"name=ref_pair_{'b' if seed == 0 else 'a'}", f"seed={seed}"], "quick")
+        run_config(cfg, progress=False)
+    tar = tmp_path / "runs.tar.gz"
+    pack_runs(run_paths("quick").checkpoints, tar, prefix="ref_pair_")
+    install(tar, tmp_path / "reference")
+    table, missing = seed_table({"a": "ref_pair_a_squeezenet_s{seed}", "b": "ref_pair_b_squeezenet_s{seed}"},
+                                seeds=(0, 1), dest=tmp_path / "reference")
+    assert list(table.index) == [0] and list(table.columns) == ["a", "b"]
+    assert table.loc[0, "a"] == pytest.approx(row["AP"])
+    assert missing == ["ref_pair_b_squeezenet_s1"]
+    empty, missing = seed_table({"a": "ref_pair_a_squeezenet_s{seed}"}, seeds=(5,), dest=tmp_path / "nothing")
+    assert empty.empty and missing == ["ref_pair_a_squeezenet_s5"]

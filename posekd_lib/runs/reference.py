@@ -11,6 +11,7 @@ time) and the trained weights: ``model_fp16.pt`` in float16, or for a MAX78000 Q
 
     ship([run_paths("workshop").checkpoints / "ref_ai8x_tiny_fpd_s0_float", ...])  # into reference/
     reference_table()                    # one row per run: name, config, seed, steps, metrics
+    seed_table({"baseline": "ref_baseline_squeezenet_s{seed}", "kl": "ref_kl_squeezenet_s{seed}"})
     model = load_reference_student("ref_fpd_squeezenet_s0")
     nets = load_reference_ai8x("ref_ai8x_tiny_fpd_s0_qat")         # {"float": ..., "qat": ...}
 
@@ -173,6 +174,28 @@ def reference_table(dest: Path = REFERENCE_DIR):
                      "steps": recipe.get("steps", info.get("steps")), "batch_size": recipe.get("batch_size"),
                      "train_time_s": info.get("train_time_s"), **_metrics(folder)})
     return pd.DataFrame(rows)
+
+
+def seed_table(runs: dict[str, str], seeds=(0, 1, 2), metric: str = "AP", dest: Path = REFERENCE_DIR):
+    """Paired reference runs over seeds: ``runs`` maps a tag to a run name with ``{seed}`` in it
+    (``{"baseline": "ref_baseline_squeezenet_s{seed}"}``). Returns ``(table, missing)``: a pandas
+    DataFrame indexed by seed with one ``metric`` column per tag, holding only the seeds whose runs
+    are all installed (a pair is compared on the same seed or not at all), and the names of the runs
+    not installed, for the seeds left out."""
+    import pandas as pd
+
+    shipped = reference_table(dest)
+    shipped = shipped.set_index("run")[metric] if len(shipped) else {}
+    rows, missing = {}, []
+    for seed in seeds:
+        names = {tag: template.format(seed=seed) for tag, template in runs.items()}
+        absent = [n for n in names.values() if n not in shipped]
+        if absent:
+            missing += absent
+            continue
+        rows[seed] = {tag: float(shipped[n]) for tag, n in names.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(runs)).rename_axis("seed")
+    return table, missing
 
 
 def reference_curve(run: str, dest: Path = REFERENCE_DIR):
