@@ -299,7 +299,9 @@ class LogitsKD(Distiller):
                 raise KeyError("LogitsKD(cache=TeacherCache) needs batch['meta'] (index, center, scale, rotation, "
                                "flipped) from TopDownDataset")
             try:
-                return {"heatmaps": self.warp_cache.for_batch(batch).to(batch["image"].device), "features": None}
+                size = (int(batch["image"].shape[-1]), int(batch["image"].shape[-2]))   # the batch's crops
+                return {"heatmaps": self.warp_cache.for_batch(batch, input_size=size).to(batch["image"].device),
+                        "features": None}
             except CacheMissError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
                 return self._live_teacher_outputs(batch, e)
         if self.cache is None:
