@@ -2,6 +2,7 @@
 
     python benchmarks/bench_teacher_targets.py                          # the demo line's shipped teachers
     python benchmarks/bench_teacher_targets.py --teachers demo_w16_128x96_ft2 demo_w16_224x160_x5 --persons 2000
+    python benchmarks/bench_teacher_targets.py --blob-sigma 2     # + each teacher's blobs widened to σ 2
 
 A stronger teacher is not always a better target (docs/experiments.md E44, E46): a teacher that
 sees a larger crop answers on a finer grid, and its maps are warped onto the student's heatmap
@@ -18,6 +19,8 @@ size, this prints, over the labelled joints:
     as the KL uses it: its largest probability times the number of cells (1 = uniform), the
     signal a KL target carries about where the joint is.
 
+``--blob-sigma S`` adds, for each teacher, a row of its maps widened to blobs of σ S student cells
+(``TeacherCache.for_batch(blob_sigma=S)``, what ``distill.options.teacher_blob_sigma`` trains with).
 Each teacher's cache is built on its first use (a few minutes) and stored under the mode's runs,
 the same file the distilled runs read.
 """
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teachers", nargs="+", default=list(SHIPPED))
     ap.add_argument("--persons", type=int, default=1000, help="persons scored (every k-th of the training split)")
     ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--blob-sigma", type=float, default=None, help="also each teacher's blobs widened to this σ")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     set_torch_threads(args.threads)
@@ -94,6 +98,10 @@ def main(argv=None) -> int:
         maps = torch.cat([cache.for_batch(x, out_size=b.heatmap_size, input_size=b.input_size) for x in batches])
         ap_txt = f"{info.val_ap:.3f}" if info.val_ap is not None else "?"
         rows[f"{name} ({size[0]}x{size[1]}, AP {ap_txt})"] = target_stats(maps, labels, seen, args.temperature)
+        if args.blob_sigma is not None:
+            wide = torch.cat([cache.for_batch(x, out_size=b.heatmap_size, input_size=b.input_size,
+                                              blob_sigma=args.blob_sigma) for x in batches])
+            rows[f"{name}, widened to sigma {args.blob_sigma:g}"] = target_stats(wide, labels, seen, args.temperature)
     width = max(len(k) for k in rows)
     cols = list(next(iter(rows.values())))
     print(f"{'':{width}s} " + " ".join(f"{c:>11s}" for c in cols))

@@ -274,19 +274,25 @@ class LogitsKD(Distiller):
     ``cache=`` a :class:`~posekd_lib.distill.teacher_cache.TeacherCache` (built once over the training
     set's plain crops) serves augmented batches too: each sample's cached heatmaps warped by its
     crop's augmentation, so a distilled step runs no teacher forward (an approximation; see that
-    module).
+    module). With it, ``teacher_blob_sigma`` (student heatmap cells; the labels' σ, 2, is the natural
+    value) samples the teacher's maps on the student's grid with their blobs widened to that width,
+    for a teacher that answers on a finer grid than the student's (``TeacherCache.for_batch``).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module | None = None, kind: str = "mse", alpha: float = 0.5,
                  temperature: float = 1.0, schedule: str = "constant", total_steps: int | None = None,
                  teacher_input_size=None, teacher_weight: str = "ones", teacher_output: Callable | None = None,
                  cache=False, teacher_flip_test: bool = False,
-                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS):
+                 flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS, teacher_blob_sigma: float | None = None):
         super().__init__(teacher, student, {"kd": LogitTerm(alpha, kind, temperature, teacher_weight)},
                          schedule=schedule, total_steps=total_steps, teacher_input_size=teacher_input_size,
                          teacher_output=teacher_output, teacher_flip_test=teacher_flip_test, flip_pairs=flip_pairs)
         self.warp_cache = cache if hasattr(cache, "for_batch") else None
         self.cache: dict | None = {} if cache is True else None
+        if teacher_blob_sigma is not None and self.warp_cache is None:
+            raise ValueError("LogitsKD(teacher_blob_sigma=...) widens the blobs of a teacher cache's maps; "
+                             "pass cache=<TeacherCache> (distill.options.teacher_cache: true)")
+        self.teacher_blob_sigma = teacher_blob_sigma
 
     kind = property(lambda self: self.losses["kd"].kind)
     alpha = property(lambda self: self.losses["kd"].weight)
@@ -300,8 +306,12 @@ class LogitsKD(Distiller):
                                "flipped) from TopDownDataset")
             try:
                 size = (int(batch["image"].shape[-1]), int(batch["image"].shape[-2]))   # the batch's crops
-                return {"heatmaps": self.warp_cache.for_batch(batch, input_size=size).to(batch["image"].device),
-                        "features": None}
+                if self.teacher_blob_sigma is None:
+                    hm = self.warp_cache.for_batch(batch, input_size=size)
+                else:       # sampled on the student's grid (its labels' size), blobs of the student's width
+                    hm = self.warp_cache.for_batch(batch, out_size=tuple(batch["target"].shape[-1:-3:-1]),
+                                                   input_size=size, blob_sigma=self.teacher_blob_sigma)
+                return {"heatmaps": hm.to(batch["image"].device), "features": None}
             except CacheMissError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
                 return self._live_teacher_outputs(batch, e)
         if self.cache is None:

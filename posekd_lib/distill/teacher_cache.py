@@ -46,6 +46,29 @@ def _normaliser(w: int, h: int) -> np.ndarray:
     return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])
 
 
+def widen_blobs(hm: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample's maps ``hm`` (N, K, H, W) with a Gaussian of ``sigma[i]`` cells (zero
+    padding) and rescale every map so that its maximum stays what it was: a blob grows wider, its
+    height (the teacher's confidence) does not. A sample with ``sigma`` ≤ 0.05 is left as it is."""
+    out = hm.clone()
+    for i, s in enumerate(sigma.tolist()):
+        if s <= 0.05:
+            continue
+        r = int(np.ceil(3 * s))
+        x = torch.arange(-r, r + 1, dtype=hm.dtype)
+        g = torch.exp(-0.5 * (x / s) ** 2)
+        g = g / g.sum()
+        k = hm.shape[1]
+        m = hm[i:i + 1]
+        m = F.conv2d(m, g.view(1, 1, 1, -1).expand(k, 1, 1, -1), padding=(0, r), groups=k)
+        m = F.conv2d(m, g.view(1, 1, -1, 1).expand(k, 1, -1, 1), padding=(r, 0), groups=k)
+        before = hm[i].flatten(1).amax(-1)
+        after = m[0].flatten(1).amax(-1)
+        gain = torch.where(after > 1e-8, before / after.clamp_min(1e-8), torch.zeros_like(after))
+        out[i] = m[0] * gain[:, None, None]
+    return out
+
+
 def mirror_crop(images: torch.Tensor) -> torch.Tensor:
     """The crops the dataset makes of the mirrored images (same box, mirrored centre): the crop is
     centred on ``W / 2``, so pixel ``x`` of the mirrored crop is pixel ``W - x`` of the plain one, the
@@ -160,11 +183,20 @@ class TeacherCache:
         theta = _normaliser(hm_w, hm_h) @ A @ np.linalg.inv(_normaliser(*out_size))
         return theta[:, :2]
 
-    def for_batch(self, batch: dict, out_size=None, input_size=None) -> torch.Tensor:
+    def for_batch(self, batch: dict, out_size=None, input_size=None, blob_sigma: float | None = None,
+                  source_sigma: float = 2.0) -> torch.Tensor:
         """Teacher heatmaps for an augmented training ``batch`` (its ``meta``), float32.
 
         ``out_size`` (w, h) is the heatmap size returned (default the cached one), ``input_size``
         the size of the batch's crops (default the cache's input size).
+
+        ``blob_sigma`` (output cells) brings the blobs of a teacher that answers on a finer grid to
+        the student's width: a teacher trained on Gaussians of ``source_sigma`` of *its* cells draws
+        narrower blobs than the student's labels once its map is sampled on the student's coarser
+        grid, with peaks that fall between cells (``benchmarks/bench_teacher_targets.py``). Each
+        cached map is blurred first by the Gaussian that widens ``source_sigma`` to ``blob_sigma``
+        output cells (:func:`widen_blobs`; nothing when the teacher's cells are no finer), keeping
+        its peak height. Default None: the maps as the teacher drew them.
         """
         meta = batch["meta"]
         index = torch.as_tensor(meta["index"]).long()
@@ -181,7 +213,7 @@ class TeacherCache:
                     and input_size == self.input_size
                     and np.array_equal(meta["center"].double().numpy(), self.centers[rows])
                     and np.array_equal(meta["scale"].double().numpy(), self.scales[rows]))
-        if identity:   # no augmentation: the cached maps are the teacher's output, bit for bit
+        if identity and blob_sigma is None:   # no augmentation: the cached maps are the teacher's output
             return hm
         own = self.mirrored is not None                     # a mirrored crop reads the teacher's mirrored answer
         if bool(flipped.any()):
@@ -191,6 +223,13 @@ class TeacherCache:
         theta = torch.as_tensor(self._thetas(rows, meta["center"].double().numpy(), meta["scale"].double().numpy(),
                                              rotation.numpy(), flips, input_size, out_size, flips & own),
                                 dtype=torch.float32)
+        if blob_sigma is not None:
+            hm_h, hm_w = hm.shape[-2:]
+            # one output cell in cached cells: the linear part of theta, back from grid_sample's units
+            cell = torch.sqrt(torch.linalg.det(theta[:, :, :2].double()).abs()
+                              * (hm_w - 1) * (hm_h - 1) / ((out_size[0] - 1) * (out_size[1] - 1)))
+            extra = torch.sqrt(((blob_sigma * cell) ** 2 - source_sigma ** 2).clamp_min(0.0))
+            hm = widen_blobs(hm, extra.float())
         grid = F.affine_grid(theta, (hm.shape[0], hm.shape[1], out_size[1], out_size[0]), align_corners=True)
         return F.grid_sample(hm, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
