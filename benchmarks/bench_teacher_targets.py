@@ -31,7 +31,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-SHIPPED = ("demo_w16_128x96_ft2", "demo_w16_160x128_x5", "demo_w16_224x160_x5")
+SHIPPED = ("demo_w16_128x96_ft2", "demo_w16_160x128_x5", "demo_w16_224x160_x5", "demo_w16_256x192_x5")
 
 
 def blob_sigma(maps: torch.Tensor, radius: int = 4) -> torch.Tensor:
