@@ -34,7 +34,7 @@ import torch.nn.functional as F
 SHIPPED = ("demo_w16_128x96_ft2", "demo_w16_160x128_x5", "demo_w16_224x160_x5", "demo_w16_256x192_x5")
 
 
-def blob_sigma(maps: torch.Tensor, radius: int = 4) -> torch.Tensor:
+def blob_width(maps: torch.Tensor, radius: int = 4) -> torch.Tensor:
     """Per map (N, K, H, W): the RMS width in cells (per axis) of its positive part within ``radius``
     cells of its argmax; the window truncates a wide blob (a Gaussian of σ 2 reads 1.64)."""
     n, k, h, w = maps.shape
@@ -59,7 +59,7 @@ def target_stats(maps: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor, t
     contrast = p.amax(-1) * p.shape[-1]
     return {"peak": float(peak[seen].mean()), "to label": float(dist[seen].mean()),
             "> 1 cell %": float(100 * (dist[seen] > 1.5).float().mean()),
-            "sigma": float(blob_sigma(maps)[seen].mean()), "contrast": float(contrast[seen].mean())}
+            "sigma": float(blob_width(maps)[seen].mean()), "contrast": float(contrast[seen].mean())}
 
 
 def main(argv=None) -> int:

@@ -305,12 +305,11 @@ class LogitsKD(Distiller):
                 raise KeyError("LogitsKD(cache=TeacherCache) needs batch['meta'] (index, center, scale, rotation, "
                                "flipped) from TopDownDataset")
             try:
-                size = (int(batch["image"].shape[-1]), int(batch["image"].shape[-2]))   # the batch's crops
                 if self.teacher_blob_sigma is None:
-                    hm = self.warp_cache.for_batch(batch, input_size=size)
+                    hm = self.warp_cache.for_batch(batch)
                 else:       # sampled on the student's grid (its labels' size), blobs of the student's width
                     hm = self.warp_cache.for_batch(batch, out_size=tuple(batch["target"].shape[-1:-3:-1]),
-                                                   input_size=size, blob_sigma=self.teacher_blob_sigma)
+                                                   blob_sigma=self.teacher_blob_sigma)
                 return {"heatmaps": hm.to(batch["image"].device), "features": None}
             except CacheMissError as e:     # samples the cache does not hold (a labelled subset, unlabelled persons)
                 return self._live_teacher_outputs(batch, e)
@@ -404,11 +403,10 @@ class FeatureKD(Distiller):
         if "meta" not in batch:
             raise KeyError("FeatureKD(feature_cache=...) needs batch['meta'] (index, center, scale, rotation, "
                            "flipped) from TopDownDataset")
-        size = (int(batch["image"].shape[-1]), int(batch["image"].shape[-2]))
         device = batch["image"].device
-        try:
-            features = [c.for_batch(batch, input_size=size).to(device) for c in self.feature_caches]
-            heatmaps = self.warp_cache.for_batch(batch, input_size=size).to(device) if "kd" in self.losses else None
+        try:       # each cache warps onto the batch's own crops (for_batch reads their size)
+            features = [c.for_batch(batch).to(device) for c in self.feature_caches]
+            heatmaps = self.warp_cache.for_batch(batch).to(device) if "kd" in self.losses else None
         except CacheMissError as e:
             return self._live_teacher_outputs(batch, e)
         return {"heatmaps": heatmaps, "features": features}

@@ -188,7 +188,8 @@ class TeacherCache:
         """Teacher heatmaps for an augmented training ``batch`` (its ``meta``), float32.
 
         ``out_size`` (w, h) is the heatmap size returned (default the cached one), ``input_size``
-        the size of the batch's crops (default the cache's input size).
+        the size of the batch's crops (default: read from ``batch["image"]``, else the cache's
+        input size; a teacher of another crop size or aspect is warped onto the student's crop).
 
         ``blob_sigma`` (output cells) brings the blobs of a teacher that answers on a finer grid to
         the student's width: a teacher trained on Gaussians of ``source_sigma`` of *its* cells draws
@@ -208,7 +209,10 @@ class TeacherCache:
         flipped = torch.as_tensor(meta["flipped"]).bool()
         rotation = torch.as_tensor(meta["rotation"]).double()
         out_size = tuple(hm.shape[-1:-3:-1]) if out_size is None else (int(out_size[0]), int(out_size[1]))
-        input_size = self.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
+        if input_size is None:
+            image = batch.get("image")
+            input_size = self.input_size if image is None else (image.shape[-1], image.shape[-2])
+        input_size = (int(input_size[0]), int(input_size[1]))
         identity = (not bool(flipped.any()) and not bool(rotation.any()) and out_size == tuple(hm.shape[-1:-3:-1])
                     and input_size == self.input_size
                     and np.array_equal(meta["center"].double().numpy(), self.centers[rows])
