@@ -414,6 +414,43 @@ def test_bench_learning_draws_the_curve_of_a_config_run(capsys):
     assert "| 4 | 32 |" in capsys.readouterr().out
 
 
+def test_extra_unlabelled_images_join_the_training_set_and_the_teacher_cache(monkeypatch):
+    """data.extra_unlabelled: every label kept, the persons of N more generated images added without
+    keypoints (negative, unique annotation ids, their own image folder); the teacher cache covers
+    them (a batch of only extra persons reads it), and a KD run with them runs no teacher forward."""
+    from posekd_lib.distill import freeze
+    from posekd_lib.models.teachers import load_teacher
+    from posekd_lib.train.experiments import kd_recipe, teacher_cache_for
+
+    full = experiments.training_set("quick")
+    more = experiments.training_set("quick", extra_unlabelled=2)
+    n = len(full)
+    assert len(more) > n and [s["ann_id"] for s in more.samples[:n]] == [s["ann_id"] for s in full.samples]
+    extra = more.samples[n:]
+    assert all(s["ann_id"] < 0 and not s["joints"].any() for s in extra)
+    assert len({s["ann_id"] for s in extra}) == len(extra) and len(full.samples) == n   # full untouched
+    assert more.image_path(n).parent != full.img_dir and more.image_path(n).is_file()
+    assert more.image_path(0) == full.image_path(0)
+    assert more[n]["target_weight"].sum() == 0 and more[0]["target_weight"].sum() > 0
+    with pytest.raises(ValueError, match="every label kept"):
+        experiments.training_set("quick", labelled=0.5, extra_unlabelled=2)
+    with pytest.raises(ValueError, match="needs kd"):
+        train_student("squeezenet", mode="quick", steps=1, tag="x2", extra_unlabelled=2, progress=False)
+
+    teacher = freeze(load_teacher(mode="quick")[0])
+    cache = teacher_cache_for(teacher, "quick", extra_unlabelled=2)
+    assert len(cache) == len(more) and len(teacher_cache_for(teacher, "quick")) == n   # two caches, two files
+    rows = torch.utils.data.Subset(more, range(n, len(more)))
+    batch = next(iter(torch.utils.data.DataLoader(rows, batch_size=len(rows))))
+    assert cache.for_batch(batch).shape[0] == len(rows)           # the extra persons are cached rows
+    kd = kd_recipe("kl", teacher, "squeezenet", "quick", extra_unlabelled=2)
+    calls = []
+    monkeypatch.setattr(type(teacher), "forward", lambda self, x: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("the teacher ran")))
+    run = train_student("squeezenet", mode="quick", kd=kd, tag="kl_x2", progress=False, steps=2, extra_unlabelled=2)
+    assert not calls and experiments._read_json(run.run_dir / "run_info.json")["recipe"]["extra_unlabelled"] == 2
+
+
 def test_kd_recipe_with_the_teacher_cache_runs_no_teacher_forward(monkeypatch):
     """teacher_cache=True: the heatmaps come from the cache (built once, stored, named by the
     teacher), the recipe says so, and a feature setting is refused."""

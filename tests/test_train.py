@@ -384,3 +384,19 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tmp_path, hint):
     clean = History.load(tmp_path / "clean" / "smoke" / "history.json")
     assert untimed(hist) == untimed(clean)
     assert hist.train_time_s > clean.train_time_s        # the killed part's time (0.5 s sleeps) is kept
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32(monkeypatch, capsys):
+    """bf16 autocast is emulated (many times slower) on a CPU without AVX512-BF16/AMX: fit and the
+    students' recipes fall back to float32 there and say so once; with native bf16 nothing changes."""
+    from posekd_lib.train import budgets, loop
+
+    b = budgets.budget("quick")
+    assert b.amp == "bf16" and isinstance(loop.cpu_has_native_bf16(), bool)   # the probe runs on this machine
+    for native, dtype, recorded in ((True, torch.bfloat16, "bf16"), (False, None, None)):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        loop._note_float32_cpu.cache_clear()
+        assert loop._resolve_amp("bf16", torch.device("cpu")) is dtype
+        assert budgets.student_amp("squeezenet", b) == recorded
+        assert loop._resolve_amp(None, torch.device("cpu")) is None and loop._resolve_amp("auto", torch.device("cpu")) is None
+        assert ("no native bf16" in capsys.readouterr().out) is (not native)

@@ -186,7 +186,13 @@ class TopDownDataset(Dataset):
         return len(self.samples)
 
     def image_path(self, index: int) -> Path:
-        return self.img_dir / self.images[self.samples[index]["image_id"]]["file_name"]
+        return self.image_file(self.samples[index]["image_id"])
+
+    def image_file(self, image_id: int) -> Path:
+        """The file of image ``image_id``: under ``img_dir``, or under the folder its entry names
+        (``"_dir"``: an image that :func:`add_unlabelled` brought from another split)."""
+        img = self.images[image_id]
+        return Path(img.get("_dir", self.img_dir)) / img["file_name"]
 
     def draw(self, index: int, image_width: int, rng: np.random.Generator | None) -> dict:
         """One sample's crop geometry and colour factors: ``joints`` (image pixels, flipped when the
@@ -275,6 +281,29 @@ def split_labelled(ds: TopDownDataset, fraction: float, seed: int = 0) -> tuple[
     unlabelled.samples = [{**s, "ann_id": -1, "joints": np.zeros_like(s["joints"])}
                           for s in ds.samples if s["image_id"] not in keep]
     return labelled, unlabelled
+
+
+def add_unlabelled(ds: TopDownDataset, extra: TopDownDataset) -> TopDownDataset:
+    """``ds`` with the persons of ``extra`` (another split: more images, e.g. ``synth.ensure_extra_train``)
+    added without keypoints, for a teacher to label: KD on unlabelled images at full label budget.
+
+    One :class:`TopDownDataset` (a shallow copy of ``ds``: its crop, targets and augmentation), so a
+    teacher cache built over it covers every row. The extra persons keep their boxes, their joints
+    are zeroed (``target_weight`` 0: the ground-truth loss ignores them) and their annotation ids
+    become negative (``-id``), unique among them and apart from ``ds``'s labelled ones. The two
+    splits' image ids must not overlap (the embedded extra split numbers its images after the
+    training split's)."""
+    if not isinstance(ds, TopDownDataset) or not isinstance(extra, TopDownDataset):
+        raise TypeError(f"add_unlabelled needs two TopDownDatasets, got {type(ds).__name__} and {type(extra).__name__}")
+    shared = sorted(set(ds.images) & set(extra.images))
+    if shared:
+        raise ValueError(f"add_unlabelled: {extra.ann_file} and {ds.ann_file} share image ids "
+                         f"{shared[:5]}{' ...' if len(shared) > 5 else ''}; the extra split needs its own")
+    out = copy.copy(ds)
+    out.images = {**ds.images, **{i: {**img, "_dir": str(extra.img_dir)} for i, img in extra.images.items()}}
+    out.samples = ds.samples + [{**s, "ann_id": -abs(s["ann_id"]), "joints": np.zeros_like(s["joints"])}
+                                for s in extra.samples]
+    return out
 
 
 # --------------------------------------------------------------------------- bottom-up dataset

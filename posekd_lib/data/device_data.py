@@ -77,8 +77,7 @@ class DeviceCrops(Dataset):
         self._slot = {image_id: i for i, image_id in enumerate(ids)}
         images = []
         for image_id in ids:
-            path = ds.img_dir / ds.images[image_id]["file_name"]
-            images.append(read_rgb(path, f"image id {image_id}"))
+            images.append(read_rgb(ds.image_file(image_id), f"image id {image_id}"))
         h = max(im.shape[0] for im in images)
         w = max(im.shape[1] for im in images)
         canvas = torch.zeros((len(images), 3, h, w), dtype=torch.uint8)

@@ -160,21 +160,31 @@ FLOAT32_ON_CPU = frozenset({"mobilenetv3", "mobilenetv3_os16"})
 
 def student_amp(student_name: str, b: Budget) -> str | None:
     """``fit(amp=...)`` for a student under a budget: the budget's, except float32 (None) for the
-    :data:`FLOAT32_ON_CPU` students on a CPU budget."""
+    :data:`FLOAT32_ON_CPU` students on a CPU budget, and wherever ``fit`` trains in float32 anyway
+    (bf16 on a CPU without native bf16, ``loop.cpu_has_native_bf16``), so the run's recipe says
+    what it trained in."""
+    from .loop import _resolve_amp
+
     if b.device == "cpu" and student_name in FLOAT32_ON_CPU:
+        return None
+    if b.device == "cpu" and b.amp in ("bf16", "bfloat16") and _resolve_amp(b.amp, torch.device("cpu")) is None:
         return None
     return b.amp
 
 
 def training_set(mode: str | Budget | None = None, input_size=None, heatmap_size=None, labelled: float = 1.0,
-                 unlabelled: bool = False, split=None):
+                 unlabelled: bool = False, split=None, extra_unlabelled: int = 0):
     """The mode's training persons with augmentation, at the budget's crop/heatmap size (or the given).
 
     ``mode`` is a mode name or an already resolved :class:`Budget` (a run resolves its mode once and
     passes the budget down), ``split`` the training split when the caller has it (default: the
     mode's). ``labelled < 1`` keeps the keypoints of that fraction of the training images only
     (:func:`~posekd_lib.data.datasets.split_labelled`, the same images for every seed); ``unlabelled`` then
-    adds the other images' persons without keypoints, for a teacher to label.
+    adds the other images' persons without keypoints, for a teacher to label. ``extra_unlabelled``
+    (``N > 0``, every training label kept) adds the persons of ``N`` more generated images without
+    keypoints (:func:`~posekd_lib.data.synth.ensure_extra_train`, the images the demo teacher's
+    continuations trained on; :func:`~posekd_lib.data.datasets.add_unlabelled`): KD on unlabelled
+    images at the full label budget.
     """
     from ..data.datasets import TopDownDataset, dataset_splits, split_labelled
 
@@ -182,6 +192,16 @@ def training_set(mode: str | Budget | None = None, input_size=None, heatmap_size
     split = split if split is not None else dataset_splits(b.mode).train
     ds = TopDownDataset(split.ann_file, split.img_dir, input_size or b.input_size, heatmap_size or b.heatmap_size,
                         b.sigma, train=True, aug=b.aug)
+    if extra_unlabelled:
+        if labelled < 1 or unlabelled or int(extra_unlabelled) < 0:
+            raise ValueError(f"training_set(extra_unlabelled={extra_unlabelled}) needs a positive image count, "
+                             "every label kept (labelled=1) and unlabelled=False")
+        from ..data.datasets import add_unlabelled
+        from ..data.synth import ensure_extra_train
+
+        extra = ensure_extra_train(b.mode, int(extra_unlabelled))
+        return add_unlabelled(ds, TopDownDataset(extra.ann_file, extra.img_dir, ds.input_size, heatmap_size or
+                                                 b.heatmap_size, b.sigma, train=True, aug=b.aug))
     if labelled >= 1:
         if unlabelled:
             raise ValueError("training_set(unlabelled=True) needs labelled < 1: with every image labelled "

@@ -169,7 +169,7 @@ def _trainee(student: nn.Module, made) -> tuple[nn.Module, Callable | None]:
 def train_student(student_name: str, mode: str | None = None, seed: int = 0, loss: str = "mse",
                   kd: Callable | None = None, tag: str = "baseline", progress: bool = True,
                   steps: int | None = None, labelled: float = 1.0, unlabelled: bool = False,
-                  curve_every: int | None = None) -> Run:
+                  curve_every: int | None = None, extra_unlabelled: int = 0) -> Run:
     """Train (or load) one student with the mode's :class:`Budget`, evaluate it and record its row.
 
     ``loss`` is the ground-truth loss (``"mse"`` or ``"awing"``); ``kd(student, total_steps)``
@@ -177,7 +177,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     the budget's step count (:func:`~posekd_lib.train.budgets.steps_for`: ``feature_steps`` for a
     feature-KD recipe with the live teacher, whose step also runs it). ``labelled`` and ``unlabelled`` choose the training data as
     :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
-    ``kd``). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
+    ``kd``); ``extra_unlabelled`` adds that many more images' persons without keypoints (also needs
+    ``kd``; give ``kd_recipe`` the same count, so its teacher cache covers them). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
     ``curve_every`` adds a learning curve (:func:`curve_fit_kw`) to its history.
     Its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
     :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
@@ -200,11 +201,13 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
               "heatmap_size": list(b.heatmap_size), "sigma": b.sigma, "seed": seed, "aug": b.aug, "amp": amp}
     if not 0 < labelled <= 1:
         raise ValueError(f"train_student: labelled must be a fraction in (0, 1], got {labelled}")
-    if unlabelled and kd is None:
-        raise ValueError("train_student(unlabelled=True) needs kd: without a teacher, crops without keypoints "
-                         "carry no training signal")
+    if (unlabelled or extra_unlabelled) and kd is None:
+        raise ValueError(f"train_student(unlabelled={unlabelled}, extra_unlabelled={extra_unlabelled}) needs kd: "
+                         "without a teacher, crops without keypoints carry no training signal")
     if labelled < 1:  # only then, so the recipes of runs on every label stay as they were
         recipe.update(labelled=labelled, unlabelled=bool(unlabelled))
+    if extra_unlabelled:
+        recipe["extra_unlabelled"] = int(extra_unlabelled)
     if getattr(kd, "recipe", None) is not None:  # a kd_recipe: its settings are part of the run's recipe
         recipe["kd"] = kd.recipe
     info_file = run_dir / "run_info.json"
@@ -223,7 +226,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
     done_before = History.steps_done(run_dir)
 
-    train_ds = training_set(b, labelled=labelled, unlabelled=unlabelled, split=splits.train)
+    train_ds = training_set(b, labelled=labelled, unlabelled=unlabelled, split=splits.train,
+                            extra_unlabelled=extra_unlabelled)
     if len(train_ds) < b.batch_size:
         fix = "label a larger fraction" if labelled < 1 else "add training images or lower optim.batch_size"
         raise ValueError(f"train_student: {len(train_ds)} training persons (labelled={labelled}) make no batch of "

@@ -111,7 +111,8 @@ def recipe_settings(tag: str) -> dict:
     return json.loads(_recipe_settings(tag))
 
 
-def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **overrides) -> Callable:
+def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, extra_unlabelled: int = 0,
+              **overrides) -> Callable:
     """The ``kd`` factory of :func:`train_student` for a :data:`RECIPES` tag (``overrides`` win).
 
     ``train_student(name, kd=kd_recipe("fpd", teacher, name), tag="fpd")`` trains with FPD's loss;
@@ -128,6 +129,8 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
     the cache does not cover (a labelled subset, unlabelled persons) get the live teacher. The
     feature setting takes ``teacher_cache=True`` too: its hinted layers' features are cached the
     same way (:func:`feature_cache_for`), so a hinted step runs no teacher forward either.
+    ``extra_unlabelled``: the run's :func:`train_student` count of extra unlabelled images, so that
+    the caches cover their persons too.
     """
     from hrnet_pose.configs import load_configs
 
@@ -162,11 +165,12 @@ def kd_recipe(tag: str, teacher: nn.Module, student_name: str, mode=None, **over
         recipe["teacher_cache"] = True
         if teacher is not None:      # (None: only the recipe is wanted)
             size = settings["teacher_input_size"] or b.input_size
-            settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b, size))
+            settings["cache"] = _LazyCache(lambda: teacher_cache_for(teacher, b, size, extra_unlabelled))
             if method == "feature":  # each hinted teacher layer's features, cached the same way
                 branches = settings.get("branches", "first")
                 settings["feature_cache"] = [
-                    _LazyCache(lambda layer=layer: feature_cache_for(teacher, layer, branches, b, size))
+                    _LazyCache(lambda layer=layer: feature_cache_for(teacher, layer, branches, b, size,
+                                                                     extra_unlabelled=extra_unlabelled))
                     for layer in settings["pairs"].values()]
     return _KDFactory(build, recipe)
 
@@ -184,26 +188,27 @@ class _LazyCache:
         return self._cache.for_batch(batch, *args, **kwargs)
 
 
-def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None):
+def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None, extra_unlabelled: int = 0):
     """The :class:`~posekd_lib.distill.teacher_cache.TeacherCache` of ``teacher`` on the mode's training
     persons at ``input_size`` (default the budget's): built once (one teacher forward per person)
     and stored under ``run_paths(mode).root / "teacher_cache"``, named by the teacher's
-    :func:`weights_fingerprint`, so another teacher never reads it."""
+    :func:`weights_fingerprint`, so another teacher never reads it. ``extra_unlabelled``: over the
+    training set with that many extra unlabelled images (:func:`training_set`)."""
     from ..distill.teacher_cache import TeacherCache
 
     device = next(teacher.parameters()).device
     return _stored_cache(teacher, mode, input_size, "", lambda ds, size, source: TeacherCache.build(
-        lambda x: teacher(x.to(device)), ds, input_size=size, source=source))
+        lambda x: teacher(x.to(device)), ds, input_size=size, source=source), extra_unlabelled)
 
 
 def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None,
-                      mirrored: bool = True):
+                      mirrored: bool = True, extra_unlabelled: int = 0):
     """Like :func:`teacher_cache_for`, for the features of the teacher layer ``layer`` (its
     ``branches`` as the hint reads them, :func:`build_feature_cache`; with ``mirrored`` also of every
     crop mirrored), stored next to the heatmap cache under a name that adds the layer and branches."""
     return _stored_cache(teacher, mode, input_size, f"_{layer}-{branches}{'-mirrored' if mirrored else ''}",
                          lambda ds, size, source: build_feature_cache(teacher, ds, layer, branches, size, source,
-                                                                      mirrored))
+                                                                      mirrored), extra_unlabelled)
 
 
 def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str = "first", input_size=None,
@@ -227,15 +232,17 @@ def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str =
                                   mirrored=mirrored)
 
 
-def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build):
+def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_unlabelled: int = 0):
     """The cache ``build(dataset, size, source)`` makes over the mode's training persons, loaded from
     (or saved to) ``teacher_cache/<fingerprint><kind>_<w>x<h>_<persons>.pt`` under the mode's runs."""
     from ..distill.teacher_cache import cached_teacher
 
     b = budget(mode)
     size = tuple(int(v) for v in (input_size or b.input_size))
-    ds = training_set(b)
-    path = run_paths(b.mode).root / "teacher_cache" / f"{weights_fingerprint(teacher)}{kind}_{size[0]}x{size[1]}_{len(ds)}.pt"
+    ds = training_set(b, extra_unlabelled=extra_unlabelled)
+    extra = f"_x{int(extra_unlabelled)}" if extra_unlabelled else ""
+    path = (run_paths(b.mode).root / "teacher_cache" /
+            f"{weights_fingerprint(teacher)}{kind}_{size[0]}x{size[1]}_{len(ds)}{extra}.pt")
     return cached_teacher(path, lambda: build(ds, size, str(path)))
 
 

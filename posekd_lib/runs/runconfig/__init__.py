@@ -7,7 +7,7 @@ folder)::
 
     name: feature                 # the run's tag: folder <tag>_<student>_s<seed>, results setting
     seed: 0
-    data: {mode: null, coco_root: null, labelled: 1.0, unlabelled: false, sigma: null}
+    data: {mode: null, coco_root: null, labelled: 1.0, unlabelled: false, extra_unlabelled: 0, sigma: null}
     model: {student: squeezenet, options: {}}
     augmentation: null            # a Budget.aug preset name; null: the mode budget's
     optim: {steps: null, batch_size: null, lr: null, schedule: cosine, loss: mse, amp: null}

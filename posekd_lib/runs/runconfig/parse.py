@@ -52,6 +52,8 @@ def _convert(value, tp, key: str):
         return float(value)    # PyYAML reads 1e-3 (no dot) as a string
     if tp in (int, str, bool) and type(value) is tp:
         return value
+    if tp is str and value is False and key == "optim.amp":
+        return "off"           # YAML 1.1 reads a bare off as false: --set optim.amp=off means float32
     if tp is object:
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -197,6 +199,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.unlabelled: crops without keypoints need a teacher ('distil' stage)")
     if cfg.data.unlabelled and cfg.data.labelled >= 1:
         raise ConfigError("data.unlabelled: needs data.labelled below 1")
+    if cfg.data.extra_unlabelled < 0:
+        raise ConfigError(f"data.extra_unlabelled: {cfg.data.extra_unlabelled} is a negative image count")
+    if cfg.data.extra_unlabelled and "distil" not in cfg.stages:
+        raise ConfigError("data.extra_unlabelled: crops without keypoints need a teacher ('distil' stage)")
+    if cfg.data.extra_unlabelled and (cfg.data.labelled < 1 or cfg.data.unlabelled):
+        raise ConfigError("data.extra_unlabelled: adds images to every label; leave data.labelled at 1 and "
+                          "data.unlabelled false")
+    if cfg.data.extra_unlabelled and (ai8x or cfg.model.student == TEACHER_MODEL):
+        raise ConfigError(f"data.extra_unlabelled: wired for the top-down students of train_student, "
+                          f"not {cfg.model.student}")
     if ai8x != ("qat" in cfg.stages):
         raise ConfigError(f"stages: 'qat' trains the MAX78000 students (model.student: {' or '.join(MCU_STUDENTS)}), "
                           "which always have it" if ai8x else

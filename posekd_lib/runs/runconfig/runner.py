@@ -105,10 +105,11 @@ def train_run(cfg: RunConfig, teacher=None, progress: bool = True):
             if teacher is None:
                 teacher = load_frozen_teacher(cfg)
             tag, overrides = kd_setting(cfg)
-            kd = kd_recipe(tag, teacher, student, mode, **overrides)
+            kd = kd_recipe(tag, teacher, student, mode, extra_unlabelled=cfg.data.extra_unlabelled, **overrides)
         return train_student(student, mode=mode, seed=cfg.seed, loss=cfg.optim.loss, kd=kd, tag=cfg.name,
                              progress=progress, steps=cfg.optim.steps, labelled=cfg.data.labelled,
-                             unlabelled=cfg.data.unlabelled, curve_every=cfg.optim.eval_every)
+                             unlabelled=cfg.data.unlabelled, curve_every=cfg.optim.eval_every,
+                             extra_unlabelled=cfg.data.extra_unlabelled)
 
 
 def check_mapping(cfg: RunConfig) -> None:

@@ -44,6 +44,7 @@ class DataConfig:
     coco_root: str | None = None       # full mode only; null: $COCO_ROOT
     labelled: float = 1.0              # fraction of training images whose keypoints are used
     unlabelled: bool = False           # the other images' persons too, without keypoints (needs distil)
+    extra_unlabelled: int = 0          # persons of N more generated images, without keypoints (needs distil)
     sigma: float | None = None         # bottom-up heatmap Gaussian, input pixels; null: 7 (LW-OpenPose's)
 
 
