@@ -178,8 +178,8 @@ def train_student(student_name: str, mode: str | None = None, seed: int = 0, los
     feature-KD recipe with the live teacher, whose step also runs it). ``labelled`` and ``unlabelled`` choose the training data as
     :func:`training_set` does (few labels; the teacher labels the rest, so ``unlabelled`` needs
     ``kd``); ``extra_unlabelled`` adds that many more images' persons without keypoints (also needs
-    ``kd``; give ``kd_recipe`` the same count, so its teacher cache covers them). The run lives in ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``;
-    ``curve_every`` adds a learning curve (:func:`curve_fit_kw`) to its history.
+    ``kd``; give ``kd_recipe`` the same count, so its teacher cache covers them). The run lives in
+    ``run_paths(mode).checkpoints / f"{tag}_{student}_s{seed}"``; ``curve_every`` adds a learning curve (:func:`curve_fit_kw`) to its history.
     Its recipe (student, loss, steps, sizes, ...; the distillation settings when ``kd`` comes from
     :func:`kd_recipe`) is stored in ``run_info.json``, and calling again with another recipe under
     the same tag is an error rather than a silent mix (a hand-written ``kd`` factory cannot be
