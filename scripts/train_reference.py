@@ -5,6 +5,7 @@
     python scripts/train_reference.py bottomup   [--float-steps 20000] [--qat-steps 2500] [--seed 0]
                                                  [--set "model.options.input_size=[144, 112]"]
     python scripts/train_reference.py ship RUN_FOLDER [RUN_FOLDER ...]
+    python scripts/train_reference.py chunk RUN_FOLDER [RUN_FOLDER ...]
 
 ``ai8x``: the MAX78000 student ``ai85posenet("tiny")`` on ground truth only
 (``configs/ai8x_tiny_gt.yaml``) and with FPD from the demo teacher's cache
@@ -19,11 +20,13 @@ final design (``small_s4_d2``, soft KD targets: ``bottomup_final``), as ``ai8x``
 Each run is ``python -m posekd_lib.run CONFIG --set name=ref_<config> ...`` on one thread
 (``POSEKD_THREADS=1``: two runs share a 2-core machine), with a learning curve every
 ``--eval-every`` steps (AP on fixed validation images, in its ``history.json``). A run stopped at
-any point (a session's end, ``--deadline-s``) keeps a resumable ``latest.pt`` in its folder; the
-same command continues it from there. Each finished run is shipped into ``reference/``
+any point (a session's end, ``--deadline-s``) keeps a resumable ``latest.pt`` in its folder, and a
+run stopped at the deadline is saved into ``reference/chunks/`` (``--chunks``; commit it); the same
+command continues it from there, on this machine or after a fresh clone (the chunk is copied back). Each finished run is shipped into ``reference/``
 (``posekd_lib.runs.reference.ship``: fp16 weights, or float32 QAT weights, config, history, metrics and
 ``card.json`` with the command, the teacher's fingerprint, the CPU and the training time); commit
-it at once. ``ship`` ships finished run folders by hand (runs started without this script).
+it at once. ``ship`` ships finished run folders by hand (runs started without this script), ``chunk``
+saves unfinished ones.
 Logs: ``runs/reference-logs/<run>.log``. Plans and pass marks: ``docs/experiments.md``.
 """
 from __future__ import annotations
@@ -88,8 +91,10 @@ def card(cmd: list[str], args) -> dict:
 
 
 def run_jobs(configs, args) -> dict[str, int | None]:
-    """Run ``configs`` at most ``--parallel`` at once; ship each as it ends with exit code 0."""
-    from posekd_lib.runs.reference import ship
+    """Run ``configs`` at most ``--parallel`` at once; ship each as it ends with exit code 0 (and
+    drop its chunk). A run's chunk in ``--chunks`` is copied back before it starts; a run stopped at
+    the deadline is saved there (commit it)."""
+    from posekd_lib.runs.reference import drop_chunk, restore_chunk, save_chunk, ship
 
     logs = REPO / "runs" / "reference-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -99,6 +104,9 @@ def run_jobs(configs, args) -> dict[str, int | None]:
         while pending and len(running) < args.parallel:
             config = pending.pop(0)
             cmd = student_cmd(config, args)
+            for f in folders(config, args):
+                if restore_chunk(f, args.chunks):
+                    print(f"  resuming {f.name} from its chunk in {args.chunks}", flush=True)
             log = open(logs / f"{run_name(config, args.tag)}_s{args.seed}.log", "w")
             running[config] = (subprocess.Popen(cmd, cwd=REPO, env=_env(args.threads, args.mode), stdout=log,
                                                 stderr=subprocess.STDOUT), log, cmd)
@@ -109,6 +117,9 @@ def run_jobs(configs, args) -> dict[str, int | None]:
                     p.terminate()
                     p.wait(timeout=60)
                     print(f"[{time.strftime('%H:%M:%S')}] {config} stopped at the deadline (resumable)", flush=True)
+                    for f in folders(config, args):
+                        if (f / "latest.pt").is_file():
+                            print(f"  saved {save_chunk(f, args.chunks, card(cmd, args)['command'])}", flush=True)
                     codes[config] = None
                     log.close()
                     del running[config]
@@ -120,14 +131,15 @@ def run_jobs(configs, args) -> dict[str, int | None]:
             if p.returncode == 0:
                 for f in ship(folders(config, args), args.dest, card=card(cmd, args)):
                     print(f"  shipped {f}", flush=True)
+                    drop_chunk(f.name, args.chunks)
         time.sleep(5)
     return codes
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=(*PHASES, "ship"))
-    ap.add_argument("folders", nargs="*", type=Path, help="ship: the finished run folders")
+    ap.add_argument("phase", choices=(*PHASES, "ship", "chunk"))
+    ap.add_argument("folders", nargs="*", type=Path, help="ship: the finished run folders; chunk: unfinished ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--float-steps", type=int, default=20_000, help="ai8x, bottomup: float steps")
     ap.add_argument("--qat-steps", type=int, default=2_500, help="ai8x, bottomup: QAT steps")
@@ -144,6 +156,8 @@ def main(argv=None) -> int:
                     "them as ref_<config>_<tag>, beside the configs' own")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
+    ap.add_argument("--chunks", type=Path, default=REPO / "reference" / "chunks",
+                    help="where runs stopped at the deadline are kept, and resumed from")
     args = ap.parse_args(argv)
     if args.tag is not None and not args.tag.replace("_", "").isalnum():
         ap.error(f"--tag {args.tag!r}: use letters, digits and '_' (it becomes part of a folder name)")
@@ -155,6 +169,14 @@ def main(argv=None) -> int:
             ap.error("ship: name the run folders")
         for f in ship(args.folders, args.dest, card={"note": "shipped by hand (scripts/train_reference.py ship)"}):
             print(f"shipped {f}")
+        return 0
+    if args.phase == "chunk":
+        from posekd_lib.runs.reference import save_chunk
+
+        if not args.folders:
+            ap.error("chunk: name the unfinished run folders")
+        for f in args.folders:
+            print(f"saved {save_chunk(f, args.chunks)}")
         return 0
     phase = PHASES[args.phase]
     unknown = sorted(set(args.configs or ()) - set(phase))

@@ -98,7 +98,8 @@ def test_train_reference_script_trains_then_ships_both_max78000_runs(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "POSEKD_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_reference.py"), "ai8x", "--mode", "quick",
-           "--float-steps", "4", "--qat-steps", "2", "--eval-every", "2", "--dest", str(tmp_path / "reference")]
+           "--float-steps", "4", "--qat-steps", "2", "--eval-every", "2", "--dest", str(tmp_path / "reference"),
+           "--chunks", str(tmp_path / "chunks")]
     out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     table = reference_table(tmp_path / "reference").set_index("run")
@@ -150,3 +151,37 @@ def test_seed_table_keeps_only_complete_pairs_and_names_the_missing_runs(tmp_pat
     assert missing == ["ref_pair_b_squeezenet_s1"]
     empty, missing = seed_table({"a": "ref_pair_a_squeezenet_s{seed}"}, seeds=(5,), dest=tmp_path / "nothing")
     assert empty.empty and missing == ["ref_pair_a_squeezenet_s5"]
+
+
+def test_an_unfinished_run_is_saved_as_a_chunk_restored_and_dropped(tmp_path):
+    """save_chunk keeps what an exact resume needs and lists it in the chunks' README table;
+    restore_chunk puts it back only where the folder is behind; drop_chunk empties the table again."""
+    import json
+
+    from posekd_lib.runs.reference import chunk_index, drop_chunk, restore_chunk, save_chunk
+
+    run = tmp_path / "runs" / "ref_x_squeezenet_s2"
+    run.mkdir(parents=True)
+    (run / "latest.pt").write_bytes(b"state")
+    (run / "history.json").write_text(json.dumps({"step": [100, 200]}))
+    (run / "run_info.json").write_text(json.dumps({"train_time_s": 600.0}))
+    (run / "config.yaml").write_text("name: ref_x\n")
+    (run / "best.pt").write_bytes(b"not needed")
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    (chunks / "README.md").write_text("# chunks\n\n| run folder | step | training time | command |\n"
+                                      "| --- | ---: | ---: | --- |\n| (none at present) | | | |\n\ntext after\n")
+    folder = save_chunk(run, chunks, command="python scripts/train_reference.py squeezenet --seed 2")
+    assert sorted(p.name for p in folder.iterdir()) == ["chunk.json", "config.yaml", "history.json", "latest.pt",
+                                                       "run_info.json"]
+    readme = (chunks / "README.md").read_text()
+    assert "| `ref_x_squeezenet_s2` | 200 | 10 min | `python scripts/train_reference.py squeezenet --seed 2` |" in readme
+    assert "(none at present)" not in readme and readme.endswith("text after\n")
+    fresh = tmp_path / "clone" / "ref_x_squeezenet_s2"
+    assert restore_chunk(fresh, chunks) and (fresh / "latest.pt").read_bytes() == b"state"
+    assert not restore_chunk(fresh, chunks)                  # already as far: nothing copied
+    assert not restore_chunk(tmp_path / "clone" / "other_s0", chunks)
+    with pytest.raises(FileNotFoundError, match="no latest.pt"):
+        save_chunk(tmp_path / "clone" / "other_s0", chunks)
+    assert drop_chunk("ref_x_squeezenet_s2", chunks) and not drop_chunk("ref_x_squeezenet_s2", chunks)
+    assert "(none at present)" in (chunks / "README.md").read_text() and "ref_x" not in chunk_index(chunks)

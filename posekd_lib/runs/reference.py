@@ -13,6 +13,7 @@ time) and the trained weights: ``model_fp16.pt`` in float16, or for a MAX78000 Q
     reference_table()                    # one row per run: name, config, seed, steps, metrics
     seed_table({"baseline": "ref_baseline_squeezenet_s{seed}", "kl": "ref_kl_squeezenet_s{seed}"})
     model = load_reference_student("ref_fpd_squeezenet_s0")
+    save_chunk(run_folder) / restore_chunk(run_folder)  # a run cut at a session's end, kept in reference/chunks/
     nets = load_reference_ai8x("ref_ai8x_tiny_fpd_s0_qat")         # {"float": ..., "qat": ...}
 
 ``pack_runs`` / ``install`` move the same files through one archive (a run made on another
@@ -98,6 +99,87 @@ def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Pat
                                         + "\n")
         out.append(folder)
     return out
+
+
+#: Where unfinished long runs wait between sessions (``save_chunk``), and the files that resume one.
+CHUNKS_DIR = REFERENCE_DIR / "chunks"
+CHUNK_FILES = ("config.yaml", "run_info.json", "history.json", "latest.pt")
+CHUNK_FILE = "chunk.json"
+_INDEX_HEAD = "| run folder | step | training time | command |"
+
+
+def _steps_done(run: Path) -> int:
+    f = Path(run) / "history.json"
+    steps = json.loads(f.read_text()).get("step", []) if f.is_file() else []
+    return int(steps[-1]) if steps else 0
+
+
+def save_chunk(run, chunks: Path = CHUNKS_DIR, command: str | None = None) -> Path:
+    """Keep an unfinished run folder (cut at a session's end) in ``chunks``: the files an exact
+    resume needs (:data:`CHUNK_FILES`; ``latest.pt`` holds weights, optimizer, schedule, data
+    position and RNG) and ``chunk.json`` (step, training time, machine, ``command``), then rewrite
+    the chunks' index (:func:`chunk_index`). Commit it; :func:`restore_chunk` puts it back."""
+    run = Path(run)
+    if not (run / "latest.pt").is_file():
+        raise FileNotFoundError(f"{run}: no latest.pt, so nothing to resume from")
+    folder = Path(chunks) / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in CHUNK_FILES:
+        if (run / name).is_file():
+            (folder / name).write_bytes((run / name).read_bytes())
+    facts = {"step": _steps_done(run), **run_facts(run), **machine_card(), "command": command}
+    (folder / CHUNK_FILE).write_text(json.dumps(facts, indent=1) + "\n")
+    chunk_index(chunks)
+    return folder
+
+
+def restore_chunk(run, chunks: Path = CHUNKS_DIR) -> bool:
+    """Before a run (re)starts: copy its chunk back into the run folder ``run`` when the chunk is
+    further along than what the folder holds (nothing, on a fresh clone). Returns whether it did."""
+    run, folder = Path(run), Path(chunks) / Path(run).name
+    if not (folder / "latest.pt").is_file() or _steps_done(folder) <= _steps_done(run):
+        return False
+    run.mkdir(parents=True, exist_ok=True)
+    for name in CHUNK_FILES:
+        if (folder / name).is_file():
+            (run / name).write_bytes((folder / name).read_bytes())
+    return True
+
+
+def drop_chunk(name: str, chunks: Path = CHUNKS_DIR) -> bool:
+    """Delete the chunk of run ``name`` (it finished and was shipped) and rewrite the index."""
+    import shutil
+
+    folder = Path(chunks) / name
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    chunk_index(chunks)
+    return True
+
+
+def chunk_index(chunks: Path = CHUNKS_DIR) -> str:
+    """The table of the chunks in ``chunks`` (run folder, step, training time, command), written
+    into ``chunks/README.md`` in place of the table there (when the file has one)."""
+    rows = [_INDEX_HEAD, "| --- | ---: | ---: | --- |"]
+    for f in sorted(Path(chunks).glob(f"*/{CHUNK_FILE}")):
+        c = json.loads(f.read_text())
+        t = c.get("train_time_s")
+        rows.append(f"| `{f.parent.name}` | {c.get('step', 0):,} | {f'{t / 60:.0f} min' if t else '?'} | "
+                    f"`{c.get('command') or '(see docs/experiments.md)'}` |")
+    if len(rows) == 2:
+        rows.append("| (none at present) | | | |")
+    table = "\n".join(rows)
+    readme = Path(chunks) / "README.md"
+    if readme.is_file():
+        lines = readme.read_text().splitlines()
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("| run folder |")), None)
+        if start is not None:
+            end = start
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            readme.write_text("\n".join([*lines[:start], table, *lines[end:]]) + "\n")
+    return table
 
 
 def run_facts(run: Path) -> dict:
