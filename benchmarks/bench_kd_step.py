@@ -3,6 +3,7 @@
     python benchmarks/bench_kd_step.py                                   # workshop, SqueezeNet, 1 thread
     python benchmarks/bench_kd_step.py --settings baseline feature feature-cached --steps 100 --threads 2
     python benchmarks/bench_kd_step.py --mode quick --steps 4 --warmup 2  # seconds: checks that it runs
+    python benchmarks/bench_kd_step.py --settings baseline --amp bf16 float32   # bf16 against float32
 
 Each setting trains the student exactly as ``experiments.train_student`` does (the mode's budget:
 batch, augmentation, AMP, threads; the distiller of ``recipes.kd_recipe``) for ``--warmup`` steps,
@@ -14,6 +15,10 @@ each with the cache its recipe uses; ``<tag>-live`` runs the teacher forward in 
 ``<tag>-cached`` reads the caches; the ratio is to the first ``baseline``. Runs go to a temporary
 folder and leave no results row. Compare figures only from one call, and name ``baseline`` first and
 last to see whether the machine's load moved during it.
+
+``--amp`` measures each setting under each precision named: ``budget`` (default: what training
+uses here, ``budgets.student_amp``), ``float32``, or ``bf16`` — autocast bf16 even on a CPU without
+native bf16 (``loop.cpu_has_native_bf16``), to see what training's float32 fallback saves there.
 """
 from __future__ import annotations
 
@@ -25,14 +30,15 @@ from pathlib import Path
 import torch
 
 
-def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path, teacher) -> float:
+def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int, out: Path, teacher,
+                 amp: str = "budget") -> float:
     """Seconds per training step of ``setting`` after ``warmup`` steps (see the module docstring);
     ``teacher``: the frozen teacher the KD settings distil from."""
     from posekd_lib.train.budgets import budget, student_amp, training_set
     from posekd_lib.data.device_data import shuffled_loader
     from posekd_lib.train.experiments import _device, _trainee, build_loss, build_student_model
     from posekd_lib.train.recipes import RECIPES, kd_recipe
-    from posekd_lib.train import fit
+    from posekd_lib.train import fit, loop
 
     tag, _, cache = setting.partition("-")
     if tag != "baseline" and tag not in RECIPES:
@@ -51,10 +57,17 @@ def step_seconds(setting: str, mode: str, student: str, warmup: int, steps: int,
     net, loss_fn = _trainee(model, made)
     loader = shuffled_loader(training_set(b), b.batch_size, b.loader, _device(b.device), b.num_workers)
     kw = dict(loss_fn=loss_fn, lr=b.lr, device=b.device, out_dir=out, run_name=setting, threads=b.threads,
-              progress=False, channels_last=b.channels_last, amp=student_amp(student, b), save_every_steps=warmup)
+              progress=False, channels_last=b.channels_last, save_every_steps=warmup,
+              amp={"budget": student_amp(student, b), "float32": None, "bf16": "bf16"}[amp])
     optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
-    before = fit(net, loader, max_steps=warmup, optimizer=optimizer, **kw).train_time_s
-    after = fit(net, loader, max_steps=warmup + steps, optimizer=optimizer, **kw).train_time_s
+    native = loop.cpu_has_native_bf16
+    if amp == "bf16":       # bf16 as it is, native or emulated: no float32 fallback for this measurement
+        loop.cpu_has_native_bf16 = lambda: True
+    try:
+        before = fit(net, loader, max_steps=warmup, optimizer=optimizer, **kw).train_time_s
+        after = fit(net, loader, max_steps=warmup + steps, optimizer=optimizer, **kw).train_time_s
+    finally:
+        loop.cpu_has_native_bf16 = native
     for hooked in (net, loss_fn):
         if hasattr(hooked, "remove"):
             hooked.remove()
@@ -73,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="steps before the clock starts")
     ap.add_argument("--steps", type=int, default=60, help="timed steps")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--amp", nargs="+", default=["budget"], choices=("budget", "float32", "bf16"),
+                    help="precisions to measure each setting in (bf16: even where it is emulated)")
     args = ap.parse_args(argv)
     mode = get_mode(args.mode)
     set_torch_threads(args.threads)
@@ -82,10 +97,12 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, setting in enumerate(args.settings):    # a setting named twice (load drift) runs twice
-            rows.append((setting, step_seconds(setting, mode, args.student, args.warmup, args.steps, Path(tmp) / str(i),
-                                               teacher)))
-            print(f"  {setting}: {rows[-1][1]:.3f} s/step", flush=True)
-    plain = next((s for setting, s in rows if setting == "baseline"), None)
+            for amp in args.amp:
+                name = setting if args.amp == ["budget"] else f"{setting} ({amp})"
+                rows.append((name, step_seconds(setting, mode, args.student, args.warmup, args.steps,
+                                                Path(tmp) / f"{i}_{amp}", teacher, amp)))
+                print(f"  {name}: {rows[-1][1]:.3f} s/step", flush=True)
+    plain = next((s for setting, s in rows if setting.split(" ")[0] == "baseline"), None)
     print(f"\nmode {mode}, student {args.student}, {args.threads} thread(s), {args.steps} timed steps after "
           f"{args.warmup}")
     print(f"{'setting':<22}{'s/step':>10}{'x plain':>10}")
