@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import REPO_ROOT, shown_path
-from ..models.registry import TEACHER_OPTIONS
+from ..models.registry import TEACHER_MODEL, TEACHER_OPTIONS
 from ..models.teachers import DEMO_WEIGHTS, SHIPPED_DIR, _read_card
 
 #: Images of the learning curve's fixed validation subset (the demo teachers' cards use 150).
@@ -85,7 +85,7 @@ def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str
     from hrnet_pose.checkpoint import load_pose_checkpoint
     from hrnet_pose.configs import load_configs
 
-    from .budgets import budget
+    from .budgets import budget, student_amp
     from ..data.datasets import TopDownDataset, dataset_splits
     from ..data.device_data import shuffled_loader
     from ..evaluation.coco import curve_evaluator, first_images
@@ -122,7 +122,7 @@ def train_teacher(name: str, folder: Path, mode: str, seed: int = 0, config: str
         load_pose_checkpoint(model, init)          # strict: names the file and the keys that differ
     curve_ids = first_images(splits.val.ann_file, CURVE_IMAGES)
     evaluate = curve_evaluator(splits.val, curve_ids, size, hm_size, sigma)
-    amp = None if b.amp == "off" else b.amp
+    amp = None if b.amp == "off" else student_amp(TEACHER_MODEL, b)   # float32 where bf16 would be emulated
     t0 = time.perf_counter()
     history = fit(model, loader, max_steps=steps, lr=b.lr, out_dir=folder.parent, run_name=folder.name,
                   save_every_steps=100 if steps > 200 else None, evaluate_fn=evaluate, best_metric="AP",
