@@ -156,6 +156,7 @@ def main(argv=None) -> int:
                     "them as ref_<config>_<tag>, beside the configs' own")
     ap.add_argument("--mode", default="workshop", help="the dataset (quick: a smoke test of this script)")
     ap.add_argument("--dest", type=Path, default=REPO / "reference", help="where finished runs are shipped")
+    ap.add_argument("--command", default=None, help="chunk: the command that continues the runs (for the index)")
     ap.add_argument("--chunks", type=Path, default=REPO / "reference" / "chunks",
                     help="where runs stopped at the deadline are kept, and resumed from")
     args = ap.parse_args(argv)
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
         if not args.folders:
             ap.error("chunk: name the unfinished run folders")
         for f in args.folders:
-            print(f"saved {save_chunk(f, args.chunks)}")
+            print(f"saved {save_chunk(f, args.chunks, args.command)}")
         return 0
     phase = PHASES[args.phase]
     unknown = sorted(set(args.configs or ()) - set(phase))
