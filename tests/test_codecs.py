@@ -335,3 +335,24 @@ def test_paf_encode_batch_equals_each_image_alone():
         _assert_bitwise_equal(paf[i], one_paf, f"PAFs of image {i}")
     empty_heat, empty_paf = codec.encode_batch([])
     assert empty_heat.shape == (0, 19, 12, 16) and empty_paf.shape == (0, 38, 12, 16)
+
+
+def test_find_peaks_on_noise_keeps_what_the_strongest_candidates_keep():
+    """An untrained model's maps are noise with thousands of local maxima: only the strongest
+    ``max_candidates`` enter the suppression, which keeps exactly the peaks the full list keeps among
+    them (strongest first), so decoding stays fast; on maps with fewer candidates nothing changes."""
+    codec = PafCodec((144, 112), stride=4)
+    noise = np.random.default_rng(0).uniform(0.0, 1.0, (19, 112, 144)).astype(np.float32)
+    capped = codec.find_peaks(noise, max_candidates=300)
+    full = codec.find_peaks(noise, max_candidates=10**6)
+    for c, f in zip(capped, full):
+        assert 0 < len(c) <= 300 and len(f) > len(c)
+        strongest = np.sort(f[:, 2])[::-1][: len(c)]
+        # every capped peak is a peak of the full list, and the strongest ones agree
+        assert {tuple(p) for p in c.tolist()} <= {tuple(p) for p in f.tolist()}
+        np.testing.assert_array_equal(np.sort(c[:, 2])[::-1][:10], strongest[:10])
+    few = np.zeros((19, 112, 144), np.float32)
+    few[:, 20, 30], few[:, 60, 90], few[:, 22, 31] = 0.9, 0.5, 0.4     # the third is suppressed
+    for c, f in zip(codec.find_peaks(few, max_candidates=2), codec.find_peaks(few)):
+        np.testing.assert_array_equal(c, f)
+        assert len(f) == 2

@@ -290,7 +290,7 @@ def test_a_config_run_equals_the_notebook_call_for_the_same_seed():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.slow  # every configs/ file trained in quick mode (4 steps each) and evaluated, one process: ~1-2 min
+@pytest.mark.slow  # every configs/ file trained in quick mode (4 steps each) and evaluated, one process: 2-5 min
 def test_every_config_runs_in_quick_mode(tmp_path, monkeypatch):
     # from an empty run folder: a config that only works once a notebook or another test has built
     # something (a dataset, a teacher cache) fails here

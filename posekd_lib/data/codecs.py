@@ -306,11 +306,17 @@ class PafCodec:
         return pafs.reshape(n_img, NUM_OPENPOSE_PAFS, h, w)
 
     # ----------------------------------------------------------------------- decoding
-    def find_peaks(self, heatmaps, threshold: float = 0.1, radius: float = 6.0) -> list[np.ndarray]:
+    def find_peaks(self, heatmaps, threshold: float = 0.1, radius: float = 6.0,
+                   max_candidates: int = 500) -> list[np.ndarray]:
         """Peaks per OpenPose keypoint of upsampled heatmaps ``(>=18, H, W)`` at input resolution.
 
         A peak is a 3x3 max-pool maximum above ``threshold``; peaks closer than ``radius`` pixels to a
         stronger one are suppressed. Returns 18 arrays ``(n, 3)`` of ``x, y, score``.
+
+        Only the ``max_candidates`` strongest maxima of a map enter the suppression (strongest first,
+        so the peaks kept are exactly those the full list keeps among them): a trained model's maps
+        have far fewer, while an untrained model's noise can have thousands, whose distance table
+        and greedy pass made decoding take minutes per image.
         """
         hm = torch.as_tensor(heatmaps[:NUM_OPENPOSE_KEYPOINTS]).float()
         is_max = (hm == F.max_pool2d(hm[None], 3, stride=1, padding=1)[0]) & (hm > threshold)
@@ -318,7 +324,7 @@ class PafCodec:
         for k in range(NUM_OPENPOSE_KEYPOINTS):
             ys, xs = torch.nonzero(is_max[k], as_tuple=True)
             cand = np.stack([xs.numpy(), ys.numpy(), hm[k, ys, xs].numpy()], axis=1).astype(np.float64)
-            cand = cand[np.argsort(-cand[:, 2], kind="stable")]
+            cand = cand[np.argsort(-cand[:, 2], kind="stable")][:max_candidates]
             # greedy suppression, strongest first: one distance table, then a pass that keeps a peak
             # when no kept (stronger) peak lies within the radius
             d = cand[:, None, :2] - cand[None, :, :2]
