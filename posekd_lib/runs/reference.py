@@ -128,6 +128,8 @@ def save_chunk(run, chunks: Path = CHUNKS_DIR, command: str | None = None) -> Pa
         if (run / name).is_file():
             (folder / name).write_bytes((run / name).read_bytes())
     facts = {"step": _steps_done(run), **run_facts(run), **machine_card(), "command": command}
+    if facts.get("train_time_s") is None and (run / "history.json").is_file():   # run_info has it only at the end
+        facts["train_time_s"] = json.loads((run / "history.json").read_text()).get("train_time_s")
     (folder / CHUNK_FILE).write_text(json.dumps(facts, indent=1) + "\n")
     chunk_index(chunks)
     return folder
