@@ -108,9 +108,13 @@ CHUNK_FILE = "chunk.json"
 _INDEX_HEAD = "| run folder | step | training time | command |"
 
 
-def _steps_done(run: Path) -> int:
+def _history(run: Path) -> dict:
     f = Path(run) / "history.json"
-    steps = json.loads(f.read_text()).get("step", []) if f.is_file() else []
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _steps_done(run: Path, history: dict | None = None) -> int:
+    steps = (history if history is not None else _history(run)).get("step", [])
     return int(steps[-1]) if steps else 0
 
 
@@ -127,9 +131,10 @@ def save_chunk(run, chunks: Path = CHUNKS_DIR, command: str | None = None) -> Pa
     for name in CHUNK_FILES:
         if (run / name).is_file():
             (folder / name).write_bytes((run / name).read_bytes())
-    facts = {"step": _steps_done(run), **run_facts(run), **machine_card(), "command": command}
-    if facts.get("train_time_s") is None and (run / "history.json").is_file():   # run_info has it only at the end
-        facts["train_time_s"] = json.loads((run / "history.json").read_text()).get("train_time_s")
+    history = _history(run)
+    facts = {"step": _steps_done(run, history), **run_facts(run), **machine_card(), "command": command}
+    if facts.get("train_time_s") is None:       # run_info.json has it only once the run has finished
+        facts["train_time_s"] = history.get("train_time_s")
     (folder / CHUNK_FILE).write_text(json.dumps(facts, indent=1) + "\n")
     chunk_index(chunks)
     return folder
