@@ -155,10 +155,11 @@ def test_seed_table_keeps_only_complete_pairs_and_names_the_missing_runs(tmp_pat
 
 def test_an_unfinished_run_is_saved_as_a_chunk_restored_and_dropped(tmp_path):
     """save_chunk keeps what an exact resume needs and lists it in the chunks' README table;
-    restore_chunk puts it back only where the folder is behind; drop_chunk empties the table again."""
+    restore_chunk puts it back only where the folder is behind, and the shipped card will name it;
+    drop_chunk empties the table again."""
     import json
 
-    from posekd_lib.runs.reference import chunk_index, drop_chunk, restore_chunk, save_chunk
+    from posekd_lib.runs.reference import chunk_facts, chunk_index, drop_chunk, restore_chunk, save_chunk
 
     run = tmp_path / "runs" / "ref_x_squeezenet_s2"
     run.mkdir(parents=True)
@@ -180,6 +181,9 @@ def test_an_unfinished_run_is_saved_as_a_chunk_restored_and_dropped(tmp_path):
     fresh = tmp_path / "clone" / "ref_x_squeezenet_s2"
     assert restore_chunk(fresh, chunks) and (fresh / "latest.pt").read_bytes() == b"state"
     assert not restore_chunk(fresh, chunks)                  # already as far: nothing copied
+    resumed = chunk_facts(fresh)["resumed_from_chunks"]     # what ship() writes into the card
+    assert len(resumed) == 1 and resumed[0]["step"] == 200 and resumed[0]["train_time_s"] == 600.0
+    assert resumed[0]["saved_utc"] and chunk_facts(run) == {}  # a run trained in one go: no entry
     assert not restore_chunk(tmp_path / "clone" / "other_s0", chunks)
     with pytest.raises(FileNotFoundError, match="no latest.pt"):
         save_chunk(tmp_path / "clone" / "other_s0", chunks)

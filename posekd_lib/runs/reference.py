@@ -95,8 +95,8 @@ def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Pat
         for name, data in _run_members(run):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
-        (folder / CARD_FILE).write_text(json.dumps({**machine_card(), **run_facts(run), **(card or {})}, indent=1)
-                                        + "\n")
+        (folder / CARD_FILE).write_text(json.dumps({**machine_card(), **run_facts(run), **(card or {}),
+                                                    **chunk_facts(run)}, indent=1) + "\n")
         out.append(folder)
     return out
 
@@ -105,6 +105,8 @@ def ship(runs, dest: Path = REFERENCE_DIR, card: dict | None = None) -> list[Pat
 CHUNKS_DIR = REFERENCE_DIR / "chunks"
 CHUNK_FILES = ("config.yaml", "run_info.json", "history.json", "latest.pt")
 CHUNK_FILE = "chunk.json"
+#: In a run folder: the ``chunk.json`` of every chunk it was resumed from (:func:`restore_chunk`).
+RESUMED_FILE = "resumed_from.json"
 _INDEX_HEAD = "| run folder | step | training time | command |"
 
 
@@ -150,7 +152,27 @@ def restore_chunk(run, chunks: Path = CHUNKS_DIR) -> bool:
     for name in CHUNK_FILES:
         if (folder / name).is_file():
             (run / name).write_bytes((folder / name).read_bytes())
+    if (folder / CHUNK_FILE).is_file():
+        _record_resume(run, json.loads((folder / CHUNK_FILE).read_text()))
     return True
+
+
+def _record_resume(run: Path, chunk: dict) -> None:
+    """Add ``chunk`` (a ``chunk.json``) to the run folder's :data:`RESUMED_FILE`, once per step."""
+    f = Path(run) / RESUMED_FILE
+    done = json.loads(f.read_text()) if f.is_file() else []
+    if all(c.get("step") != chunk.get("step") for c in done):
+        f.write_text(json.dumps([*done, chunk], indent=1) + "\n")
+
+
+def chunk_facts(run: Path) -> dict:
+    """For a run's card: the chunks it was resumed from (step, training time so far, the machine
+    that trained it up to there, date), or nothing for a run trained in one go."""
+    f = Path(run) / RESUMED_FILE
+    chunks = json.loads(f.read_text()) if f.is_file() else []
+    keep = {"step": "step", "train_time_s": "train_time_s", "cpu": "cpu", "cores": "cores", "torch": "torch",
+            "saved_utc": "shipped_utc"}          # chunk.json's date is machine_card's (when it was saved)
+    return {"resumed_from_chunks": [{k: c.get(src) for k, src in keep.items()} for c in chunks]} if chunks else {}
 
 
 def drop_chunk(name: str, chunks: Path = CHUNKS_DIR) -> bool:
