@@ -110,6 +110,41 @@ def test_a_teacher_of_another_aspect_sees_a_wider_box_and_the_warp_undoes_it():
     assert (widen_scale([2.0, 2.0], 0.8) == np.float32([2.0, 2.5])).all()
 
 
+def test_an_interrupted_build_resumes_from_its_partial_file(tmp_path):
+    """A cache build killed midway (a session's end) keeps its rows in the partial file; the next
+    build runs the teacher only on the persons after them and equals a build in one go; the file is
+    checked against the build and deleted once the cache is saved."""
+    from posekd_lib.distill.teacher_cache import partial_path
+
+    ds = _dataset(train=False)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    whole = TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False, mirrored=True)
+    seen = []
+
+    def dies_after_two_batches(x):
+        if len(seen) == 4:                           # two batches, each plain + mirrored
+            raise KeyboardInterrupt
+        seen.append(len(x))
+        return teacher(x)
+
+    path = tmp_path / "c.pt"
+    partial = partial_path(path)
+    with pytest.raises(KeyboardInterrupt):
+        cached_teacher(path, lambda p: TeacherCache.build(dies_after_two_batches, ds, batch_size=8, progress=False,
+                                                          mirrored=True, partial=p, save_every_s=0))
+    assert partial.is_file() and not path.exists()
+    with pytest.raises(ValueError, match="batch size 8.*delete it"):
+        TeacherCache.build(lambda x: teacher(x), ds, batch_size=4, progress=False, mirrored=True, partial=partial)
+    seen.clear()
+    resumed = cached_teacher(path, lambda p: TeacherCache.build(lambda x: seen.append(len(x)) or teacher(x), ds,
+                                                                batch_size=8, progress=False, mirrored=True,
+                                                                partial=p))
+    assert sum(seen) == 2 * (len(ds) - 16)          # only the persons after the first two batches
+    torch.testing.assert_close(resumed.heatmaps, whole.heatmaps, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.mirrored, whole.mirrored, rtol=0, atol=0)
+    assert path.is_file() and not partial.exists()
+
+
 def test_save_load_round_trip_and_bad_file(tmp_path):
     ds = _dataset(train=False)
     built = []

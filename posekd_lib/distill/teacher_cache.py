@@ -24,6 +24,8 @@ measures how far the warped maps are from the live teacher's under the training 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 from collections.abc import Callable
 from pathlib import Path
@@ -109,10 +111,16 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, teacher_fn: Callable[[torch.Tensor], torch.Tensor], dataset, input_size=None,
               batch_size: int = 64, flip_pairs=COCO_FLIP_PAIRS, progress: bool = True,
-              source: str = "", mirrored: bool = False) -> "TeacherCache":
+              source: str = "", mirrored: bool = False, partial=None,
+              save_every_s: float = 300.0) -> "TeacherCache":
         """Run ``teacher_fn(images) -> heatmaps`` once over ``dataset``'s samples, un-augmented
         (and, with ``mirrored``, once more over each crop mirrored: twice the time and memory, and a
         mirrored training crop then reads what the teacher really answers on a mirrored person).
+
+        With ``partial`` (a file path) the rows done so far are written there every
+        ``save_every_s`` seconds, and a build that finds the file starts after its rows: a cache of
+        an hour or more of one core (a large teacher on many persons) survives a session's end. The
+        caller deletes the file once the finished cache is saved (:func:`cached_teacher` does).
 
         ``dataset`` is the (training) :class:`~posekd_lib.data.datasets.TopDownDataset`; its samples are
         re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's). A
@@ -135,8 +143,15 @@ class TeacherCache:
             from ..data.codecs import HeatmapCodec
             plain.input_size = size
             plain.codec = HeatmapCodec(size, dataset.codec.heatmap_size, dataset.codec.sigma)
-        loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
-        rows, mirror_rows = [], []
+        rows, mirror_rows, start = [], [], 0
+        if partial is not None and Path(partial).is_file():
+            rows, mirror_rows, start = _load_partial(partial, len(plain.samples), batch_size, mirrored)
+            if progress:
+                print(f"teacher cache: resuming after {start * batch_size:,} of {len(plain.samples):,} persons "
+                      f"({partial})", flush=True)
+        todo = plain if start == 0 else torch.utils.data.Subset(plain, range(start * batch_size, len(plain)))
+        loader = torch.utils.data.DataLoader(todo, batch_size=batch_size, shuffle=False)
+        last_save = time.monotonic()
         # Built outside any caller's autocast (fit builds it lazily at its first batch, inside bf16
         # autocast): the cache holds the float teacher's heatmaps, whatever context it is built in.
         # The global RNG is left as it was (the loader draws a seed), so a run that builds the cache
@@ -145,10 +160,14 @@ class TeacherCache:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             for kind in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
                 stack.enter_context(torch.autocast(device_type=kind, enabled=False))
-            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+            for i, batch in enumerate(tqdm(loader, desc="teacher cache", disable=not progress, leave=False)):
                 rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
                 if mirrored:
                     mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
+                if partial is not None and time.monotonic() - last_save >= save_every_s:
+                    rows, mirror_rows = _save_partial(partial, rows, mirror_rows, start + i + 1,
+                                                      len(plain.samples), batch_size)
+                    last_save = time.monotonic()
             hm = torch.cat(rows)          # inside the stack: float16 cat under a caller's bf16 autocast fails
             mirror_hm = torch.cat(mirror_rows) if mirrored else None
         s = plain.samples
@@ -289,11 +308,52 @@ class TeacherCache:
                    d.get("source", str(path)), d.get("mirrored"))
 
 
-def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
-    """Load the cache at ``path``, or build it with ``build()`` and save it there."""
+def partial_path(path) -> Path:
+    """Where a cache being built for ``path`` keeps its rows so far (``TeacherCache.build(partial=...)``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def _save_partial(partial, rows, mirror_rows, batches: int, persons: int, batch_size: int):
+    """Write the rows of the first ``batches`` batches to ``partial`` (atomically); returns the rows
+    as one tensor each, so the next save does not concatenate them again."""
+    rows = [torch.cat(rows)]
+    mirror_rows = [torch.cat(mirror_rows)] if mirror_rows else []
+    partial = Path(partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial.with_name(partial.name + ".tmp")
+    torch.save({"heatmaps": rows[0], "mirrored": mirror_rows[0] if mirror_rows else None, "batches": batches,
+                "persons": persons, "batch_size": batch_size}, tmp)
+    os.replace(tmp, partial)
+    return rows, mirror_rows
+
+
+def _load_partial(partial, persons: int, batch_size: int, mirrored: bool):
+    """``(rows, mirror_rows, batches done)`` from a partial file, checked against this build."""
+    try:
+        d = torch.load(partial, map_location="cpu", weights_only=False)
+        got = (d["persons"], d["batch_size"], d["mirrored"] is not None)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: name it and what to do
+        raise ValueError(f"{partial}: not a partial teacher cache ({type(e).__name__}: {e}); delete it to "
+                         "rebuild from the start") from e
+    if got != (persons, batch_size, bool(mirrored)):
+        raise ValueError(f"{partial}: a partial teacher cache of {got[0]:,} persons, batch size {got[1]}, "
+                         f"mirrored={got[2]}; this build has {persons:,}, {batch_size}, mirrored={bool(mirrored)}: "
+                         "delete it to rebuild from the start")
+    return [d["heatmaps"]], ([d["mirrored"]] if mirrored else []), int(d["batches"])
+
+
+def cached_teacher(path, build: Callable[..., TeacherCache]) -> TeacherCache:
+    """Load the cache at ``path``, or build it with ``build()`` and save it there. A ``build`` that
+    takes an argument is given :func:`partial_path` ``(path)`` to keep its rows so far in (resumed
+    by the next call after an interruption; deleted once the cache is saved)."""
+    import inspect
+
     path = Path(path)
     if path.is_file():
         return TeacherCache.load(path)
-    cache = build()
+    partial = partial_path(path)
+    cache = build(partial) if inspect.signature(build).parameters else build()
     cache.save(path)
+    partial.unlink(missing_ok=True)
     return cache

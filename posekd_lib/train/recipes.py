@@ -197,8 +197,8 @@ def teacher_cache_for(teacher: nn.Module, mode=None, input_size=None, extra_unla
     from ..distill.teacher_cache import TeacherCache
 
     device = next(teacher.parameters()).device
-    return _stored_cache(teacher, mode, input_size, "", lambda ds, size, source: TeacherCache.build(
-        lambda x: teacher(x.to(device)), ds, input_size=size, source=source), extra_unlabelled)
+    return _stored_cache(teacher, mode, input_size, "", lambda ds, size, source, partial: TeacherCache.build(
+        lambda x: teacher(x.to(device)), ds, input_size=size, source=source, partial=partial), extra_unlabelled)
 
 
 def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", mode=None, input_size=None,
@@ -207,18 +207,19 @@ def feature_cache_for(teacher: nn.Module, layer: str, branches: str = "first", m
     ``branches`` as the hint reads them, :func:`build_feature_cache`; with ``mirrored`` also of every
     crop mirrored), stored next to the heatmap cache under a name that adds the layer and branches."""
     return _stored_cache(teacher, mode, input_size, f"_{layer}-{branches}{'-mirrored' if mirrored else ''}",
-                         lambda ds, size, source: build_feature_cache(teacher, ds, layer, branches, size, source,
-                                                                      mirrored), extra_unlabelled)
+                         lambda ds, size, source, partial: build_feature_cache(teacher, ds, layer, branches, size,
+                                                                               source, mirrored, partial),
+                         extra_unlabelled)
 
 
 def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str = "first", input_size=None,
-                        source: str = "", mirrored: bool = True):
+                        source: str = "", mirrored: bool = True, partial=None):
     """A :class:`~posekd_lib.distill.teacher_cache.TeacherCache` of the features of ``teacher``'s layer
     ``layer`` (``branches`` as the hint reads them) for every person of ``dataset``'s plain crops,
     float16. With ``mirrored`` (twice the time and memory) the features of each crop mirrored are
     stored too and a mirrored training crop reads them; without, it reads the plain crop's features
     mirrored (no channel is swapped: features have no left and right joints), an approximation that
-    cost AP (``docs/experiments.md``, E13)."""
+    cost AP (``docs/experiments.md``, E13). ``partial``: as ``TeacherCache.build``'s (resumable)."""
     from ..distill import FeatureHooks, _feature_tensor
     from ..distill.teacher_cache import TeacherCache
 
@@ -229,7 +230,7 @@ def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str =
             return _feature_tensor(hooks[layer], layer, branches)
 
         return TeacherCache.build(features, dataset, input_size=input_size, flip_pairs=(), source=source,
-                                  mirrored=mirrored)
+                                  mirrored=mirrored, partial=partial)
 
 
 def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_unlabelled: int = 0):
@@ -243,7 +244,7 @@ def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_
     extra = f"_x{int(extra_unlabelled)}" if extra_unlabelled else ""
     path = (run_paths(b.mode).root / "teacher_cache" /
             f"{weights_fingerprint(teacher)}{kind}_{size[0]}x{size[1]}_{len(ds)}{extra}.pt")
-    return cached_teacher(path, lambda: build(ds, size, str(path)))
+    return cached_teacher(path, lambda partial: build(ds, size, str(path), partial))
 
 
 def weights_fingerprint(model: nn.Module) -> str:
