@@ -130,15 +130,15 @@ def test_an_interrupted_build_resumes_from_its_partial_file(tmp_path):
     path = tmp_path / "c.pt"
     partial = partial_path(path)
     with pytest.raises(KeyboardInterrupt):
-        cached_teacher(path, lambda p: TeacherCache.build(dies_after_two_batches, ds, batch_size=8, progress=False,
-                                                          mirrored=True, partial=p, save_every_s=0))
+        cached_teacher(path, lambda: TeacherCache.build(dies_after_two_batches, ds, batch_size=8, progress=False,
+                                                        mirrored=True, partial=partial, save_every_s=0))
     assert partial.is_file() and not path.exists()
     with pytest.raises(ValueError, match="batch size 8.*delete it"):
         TeacherCache.build(lambda x: teacher(x), ds, batch_size=4, progress=False, mirrored=True, partial=partial)
     seen.clear()
-    resumed = cached_teacher(path, lambda p: TeacherCache.build(lambda x: seen.append(len(x)) or teacher(x), ds,
-                                                                batch_size=8, progress=False, mirrored=True,
-                                                                partial=p))
+    resumed = cached_teacher(path, lambda: TeacherCache.build(lambda x: seen.append(len(x)) or teacher(x), ds,
+                                                              batch_size=8, progress=False, mirrored=True,
+                                                              partial=partial))
     assert sum(seen) == 2 * (len(ds) - 16)          # only the persons after the first two batches
     torch.testing.assert_close(resumed.heatmaps, whole.heatmaps, rtol=0, atol=0)
     torch.testing.assert_close(resumed.mirrored, whole.mirrored, rtol=0, atol=0)

@@ -343,17 +343,13 @@ def _load_partial(partial, persons: int, batch_size: int, mirrored: bool):
     return [d["heatmaps"]], ([d["mirrored"]] if mirrored else []), int(d["batches"])
 
 
-def cached_teacher(path, build: Callable[..., TeacherCache]) -> TeacherCache:
-    """Load the cache at ``path``, or build it with ``build()`` and save it there. A ``build`` that
-    takes an argument is given :func:`partial_path` ``(path)`` to keep its rows so far in (resumed
-    by the next call after an interruption; deleted once the cache is saved)."""
-    import inspect
-
+def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
+    """Load the cache at ``path``, or build it with ``build()`` and save it there; then the rows a
+    resumable build kept in :func:`partial_path` ``(path)`` are no longer needed and are deleted."""
     path = Path(path)
     if path.is_file():
         return TeacherCache.load(path)
-    partial = partial_path(path)
-    cache = build(partial) if inspect.signature(build).parameters else build()
+    cache = build()
     cache.save(path)
-    partial.unlink(missing_ok=True)
+    partial_path(path).unlink(missing_ok=True)
     return cache

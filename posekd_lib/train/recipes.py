@@ -234,9 +234,10 @@ def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str =
 
 
 def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_unlabelled: int = 0):
-    """The cache ``build(dataset, size, source)`` makes over the mode's training persons, loaded from
-    (or saved to) ``teacher_cache/<fingerprint><kind>_<w>x<h>_<persons>.pt`` under the mode's runs."""
-    from ..distill.teacher_cache import cached_teacher
+    """The cache ``build(dataset, size, source, partial)`` makes over the mode's training persons, loaded
+    from (or saved to) ``teacher_cache/<fingerprint><kind>_<w>x<h>_<persons>.pt`` under the mode's runs
+    (``partial``: where an interrupted build keeps its rows, ``<...>.partial.pt``)."""
+    from ..distill.teacher_cache import cached_teacher, partial_path
 
     b = budget(mode)
     size = tuple(int(v) for v in (input_size or b.input_size))
@@ -244,7 +245,7 @@ def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_
     extra = f"_x{int(extra_unlabelled)}" if extra_unlabelled else ""
     path = (run_paths(b.mode).root / "teacher_cache" /
             f"{weights_fingerprint(teacher)}{kind}_{size[0]}x{size[1]}_{len(ds)}{extra}.pt")
-    return cached_teacher(path, lambda partial: build(ds, size, str(path), partial))
+    return cached_teacher(path, lambda: build(ds, size, str(path), partial_path(path)))
 
 
 def weights_fingerprint(model: nn.Module) -> str:
