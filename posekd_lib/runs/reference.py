@@ -157,22 +157,25 @@ def restore_chunk(run, chunks: Path = CHUNKS_DIR) -> bool:
     return True
 
 
+def _resumes(run: Path) -> list[dict]:
+    f = Path(run) / RESUMED_FILE
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
 def _record_resume(run: Path, chunk: dict) -> None:
     """Add ``chunk`` (a ``chunk.json``) to the run folder's :data:`RESUMED_FILE`, once per step."""
-    f = Path(run) / RESUMED_FILE
-    done = json.loads(f.read_text()) if f.is_file() else []
+    done = _resumes(run)
     if all(c.get("step") != chunk.get("step") for c in done):
-        f.write_text(json.dumps([*done, chunk], indent=1) + "\n")
+        (Path(run) / RESUMED_FILE).write_text(json.dumps([*done, chunk], indent=1) + "\n")
 
 
 def chunk_facts(run: Path) -> dict:
     """For a run's card: the chunks it was resumed from (step, training time so far, the machine
-    that trained it up to there, date), or nothing for a run trained in one go."""
-    f = Path(run) / RESUMED_FILE
-    chunks = json.loads(f.read_text()) if f.is_file() else []
-    keep = {"step": "step", "train_time_s": "train_time_s", "cpu": "cpu", "cores": "cores", "torch": "torch",
-            "saved_utc": "shipped_utc"}          # chunk.json's date is machine_card's (when it was saved)
-    return {"resumed_from_chunks": [{k: c.get(src) for k, src in keep.items()} for c in chunks]} if chunks else {}
+    that trained it up to there, and when it was saved: chunk.json's ``shipped_utc``), or nothing
+    for a run trained in one go."""
+    keep = ("step", "train_time_s", "cpu", "cores", "torch")
+    chunks = [{**{k: c.get(k) for k in keep}, "saved_utc": c.get("shipped_utc")} for c in _resumes(run)]
+    return {"resumed_from_chunks": chunks} if chunks else {}
 
 
 def drop_chunk(name: str, chunks: Path = CHUNKS_DIR) -> bool:
