@@ -9,7 +9,9 @@ cache's warp, and (2) on augmented training batches, how far the cached-and-warp
 from the live teacher's on the same augmented crops: the relative squared error
 ``Σ(cached - live)² / Σ live²`` and the share of joints whose peak lands within one heatmap cell
 of the live peak (joints whose live peak is at least 0.2, i.e. the teacher sees them).
-The first pass builds the cache over the whole training split (printed: how long it took).
+The first pass builds the cache over the whole training split (printed: how long it took, and how
+far the process's peak memory rose during the build against the cache's own size: a build holds
+the cache once, so the rise is about the cache's size plus the teacher's working memory).
 ``--features LAYER`` does the same for the teacher layer a hint reads (its first branch, no flip
 test: the hints use the plain teacher): the relative squared error of the warped features, on all
 crops and on the mirrored ones alone, and their cosine similarity, two ways: a mirrored crop reads
@@ -19,11 +21,16 @@ plain crop's features mirrored (the approximation without them).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
-from pathlib import Path
 
 import torch
 
+
+
+def _peak_mib() -> float:
+    """The process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
@@ -50,11 +57,12 @@ def main(argv=None) -> int:
         return bench_features(teacher, info, mode, args)
 
     plain, train = _datasets(info, mode, args)
-    t0 = time.perf_counter()
+    peak0, t0 = _peak_mib(), time.perf_counter()
     cache = TeacherCache.build(teacher_fn, plain, batch_size=64, source=info.name)
     build_s = time.perf_counter() - t0
     print(f"{info.name} on {mode}: cache of {len(cache)} persons built in {build_s:.1f} s "
-          f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16)")
+          f"({cache.heatmaps.numel() * 2 / 2**20:.0f} MiB float16; peak memory rose by "
+          f"{_peak_mib() - peak0:.0f} MiB during the build)")
 
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True)

@@ -110,10 +110,11 @@ def test_a_teacher_of_another_aspect_sees_a_wider_box_and_the_warp_undoes_it():
     assert (widen_scale([2.0, 2.0], 0.8) == np.float32([2.0, 2.5])).all()
 
 
-def test_an_interrupted_build_resumes_from_its_partial_file(tmp_path):
-    """A cache build killed midway (a session's end) keeps its rows in the partial file; the next
-    build runs the teacher only on the persons after them and equals a build in one go; the file is
-    checked against the build and deleted once the cache is saved."""
+def test_an_interrupted_build_resumes_from_its_partial_files(tmp_path):
+    """A cache build killed midway (a session's end) keeps its rows in the partial folder, one file
+    per save holding only the rows since the last; the next build runs the teacher only on the
+    persons after them and equals a build in one go; the files are checked against the build and
+    deleted once the cache is saved."""
     from posekd_lib.distill.teacher_cache import partial_path
 
     ds = _dataset(train=False)
@@ -132,8 +133,10 @@ def test_an_interrupted_build_resumes_from_its_partial_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cached_teacher(path, lambda: TeacherCache.build(dies_after_two_batches, ds, batch_size=8, progress=False,
                                                         mirrored=True, partial=partial, save_every_s=0))
-    assert partial.is_file() and not path.exists()
-    with pytest.raises(ValueError, match="batch size 8.*delete it"):
+    files = sorted(p.name for p in partial.iterdir())
+    assert files == ["rows_000000_000001.pt", "rows_000001_000002.pt"] and not path.exists()
+    assert len(torch.load(partial / files[1], weights_only=False)["heatmaps"]) == 8    # its own rows only
+    with pytest.raises(ValueError, match="rows_000000_000001.pt.*batch size 8.*delete"):
         TeacherCache.build(lambda x: teacher(x), ds, batch_size=4, progress=False, mirrored=True, partial=partial)
     seen.clear()
     resumed = cached_teacher(path, lambda: TeacherCache.build(lambda x: seen.append(len(x)) or teacher(x), ds,
@@ -143,6 +146,20 @@ def test_an_interrupted_build_resumes_from_its_partial_file(tmp_path):
     torch.testing.assert_close(resumed.heatmaps, whole.heatmaps, rtol=0, atol=0)
     torch.testing.assert_close(resumed.mirrored, whole.mirrored, rtol=0, atol=0)
     assert path.is_file() and not partial.exists()
+
+
+def test_a_gap_in_the_partial_files_is_named(tmp_path):
+    """Rows that do not follow the files before them are refused, naming the file: a build never
+    fills a cache with a hole in it."""
+    from posekd_lib.distill.teacher_cache import partial_path
+
+    ds = _dataset(train=False)
+    teacher = torch.nn.Conv2d(3, 17, 4, stride=4)
+    partial = partial_path(tmp_path / "c.pt")
+    TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False, partial=partial, save_every_s=0)
+    (partial / "rows_000001_000002.pt").unlink()
+    with pytest.raises(ValueError, match="rows_000002_000003.pt: starts at batch 2.*end at batch 1"):
+        TeacherCache.build(lambda x: teacher(x), ds, batch_size=8, progress=False, partial=partial)
 
 
 def test_save_load_round_trip_and_bad_file(tmp_path):

@@ -24,7 +24,7 @@ measures how far the warped maps are from the live teacher's under the training 
 from __future__ import annotations
 
 import contextlib
-import os
+import shutil
 import time
 
 from collections.abc import Callable
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import atomic_write
 from ..data.keypoints import COCO_FLIP_PAIRS, flip_permutation
 from ..data.transforms import affine_transforms, widen_scale
 
@@ -117,10 +118,10 @@ class TeacherCache:
         (and, with ``mirrored``, once more over each crop mirrored: twice the time and memory, and a
         mirrored training crop then reads what the teacher really answers on a mirrored person).
 
-        With ``partial`` (a file path) the rows done so far are written there every
-        ``save_every_s`` seconds, and a build that finds the file starts after its rows: a cache of
+        With ``partial`` (a folder) the rows computed since the last save are written there as one new
+        file every ``save_every_s`` seconds, and a build that finds them starts after them: a cache of
         an hour or more of one core (a large teacher on many persons) survives a session's end. The
-        caller deletes the file once the finished cache is saved (:func:`cached_teacher` does).
+        caller deletes the folder once the finished cache is saved (:func:`cached_teacher` does).
 
         ``dataset`` is the (training) :class:`~posekd_lib.data.datasets.TopDownDataset`; its samples are
         re-cropped without augmentation at ``input_size`` (the teacher's, default the dataset's). A
@@ -143,15 +144,14 @@ class TeacherCache:
             from ..data.codecs import HeatmapCodec
             plain.input_size = size
             plain.codec = HeatmapCodec(size, dataset.codec.heatmap_size, dataset.codec.sigma)
-        rows, mirror_rows, start = [], [], 0
-        if partial is not None and Path(partial).is_file():
-            rows, mirror_rows, start = _load_partial(partial, len(plain.samples), batch_size, mirrored)
-            if progress:
-                print(f"teacher cache: resuming after {start * batch_size:,} of {len(plain.samples):,} persons "
-                      f"({partial})", flush=True)
+        out = _Rows(len(plain.samples), mirrored)
+        start = 0 if partial is None else _load_partial(partial, out, batch_size)
+        if start and progress:
+            print(f"teacher cache: resuming after {min(start * batch_size, len(out)):,} of {len(out):,} persons "
+                  f"({partial})", flush=True)
         todo = plain if start == 0 else torch.utils.data.Subset(plain, range(start * batch_size, len(plain)))
         loader = torch.utils.data.DataLoader(todo, batch_size=batch_size, shuffle=False)
-        last_save = time.monotonic()
+        last_save, saved = time.monotonic(), start
         # Built outside any caller's autocast (fit builds it lazily at its first batch, inside bf16
         # autocast): the cache holds the float teacher's heatmaps, whatever context it is built in.
         # The global RNG is left as it was (the loader draws a seed), so a run that builds the cache
@@ -161,15 +161,14 @@ class TeacherCache:
             for kind in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
                 stack.enter_context(torch.autocast(device_type=kind, enabled=False))
             for i, batch in enumerate(tqdm(loader, desc="teacher cache", disable=not progress, leave=False)):
-                rows.append(teacher_fn(batch["image"]).float().cpu().to(torch.float16))
-                if mirrored:
-                    mirror_rows.append(teacher_fn(mirror_crop(batch["image"])).float().cpu().to(torch.float16))
+                out.put((start + i) * batch_size, teacher_fn(batch["image"]),
+                        teacher_fn(mirror_crop(batch["image"])) if mirrored else None)
                 if partial is not None and time.monotonic() - last_save >= save_every_s:
-                    rows, mirror_rows = _save_partial(partial, rows, mirror_rows, start + i + 1,
-                                                      len(plain.samples), batch_size)
-                    last_save = time.monotonic()
-            hm = torch.cat(rows)          # inside the stack: float16 cat under a caller's bf16 autocast fails
-            mirror_hm = torch.cat(mirror_rows) if mirrored else None
+                    _save_partial(partial, out, saved, start + i + 1, batch_size)
+                    last_save, saved = time.monotonic(), start + i + 1
+        if out.heatmaps is None:
+            raise ValueError("teacher cache: the dataset has no persons to cache")
+        hm, mirror_hm = out.heatmaps, out.mirrored
         s = plain.samples
         widths = [dataset.images[x["image_id"]]["width"] for x in s]
         return cls(hm, [x["ann_id"] for x in s], [x["center"] for x in s], [x["scale"] for x in s], widths,
@@ -288,12 +287,11 @@ class TeacherCache:
 
     # ------------------------------------------------------------------ storage
     def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"heatmaps": self.heatmaps, "ann_ids": self.ann_ids, "centers": self.centers,
-                    "scales": self.scales, "widths": self.widths, "input_size": self.input_size,
-                    "flip_perm": self.flip_perm, "source": self.source, "mirrored": self.mirrored}, path)
-        return path
+        """Write the cache to ``path`` atomically (a kill mid-write leaves no file under its name)."""
+        state = {"heatmaps": self.heatmaps, "ann_ids": self.ann_ids, "centers": self.centers,
+                 "scales": self.scales, "widths": self.widths, "input_size": self.input_size,
+                 "flip_perm": self.flip_perm, "source": self.source, "mirrored": self.mirrored}
+        return atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path) -> "TeacherCache":
@@ -308,39 +306,69 @@ class TeacherCache:
                    d.get("source", str(path)), d.get("mirrored"))
 
 
+class _Rows:
+    """A build's rows, written into one float16 tensor allocated at the first batch: the finished
+    cache then needs its own size in memory once (a concatenation of the batches at the end needed it
+    twice: 12.6 GB for E55's 6.3 GB cache)."""
+
+    def __init__(self, persons: int, mirrored: bool):
+        self.persons, self.with_mirror = persons, bool(mirrored)
+        self.heatmaps = self.mirrored = None
+
+    def __len__(self) -> int:
+        return self.persons
+
+    def put(self, at: int, rows: torch.Tensor, mirror_rows: torch.Tensor | None = None) -> None:
+        rows = rows.detach().float().cpu().to(torch.float16)
+        if self.heatmaps is None:
+            self.heatmaps = torch.empty((self.persons, *rows.shape[1:]), dtype=torch.float16)
+            self.mirrored = torch.empty_like(self.heatmaps) if self.with_mirror else None
+        self.heatmaps[at:at + len(rows)] = rows
+        if mirror_rows is not None:
+            self.mirrored[at:at + len(rows)] = mirror_rows.detach().float().cpu().to(torch.float16)
+
+
 def partial_path(path) -> Path:
-    """Where a cache being built for ``path`` keeps its rows so far (``TeacherCache.build(partial=...)``)."""
+    """The folder where a cache being built for ``path`` keeps its rows so far, one file of rows per
+    save (``TeacherCache.build(partial=...)``)."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
+    return path.with_name(f"{path.stem}.partial")
 
 
-def _save_partial(partial, rows, mirror_rows, batches: int, persons: int, batch_size: int):
-    """Write the rows of the first ``batches`` batches to ``partial`` (atomically); returns the rows
-    as one tensor each, so the next save does not concatenate them again."""
-    rows = [torch.cat(rows)]
-    mirror_rows = [torch.cat(mirror_rows)] if mirror_rows else []
+def _save_partial(partial, out: _Rows, first: int, end: int, batch_size: int) -> None:
+    """Write the rows of batches ``first`` to ``end`` (those since the last save) as one new file in
+    the folder ``partial``, atomically: each save writes only its own rows."""
+    lo, hi = first * batch_size, min(end * batch_size, len(out))
+    shard = {"heatmaps": out.heatmaps[lo:hi].clone(),            # a slice alone (a view saves its whole storage)
+             "mirrored": None if out.mirrored is None else out.mirrored[lo:hi].clone(),
+             "batches": (first, end), "persons": len(out), "batch_size": batch_size}
+    atomic_write(Path(partial) / f"rows_{first:06d}_{end:06d}.pt", lambda f: torch.save(shard, f))
+
+
+def _load_partial(partial, out: _Rows, batch_size: int) -> int:
+    """Put the rows saved in the folder ``partial`` into ``out``; return the batches done (0 without
+    the folder). Each file is checked against this build, and the files must follow each other."""
     partial = Path(partial)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial.with_name(partial.name + ".tmp")
-    torch.save({"heatmaps": rows[0], "mirrored": mirror_rows[0] if mirror_rows else None, "batches": batches,
-                "persons": persons, "batch_size": batch_size}, tmp)
-    os.replace(tmp, partial)
-    return rows, mirror_rows
-
-
-def _load_partial(partial, persons: int, batch_size: int, mirrored: bool):
-    """``(rows, mirror_rows, batches done)`` from a partial file, checked against this build."""
-    try:
-        d = torch.load(partial, map_location="cpu", weights_only=False)
-        got = (d["persons"], d["batch_size"], d["mirrored"] is not None)
-    except Exception as e:  # noqa: BLE001 - any unreadable file: name it and what to do
-        raise ValueError(f"{partial}: not a partial teacher cache ({type(e).__name__}: {e}); delete it to "
-                         "rebuild from the start") from e
-    if got != (persons, batch_size, bool(mirrored)):
-        raise ValueError(f"{partial}: a partial teacher cache of {got[0]:,} persons, batch size {got[1]}, "
-                         f"mirrored={got[2]}; this build has {persons:,}, {batch_size}, mirrored={bool(mirrored)}: "
-                         "delete it to rebuild from the start")
-    return [d["heatmaps"]], ([d["mirrored"]] if mirrored else []), int(d["batches"])
+    if partial.exists() and not partial.is_dir():
+        raise ValueError(f"{partial}: not a folder of a partial teacher cache; delete it to rebuild from the start")
+    done = 0
+    for f in sorted(partial.glob("rows_*.pt")) if partial.is_dir() else []:
+        try:
+            d = torch.load(f, map_location="cpu", weights_only=False)
+            got, (first, end) = (d["persons"], d["batch_size"], d["mirrored"] is not None), d["batches"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file: name it and what to do
+            raise ValueError(f"{f}: not rows of a partial teacher cache ({type(e).__name__}: {e}); delete "
+                             f"{partial} to rebuild from the start") from e
+        if got != (len(out), batch_size, out.with_mirror):
+            raise ValueError(f"{f}: rows of a teacher cache of {got[0]:,} persons, batch size {got[1]}, "
+                             f"mirrored={got[2]}; this build has {len(out):,}, {batch_size}, "
+                             f"mirrored={out.with_mirror}: delete {partial} to rebuild from the start")
+        if first != done:
+            raise ValueError(f"{f}: starts at batch {first}, but the files before it end at batch {done}; "
+                             f"delete {partial} to rebuild from the start")
+        out.put(first * batch_size, d["heatmaps"], d["mirrored"])
+        done = end
+    return done
 
 
 def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
@@ -351,5 +379,5 @@ def cached_teacher(path, build: Callable[[], TeacherCache]) -> TeacherCache:
         return TeacherCache.load(path)
     cache = build()
     cache.save(path)
-    partial_path(path).unlink(missing_ok=True)
+    shutil.rmtree(partial_path(path), ignore_errors=True)
     return cache

@@ -236,7 +236,7 @@ def build_feature_cache(teacher: nn.Module, dataset, layer: str, branches: str =
 def _stored_cache(teacher: nn.Module, mode, input_size, kind: str, build, extra_unlabelled: int = 0):
     """The cache ``build(dataset, size, source, partial)`` makes over the mode's training persons, loaded
     from (or saved to) ``teacher_cache/<fingerprint><kind>_<w>x<h>_<persons>.pt`` under the mode's runs
-    (``partial``: where an interrupted build keeps its rows, ``<...>.partial.pt``)."""
+    (``partial``: the folder where an interrupted build keeps its rows, ``<...>.partial/``)."""
     from ..distill.teacher_cache import cached_teacher, partial_path
 
     b = budget(mode)
