@@ -319,13 +319,13 @@ class _Rows:
         return self.persons
 
     def put(self, at: int, rows: torch.Tensor, mirror_rows: torch.Tensor | None = None) -> None:
-        rows = rows.detach().float().cpu().to(torch.float16)
+        """Rows ``at`` onwards (the assignment converts them to float16 on the CPU)."""
         if self.heatmaps is None:
             self.heatmaps = torch.empty((self.persons, *rows.shape[1:]), dtype=torch.float16)
             self.mirrored = torch.empty_like(self.heatmaps) if self.with_mirror else None
-        self.heatmaps[at:at + len(rows)] = rows
-        if mirror_rows is not None:
-            self.mirrored[at:at + len(rows)] = mirror_rows.detach().float().cpu().to(torch.float16)
+        for store, r in ((self.heatmaps, rows), (self.mirrored, mirror_rows)):
+            if r is not None:
+                store[at:at + len(r)] = r
 
 
 def partial_path(path) -> Path:
